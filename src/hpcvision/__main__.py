@@ -1,0 +1,3 @@
+from hpcvision.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Step 6: PBS/Slurm/MPI discovery, local launcher, job scripts, walltime."""

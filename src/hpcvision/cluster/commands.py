@@ -1,0 +1,7 @@
+"""Subcommands of the cluster stage (registered by hpcvision.cli)."""
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this stage's subcommands to the top-level parser."""

@@ -1,0 +1,98 @@
+"""Typed configuration: dataclass defaults, overridden by a YAML file, overridden by CLI flags.
+
+Each stage defines a dataclass; `add_config_arguments` turns its fields into `--flags` and
+`load_config` merges the three layers. Field metadata may carry `help` and `choices`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from hpcvision.errors import UserError
+
+T = TypeVar("T")
+
+
+def _flag_type(annotation: Any) -> tuple[Any, bool]:
+    """The scalar type argparse converts with, and whether the field is a list."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if origin in (list, tuple):
+        return (args[0] if args else str), True
+    return annotation, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one `--field-name` option per dataclass field; options not given stay unset."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        scalar, is_list = _flag_type(hints[field.name])
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_text = field.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
+        if scalar is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        parser.add_argument(flag, type=scalar, nargs="+" if is_list else None, **kwargs)
+
+
+def _check_type(cls: type, name: str, value: Any, source: str) -> Any:
+    scalar, is_list = _flag_type(typing.get_type_hints(cls)[name])
+    if value is None:
+        return value
+    items = value if is_list else [value]
+    if is_list and not isinstance(value, list):
+        raise UserError(f"{source}: '{name}' must be a list, got {value!r}")
+    for item in items:
+        ok = isinstance(item, scalar) or (scalar is float and isinstance(item, int) and not isinstance(item, bool))
+        if scalar is int and isinstance(item, bool):
+            ok = False
+        if not ok:
+            raise UserError(f"{source}: '{name}' must be {scalar.__name__}, got {item!r}")
+    return [scalar(i) for i in items] if is_list else scalar(value)
+
+
+def load_config(cls: type[T], args: argparse.Namespace | None = None, yaml_path: str | Path | None = None) -> T:
+    """Build `cls` from its defaults, then the YAML file, then the flags set in `args`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if yaml_path:
+        path = Path(yaml_path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"{path}: cannot read config: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: config must be a mapping of option: value")
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                raise UserError(f"{path}: unknown option '{key}' (known: {', '.join(sorted(names))})")
+            values[name] = _check_type(cls, name, value, str(path))
+    if args is not None:
+        values.update({name: getattr(args, name) for name in names if hasattr(args, name)})
+    for field in dataclasses.fields(cls):
+        choices = field.metadata.get("choices")
+        if choices and field.name in values and values[field.name] not in choices:
+            raise UserError(f"option '{field.name}' must be one of {', '.join(map(str, choices))}")
+    return cls(**values)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML, so a run records exactly what it ran with."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Network definitions (Keras 3 only, no TensorFlow import), registered by name."""

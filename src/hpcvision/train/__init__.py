@@ -1,0 +1,1 @@
+"""Step 3-4: distribution strategy, training loop, checkpoints, summaries, evaluate, export."""

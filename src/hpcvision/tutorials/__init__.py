@@ -1,0 +1,1 @@
+"""Step 7: the course lessons, one runnable script each."""
