@@ -1,12 +1,16 @@
-"""Who am I in this job? Rank and size from the launcher's environment.
+"""Who am I in this job? Rank, size and the TensorFlow cluster from the launcher's environment.
 
-Issue 4 grows this into full PBS/Slurm/MPI discovery; `process_rank` is its stable entry point,
-used by `data extract/build` for their `--rank/--ranks` defaults.
+Stable entry points (issue 4 fills in PBS/Slurm/MPI):
+- `process_rank()`: (rank, ranks) for `data extract/build` defaults;
+- `resolve_tf_config(num_ps)`: the TF_CONFIG dict for this process, or None for one process.
 """
 
 from __future__ import annotations
 
+import json
 import os
+
+from hpcvision.errors import UserError
 
 # (rank variable, size variable) set by common launchers, most specific first.
 LAUNCHER_RANK_VARS = (
@@ -25,3 +29,18 @@ def process_rank(environ: dict[str, str] | None = None) -> tuple[int, int]:
         if rank_var in env and size_var in env:
             return int(env[rank_var]), int(env[size_var])
     return 0, 1
+
+
+def resolve_tf_config(num_ps: int = 0, environ: dict[str, str] | None = None) -> dict | None:
+    """The TF_CONFIG for this process: an explicit TF_CONFIG wins; None when running alone."""
+    env = os.environ if environ is None else environ
+    raw = env.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"TF_CONFIG is not valid JSON: {exc}") from None
+    if "cluster" not in config or "task" not in config:
+        raise UserError("TF_CONFIG must have 'cluster' and 'task' keys")
+    return config
