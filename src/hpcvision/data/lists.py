@@ -1,0 +1,145 @@
+"""The text files that drive the data stage: image lists, the synset list, synset metadata.
+
+Image list lines follow the course format `<wnid> <wnid>_<n>` (the name may carry `.JPEG`); the flat
+ILSVRC-2012 validation layout uses `<wnid> ILSVRC2012_val_00000001`. Problems with single lines are
+collected (`FileList.skipped`) so a caller can report them; an unreadable file is a `UserError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcvision.errors import UserError
+
+# Wnids and image names become path components under the output folder, so both must be plain
+# tokens: no separators, no leading dot (which also rules out "." and "..").
+WNID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+IMAGE_SUFFIXES = (".jpeg",)
+
+
+@dataclass(frozen=True)
+class ListedImage:
+    """One image asked for by a list: its synset, its basename without extension, its list line."""
+
+    wnid: str
+    name: str
+    line: int
+
+
+@dataclass
+class FileList:
+    """A parsed image list: usable entries in file order, and the lines set aside with a reason."""
+
+    images: list[ListedImage] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    listed: int = 0
+
+
+def _read_lines(path: str | Path, what: str) -> list[str]:
+    """The file's lines (BOM and line endings removed); UserError naming the file if unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: {what} is a directory, expected a text file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    return text.splitlines()
+
+
+def strip_image_suffix(name: str) -> str:
+    """`n01440764_1.JPEG` -> `n01440764_1` (any case); other names unchanged."""
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def parse_list_line(text: str) -> tuple[str, str]:
+    """(wnid, name) of one list line; ValueError saying what is wrong."""
+    fields = text.split()
+    if len(fields) == 1 and "/" in fields[0]:
+        # Also accept "<wnid>/<name>.JPEG", the relative path extract writes.
+        fields = fields[0].split("/", 1)
+    if len(fields) != 2:
+        raise ValueError(f"expected '<wnid> <name>', got {len(fields)} field(s)")
+    wnid, name = fields[0], strip_image_suffix(fields[1])
+    if not WNID_RE.match(wnid):
+        raise ValueError(f"bad synset id {wnid!r}")
+    if not NAME_RE.match(name):
+        raise ValueError(f"bad image name {fields[1]!r}")
+    return wnid, name
+
+
+def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> FileList:
+    """Parse an image list; duplicates, malformed lines and (given `synsets`) unknown synsets are skipped."""
+    known = set(synsets) if synsets is not None else None
+    result = FileList()
+    first_line: dict[tuple[str, str], int] = {}
+    for number, raw in enumerate(_read_lines(path, "image list"), start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        result.listed += 1
+        try:
+            wnid, name = parse_list_line(text)
+        except ValueError as exc:
+            result.skipped.append((text, f"malformed line: {exc} (line {number})"))
+            continue
+        if (wnid, name) in first_line:
+            result.skipped.append((text, f"duplicate of line {first_line[wnid, name]}"))
+            continue
+        first_line[wnid, name] = number
+        if known is not None and wnid not in known:
+            result.skipped.append((text, f"unknown synset {wnid}"))
+            continue
+        result.images.append(ListedImage(wnid=wnid, name=name, line=number))
+    return result
+
+
+def read_synsets(path: str | Path) -> list[str]:
+    """Synset ids one a line, in label order; UserError naming file:line on a bad line or a duplicate."""
+    wnids: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(_read_lines(path, "synset list"), start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        if not WNID_RE.match(text):
+            raise UserError(f"{path}:{number}: expected one synset id a line, got {text!r}")
+        if text in seen:
+            raise UserError(f"{path}:{number}: synset {text} already on line {seen[text]}")
+        seen[text] = number
+        wnids.append(text)
+    if not wnids:
+        raise UserError(f"{path}: synset list is empty")
+    return wnids
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """`<wnid>\\t<words>` lines as {wnid: words}; UserError naming file:line on a bad line or a duplicate."""
+    words: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, raw in enumerate(_read_lines(path, "synset metadata"), start=1):
+        text = raw.rstrip("\r\n")
+        if not text.strip():
+            continue
+        parts = text.split("\t")
+        if len(parts) != 2 or not parts[1].strip():
+            raise UserError(f"{path}:{number}: expected '<wnid><TAB><words>', got {text!r}")
+        wnid, text_words = parts[0].strip(), parts[1].strip()
+        if not WNID_RE.match(wnid):
+            raise UserError(f"{path}:{number}: bad synset id {wnid!r}")
+        if wnid in lines:
+            raise UserError(f"{path}:{number}: synset {wnid} already on line {lines[wnid]}")
+        lines[wnid] = number
+        words[wnid] = text_words
+    return words
