@@ -1,0 +1,291 @@
+"""tf.data input from the TFRecord shards `hpcvision data build` writes.
+
+`make_dataset` is what training, evaluation and the benchmarks read: files sharded per worker,
+interleaved, shuffled, parsed, cropped (training: a random crop over the stored boxes, decoded with the
+fused `decode_and_crop_jpeg`; evaluation: a central crop), flipped, resized, normalised and batched.
+Random choices use stateless ops seeded per element, so a given `seed` gives the same batches on every
+run even with parallel map calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from hpcvision.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("imagenet", "unit")
+AUGMENTATIONS = ("inception", "pad_crop", "none")
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Only the keys the pipeline needs; unknown keys in a record are ignored by the parser.
+_BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax", "image/object/bbox/xmax")
+
+
+def read_manifest(data_dir: str | Path, name: str) -> dict[str, Any]:
+    """The `<name>-manifest.json` that `data build` wrote, with shard paths made absolute."""
+    path = Path(data_dir) / f"{name}-manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no manifest (build the '{name}' shards with `hpcvision data build`)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read manifest: {exc}") from None
+    for key in ("shards", "num_examples"):
+        if key not in manifest:
+            raise UserError(f"{path}: manifest has no '{key}'")
+    for shard in manifest["shards"]:
+        shard["path"] = str(Path(data_dir) / shard["file"])
+    manifest.setdefault("label_offset", 1)
+    if "num_classes" not in manifest and "labels" in manifest:
+        manifest["num_classes"] = len(manifest["labels"])
+    return manifest
+
+
+def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    # The inception schema (see FORMATS.md); hpcvision.data.records holds the full spec.
+    spec = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        **{key: tf.io.VarLenFeature(tf.float32) for key in _BOX_KEYS},
+    }
+    features = tf.io.parse_single_example(serialized, spec)
+    return {
+        "image/encoded": features["image/encoded"],
+        "image/class/label": features["image/class/label"],
+        **{key: tf.sparse.to_dense(features[key]) for key in _BOX_KEYS},
+    }
+
+
+def _boxes(features: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Stored boxes as [N, 4] (ymin, xmin, ymax, xmax), the order tf.image box ops take."""
+    return tf.stack([features[key] for key in _BOX_KEYS], axis=-1)
+
+
+def _enlarge(offset: tf.Tensor, size: tf.Tensor, limit: tf.Tensor, min_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    # Grow a too-small crop to min_size (never past the image) and keep it inside the image.
+    size = tf.maximum(size, tf.minimum(min_size, limit))
+    offset = tf.minimum(offset, limit - size)
+    return offset, size
+
+
+def _inception_crop(encoded, boxes, seed, *, area_range, aspect_ratio_range, min_object_covered, min_crop_size):
+    """Random crop covering part of a stored box, decoded with the fused JPEG decoder."""
+    shape = tf.io.extract_jpeg_shape(encoded)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=boxes[tf.newaxis],
+        seed=seed,
+        min_object_covered=min_object_covered,
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=100,
+        use_image_if_no_bounding_boxes=True,
+    )
+    y, h = _enlarge(begin[0], size[0], shape[0], min_crop_size)
+    x, w = _enlarge(begin[1], size[1], shape[1], min_crop_size)
+    return tf.image.decode_and_crop_jpeg(encoded, tf.stack([y, x, h, w]), channels=3)
+
+
+def _central_crop(encoded, fraction: float):
+    """The central `fraction` of each side, decoded with the fused JPEG decoder."""
+    shape = tf.io.extract_jpeg_shape(encoded)
+    h = tf.maximum(tf.cast(tf.cast(shape[0], tf.float32) * fraction, tf.int32), 1)
+    w = tf.maximum(tf.cast(tf.cast(shape[1], tf.float32) * fraction, tf.int32), 1)
+    window = tf.stack([(shape[0] - h) // 2, (shape[1] - w) // 2, h, w])
+    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+
+def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8 image -> float32 [image_size, image_size, 3] in 0..255."""
+    return tf.image.resize(image, [image_size, image_size], method="bilinear")
+
+
+def _normalize(image: tf.Tensor, normalize: str) -> tf.Tensor:
+    image = image / 255.0
+    if normalize == "imagenet":
+        image = (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    return image
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _shard_files(files: list[str], input_context) -> tuple[list[str], bool]:
+    """This worker's files; True when there are too few files and records must be sharded instead."""
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return files, False
+    n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if len(files) >= n:
+        return files[i::n], False
+    log.warning(
+        "%d shard files for %d input pipelines: every worker reads all files and keeps every %d-th "
+        "record (slower; write at least as many shards as workers)", len(files), n, n
+    )
+    return files, True
+
+
+def _synthetic_dataset(batch_size: int, image_size: int, num_classes: int, seed: int | None, repeat: bool):
+    """One fixed random batch, repeated: input-free figures for benchmarks."""
+    rng = tf.random.Generator.from_seed(seed or 0)
+    images = rng.normal([batch_size, image_size, image_size, 3])
+    labels = rng.uniform([batch_size], 0, num_classes, dtype=tf.int32)
+    dataset = tf.data.Dataset.from_tensors((images, labels))
+    return (dataset.repeat() if repeat else dataset).prefetch(AUTOTUNE)
+
+
+def make_dataset(
+    data_dir: str | Path | None,
+    name: str,
+    *,
+    training: bool,
+    batch_size: int,
+    image_size: int,
+    seed: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    global_batch_size: int | None = None,
+    label_offset: int | None = None,
+    synthetic: bool = False,
+    num_classes: int | None = None,
+    repeat: bool | None = None,
+    normalize: str = "imagenet",
+    augment: str = "inception",
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    min_object_covered: float = 0.1,
+    min_crop_size: int = 8,
+    pad: int | None = None,
+    central_fraction: float | None = None,
+    flip: bool = True,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """Batches of (images float32 [B,S,S,3] normalised, labels int32 [B] 0-based) from `DIR/<name>-*`.
+
+    `batch_size` is per replica (what one `strategy.run` call sees); pass `global_batch_size` with an
+    `input_context` to have it split by `input_context.get_per_replica_batch_size` instead.
+    Training repeats forever and drops the last partial batch; evaluation reads every record once.
+    `augment`: "inception" (random crop over the boxes, flip), "pad_crop" (resize, pad by `pad` px,
+    random crop back, flip: CIFAR-style, for 28-64 px images) or "none" (resize only).
+    Evaluation crops the central `central_fraction` (0.875 for "inception", else the whole image).
+    """
+    _check_choice("normalize", normalize, NORMALIZATIONS)
+    _check_choice("augment", augment, AUGMENTATIONS)
+    if input_context is not None and global_batch_size is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    repeat = training if repeat is None else repeat
+    pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+    element_seed = None if seed is None else seed + 1000 * pipeline_id
+
+    manifest = read_manifest(data_dir, name) if data_dir is not None and not (synthetic and num_classes) else None
+    if synthetic:
+        classes = num_classes or (manifest or {}).get("num_classes")
+        if not classes:
+            raise ValueError("synthetic input needs num_classes (or a manifest that has it)")
+        return _synthetic_dataset(batch_size, image_size, int(classes), element_seed, repeat)
+    if manifest is None:
+        raise ValueError("make_dataset needs data_dir unless synthetic=True")
+    offset = manifest["label_offset"] if label_offset is None else label_offset
+
+    all_files = [shard["path"] for shard in manifest["shards"]]
+    counts = {shard["path"]: int(shard.get("count", 0)) for shard in manifest["shards"]}
+    if not all_files:
+        raise UserError(f"{data_dir}/{name}-manifest.json: lists no shards")
+    files, shard_records = _shard_files(all_files, input_context)
+    records = sum(counts[f] for f in files)
+    if shard_records:
+        records = math.ceil(records / input_context.num_input_pipelines)
+
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if training and not shard_records:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    deterministic = (seed is not None) or not training
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        cycle_length=min(len(files), 16),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic or shard_records,
+    )
+    if shard_records:
+        dataset = dataset.shard(input_context.num_input_pipelines, pipeline_id)
+    if training:
+        dataset = dataset.shuffle(max(1, min(records, shuffle_buffer)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    # One independent stateless seed pair per element (a different sequence each epoch).
+    seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+
+    fraction = central_fraction if central_fraction is not None else (0.875 if augment == "inception" else 1.0)
+    pad_px = pad if pad is not None else max(1, image_size // 8)
+
+    def preprocess(serialized, element_seed_pair):
+        features = _parse(serialized)
+        encoded = features["image/encoded"]
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed_pair, 2))
+        if training and augment == "inception":
+            image = _inception_crop(
+                encoded, _boxes(features), crop_seed, area_range=area_range,
+                aspect_ratio_range=aspect_ratio_range, min_object_covered=min_object_covered,
+                min_crop_size=min_crop_size,
+            )
+            image = _resize(image, image_size)
+        elif training and augment == "pad_crop":
+            image = _resize(tf.io.decode_jpeg(encoded, channels=3), image_size)
+            image = tf.pad(image, [[pad_px, pad_px], [pad_px, pad_px], [0, 0]], mode="REFLECT")
+            image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=crop_seed)
+        elif fraction < 1.0:
+            image = _resize(_central_crop(encoded, fraction), image_size)
+        else:
+            image = _resize(tf.io.decode_jpeg(encoded, channels=3), image_size)
+        if training and flip and augment != "none":
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        label = tf.cast(features["image/class/label"] - offset, tf.int32)
+        return _normalize(image, normalize), label
+
+    dataset = dataset.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    dataset = dataset.prefetch(AUTOTUNE)
+    return dataset.with_options(_options(deterministic))
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    # One thread per op inside tf.data: parallelism comes from the parallel map, not from each op.
+    options.threading.max_intra_op_parallelism = 1
+    # We shard files ourselves; stop tf.distribute from sharding a second time.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def sample_batch_with_boxes(data_dir: str | Path, name: str, n: int, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first `n` images, whole, resized to uint8 [n,S,S,3], and their boxes [n,K,4] for drawing.
+
+    Boxes are (ymin, xmin, ymax, xmax) relative to the image, padded to K by repeating an image's
+    last box (an image without boxes gets the whole image), as `tf.image.draw_bounding_boxes` takes.
+    """
+    files = [shard["path"] for shard in read_manifest(data_dir, name)["shards"]]
+    images, boxes = [], []
+    for serialized in tf.data.TFRecordDataset(files).take(n):
+        features = _parse(serialized)
+        image = tf.io.decode_jpeg(features["image/encoded"], channels=3)
+        images.append(tf.cast(tf.clip_by_value(tf.round(_resize(image, image_size)), 0, 255), tf.uint8))
+        image_boxes = _boxes(features)
+        boxes.append(image_boxes if image_boxes.shape[0] else tf.constant([[0.0, 0.0, 1.0, 1.0]]))
+    if not images:
+        return tf.zeros([0, image_size, image_size, 3], tf.uint8), tf.zeros([0, 1, 4])
+    most = max(b.shape[0] for b in boxes)
+    padded = [tf.concat([b, tf.repeat(b[-1:], most - b.shape[0], axis=0)], axis=0) for b in boxes]
+    return tf.stack(images), tf.stack(padded)
