@@ -27,8 +27,9 @@ NORMALIZATIONS = ("imagenet", "unit")
 AUGMENTATIONS = ("inception", "pad_crop", "none")
 AUTOTUNE = tf.data.AUTOTUNE
 
-# Only the keys the pipeline needs; unknown keys in a record are ignored by the parser.
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax", "image/object/bbox/xmax")
+# The keys the pipeline reads; their parse spec comes from hpcvision.data.records (one schema).
+_NEEDED_KEYS = ("image/encoded", "image/class/label", *_BOX_KEYS)
 
 
 def read_manifest(data_dir: str | Path, name: str) -> dict[str, Any]:
@@ -52,18 +53,11 @@ def read_manifest(data_dir: str | Path, name: str) -> dict[str, Any]:
 
 
 def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    # The inception schema (see FORMATS.md); hpcvision.data.records holds the full spec.
-    spec = {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-        **{key: tf.io.VarLenFeature(tf.float32) for key in _BOX_KEYS},
-    }
+    from hpcvision.data.records import feature_spec
+
+    spec = {key: value for key, value in feature_spec().items() if key in _NEEDED_KEYS}
     features = tf.io.parse_single_example(serialized, spec)
-    return {
-        "image/encoded": features["image/encoded"],
-        "image/class/label": features["image/class/label"],
-        **{key: tf.sparse.to_dense(features[key]) for key in _BOX_KEYS},
-    }
+    return {key: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v for key, v in features.items()}
 
 
 def _boxes(features: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -96,13 +90,69 @@ def _inception_crop(encoded, boxes, seed, *, area_range, aspect_ratio_range, min
     return tf.image.decode_and_crop_jpeg(encoded, tf.stack([y, x, h, w]), channels=3)
 
 
-def _central_crop(encoded, fraction: float):
-    """The central `fraction` of each side, decoded with the fused JPEG decoder."""
-    shape = tf.io.extract_jpeg_shape(encoded)
+def _central_window(shape: tf.Tensor, fraction: float) -> tf.Tensor:
+    """[y, x, h, w] of the central `fraction` of each side of an image of `shape` [H, W, ...]."""
     h = tf.maximum(tf.cast(tf.cast(shape[0], tf.float32) * fraction, tf.int32), 1)
     w = tf.maximum(tf.cast(tf.cast(shape[1], tf.float32) * fraction, tf.int32), 1)
-    window = tf.stack([(shape[0] - h) // 2, (shape[1] - w) // 2, h, w])
+    return tf.stack([(shape[0] - h) // 2, (shape[1] - w) // 2, h, w])
+
+
+def _central_crop_jpeg(encoded: tf.Tensor, fraction: float) -> tf.Tensor:
+    """The central crop of a JPEG, decoded with the fused JPEG decoder."""
+    window = _central_window(tf.io.extract_jpeg_shape(encoded), fraction)
     return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+
+def _central_crop_any(encoded: tf.Tensor, fraction: float) -> tf.Tensor:
+    """The same crop of a PNG/GIF/BMP (decoded whole, then sliced)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    y, x, h, w = tf.unstack(_central_window(tf.shape(image), fraction))
+    return image[y : y + h, x : x + w]
+
+
+def eval_central_fraction(augment: str = "inception", central_fraction: float | None = None) -> float:
+    """The evaluation crop that matches a training augmentation: 0.875 after "inception", else 1.0."""
+    if central_fraction is not None:
+        return float(central_fraction)
+    return 0.875 if augment == "inception" else 1.0
+
+
+def preprocess_for_eval(
+    encoded: tf.Tensor, image_size: int, *, normalize: str = "imagenet", central_fraction: float = 0.875
+) -> tf.Tensor:
+    """Encoded image bytes (JPEG, or PNG/GIF/BMP) -> float32 [S,S,3] normalised, as evaluation sees it."""
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: _central_crop_jpeg(encoded, central_fraction),
+        lambda: _central_crop_any(encoded, central_fraction),
+    )
+    image = _resize(image, image_size)
+    image.set_shape([image_size, image_size, 3])
+    return _normalize(image, normalize)
+
+
+def preprocess_pixels(images: tf.Tensor, image_size: int, *, normalize: str = "imagenet") -> tf.Tensor:
+    """Float pixels [N,H,W,3] in 0..255 -> resized and normalised [N,S,S,3] (no crop)."""
+    return _normalize(tf.image.resize(tf.cast(images, tf.float32), [image_size, image_size]), normalize)
+
+
+PREPROCESSING_KWARGS = (
+    "normalize", "augment", "area_range", "aspect_ratio_range", "min_object_covered",
+    "min_crop_size", "pad", "central_fraction", "flip",
+)
+
+
+def config_kwargs(config: Any) -> dict[str, Any]:
+    """make_dataset's preprocessing keywords from a config: its fields named like them (None = default).
+
+    Training and evaluation both pass these, so evaluation crops and normalises as training did.
+    """
+    kwargs = {}
+    for key in PREPROCESSING_KWARGS:
+        value = getattr(config, key, None)
+        if value is not None:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return kwargs
 
 
 def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -227,7 +277,7 @@ def make_dataset(
     seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(2)
     dataset = tf.data.Dataset.zip((dataset, seeds))
 
-    fraction = central_fraction if central_fraction is not None else (0.875 if augment == "inception" else 1.0)
+    fraction = eval_central_fraction(augment, central_fraction)
     pad_px = pad if pad is not None else max(1, image_size // 8)
 
     def preprocess(serialized, element_seed_pair):
@@ -246,7 +296,7 @@ def make_dataset(
             image = tf.pad(image, [[pad_px, pad_px], [pad_px, pad_px], [0, 0]], mode="REFLECT")
             image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=crop_seed)
         elif fraction < 1.0:
-            image = _resize(_central_crop(encoded, fraction), image_size)
+            image = _resize(_central_crop_jpeg(encoded, fraction), image_size)
         else:
             image = _resize(tf.io.decode_jpeg(encoded, channels=3), image_size)
         if training and flip and augment != "none":
