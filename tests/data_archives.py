@@ -1,0 +1,96 @@
+"""Small ImageNet-layout archives for the data tests: real JPEGs (Pillow), tars built with tarfile."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (24, 20)) -> bytes:
+    """A small RGB JPEG whose pixels depend on `seed` (so each image's bytes differ)."""
+    image = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
+    image.putpixel((seed % size[0], 0), (255, 255, 255))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def voc_xml(wnid: str, name: str) -> bytes:
+    """A minimal PASCAL-VOC annotation naming its image."""
+    return (
+        f"<annotation><filename>{name}</filename><size><width>24</width><height>20</height></size>"
+        f"<object><name>{wnid}</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>18</ymax>"
+        f"</bndbox></object></annotation>"
+    ).encode()
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    tar.addfile(info)
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w", links: dict[str, str] | None = None) -> bytes:
+    """An in-memory tar (mode "w") or tar.gz (mode "w:gz") of name -> bytes, plus symlinks."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode=mode) as tar:
+        for name, data in members.items():
+            add_bytes(tar, name, data)
+        for name, target in (links or {}).items():
+            add_symlink(tar, name, target)
+    return out.getvalue()
+
+
+def sample_images(synsets: dict[str, int]) -> dict[str, dict[str, bytes]]:
+    """{wnid: {name: jpeg}} with `count` images per synset, named `<wnid>_<n>`."""
+    seed = 0
+    images: dict[str, dict[str, bytes]] = {}
+    for wnid, count in synsets.items():
+        images[wnid] = {}
+        for n in range(1, count + 1):
+            seed += 1
+            images[wnid][f"{wnid}_{n}"] = jpeg_bytes(seed)
+    return images
+
+
+def write_images_tar(
+    path: Path, images: dict[str, dict[str, bytes]], extra: dict[str, bytes] | None = None
+) -> Path:
+    """`Images.tar`: one `<wnid>.tar` per synset holding `<name>.JPEG`; `extra` adds raw outer members."""
+    outer = {
+        f"{wnid}.tar": tar_bytes({f"{name}.JPEG": data for name, data in members.items()})
+        for wnid, members in images.items()
+    }
+    outer.update(extra or {})
+    path.write_bytes(tar_bytes(outer))
+    return path
+
+
+def write_annotations_tgz(
+    path: Path, images: dict[str, dict[str, bytes]], skip: set[str] = frozenset()
+) -> Path:
+    """`Annotation.tar.gz`: one `<wnid>.tar.gz` per synset holding `Annotation/<wnid>/<name>.xml`."""
+    outer = {}
+    for wnid, members in images.items():
+        inner = {f"Annotation/{wnid}/{name}.xml": voc_xml(wnid, name) for name in members if name not in skip}
+        outer[f"{wnid}.tar.gz"] = tar_bytes(inner, mode="w:gz")
+    path.write_bytes(gzip.compress(tar_bytes(outer)))
+    return path
+
+
+def write_list(path: Path, images: dict[str, dict[str, bytes]], extra_lines: tuple[str, ...] = ()) -> Path:
+    """A course-format list `<wnid> <name>` of every image, then `extra_lines`."""
+    lines = [f"{wnid} {name}" for wnid, members in images.items() for name in members]
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n")
+    return path

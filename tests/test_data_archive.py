@@ -1,0 +1,268 @@
+"""Reading listed images and XML out of folders, nested tars and flat val tars; index cache; safety."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import tarfile
+
+import pytest
+from data_archives import (
+    jpeg_bytes,
+    sample_images,
+    tar_bytes,
+    voc_xml,
+    write_annotations_tgz,
+    write_images_tar,
+)
+
+from hpcvision.data.archive import NO_ANNOTATION, open_annotations, open_images
+from hpcvision.data.lists import ListedImage
+from hpcvision.errors import UserError
+
+
+def items_of(images, line=1):
+    return [ListedImage(wnid, name, line) for wnid, members in images.items() for name in members]
+
+
+def fetch_all(source, items):
+    """{(wnid, name): bytes or problem}; also checks every item comes back exactly once."""
+    results = list(source.fetch(items))
+    assert sorted((f.item.wnid, f.item.name) for f in results) == sorted((i.wnid, i.name) for i in items)
+    for f in results:
+        assert (f.data is None) == (f.problem is not None), f
+    return {(f.item.wnid, f.item.name): (f.data if f.data is not None else f.problem) for f in results}
+
+
+@pytest.fixture
+def images():
+    return sample_images({"n01": 3, "n02": 2, "n03": 4})
+
+
+def expected_bytes(images):
+    return {(wnid, name): data for wnid, members in images.items() for name, data in members.items()}
+
+
+def test_nested_tar_gives_the_exact_member_bytes(tmp_path, images):
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images), index_dir=tmp_path / "idx")
+    assert source.synsets() == {"n01", "n02", "n03"}
+    assert fetch_all(source, items_of(images)) == expected_bytes(images)
+    sizes = source.sizes(items_of(images))
+    assert {(i.wnid, i.name): s for i, s in sizes.items()} == {
+        k: len(v) for k, v in expected_bytes(images).items()
+    }
+
+
+def test_gzipped_outer_tar_is_read_too(tmp_path, images):
+    plain = write_images_tar(tmp_path / "plain.tar", images)
+    packed = tmp_path / "Images.tar.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert fetch_all(open_images(packed), items_of(images)) == expected_bytes(images)
+
+
+def test_folder_source_and_refused_symlink(tmp_path, images):
+    root = tmp_path / "images"
+    for wnid, members in images.items():
+        (root / wnid).mkdir(parents=True)
+        for name, data in members.items():
+            (root / wnid / f"{name}.JPEG").write_bytes(data)
+    secret = tmp_path / "secret.JPEG"
+    secret.write_bytes(b"secret")
+    (root / "n01" / "n01_9.JPEG").symlink_to(secret)
+    source = open_images(root)
+    assert source.synsets() == {"n01", "n02", "n03"}
+    wanted = [
+        *items_of(images),
+        ListedImage("n01", "n01_9", 9),
+        ListedImage("n01", "n01_7", 10),
+        ListedImage("n99", "n99_1", 11),
+    ]
+    got = fetch_all(source, wanted)
+    assert got.pop(("n01", "n01_9")) == "symlink member 'n01_9.JPEG'"
+    assert got.pop(("n01", "n01_7")) == "not in archive"
+    assert got.pop(("n99", "n99_1")) == "synset n99 not in archive"
+    assert got == expected_bytes(images)
+
+
+def test_absent_image_and_absent_synset(tmp_path, images):
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images))
+    got = fetch_all(source, [ListedImage("n01", "n01_77", 1), ListedImage("n42", "n42_1", 2)])
+    assert got == {("n01", "n01_77"): "not in archive", ("n42", "n42_1"): "synset n42 not in archive"}
+
+
+def test_unsafe_members_are_refused(tmp_path, images):
+    inner = tar_bytes(
+        {"n05_1.JPEG": jpeg_bytes(1), "../n05_2.JPEG": b"escape", "/abs/n05_3.JPEG": b"absolute"},
+        links={"n05_4.JPEG": "/etc/passwd", "n05_5.JPEG": "../../outside.JPEG"},
+    )
+    extra = {"n05.tar": inner, "../n06.tar": tar_bytes({"n06_1.JPEG": jpeg_bytes(2)})}
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images, extra=extra))
+    wanted = [ListedImage("n05", f"n05_{n}", n) for n in range(1, 6)] + [ListedImage("n06", "n06_1", 6)]
+    got = fetch_all(source, wanted)
+    assert got[("n05", "n05_1")] == jpeg_bytes(1)
+    assert got[("n05", "n05_2")] == "unsafe member path '../n05_2.JPEG'"
+    assert got[("n05", "n05_3")] == "unsafe member path '/abs/n05_3.JPEG'"
+    assert got[("n05", "n05_4")] == "symlink member 'n05_4.JPEG'"
+    assert got[("n05", "n05_5")] == "symlink member 'n05_5.JPEG'"
+    assert got[("n06", "n06_1")] == "unsafe member path '../n06.tar'"
+    assert "n06" not in source.synsets()
+
+
+def test_truncated_outer_tar_keeps_what_is_before_the_cut(tmp_path, images):
+    path = write_images_tar(tmp_path / "Images.tar", images)
+    full = path.read_bytes()
+    with tarfile.open(path) as tar:
+        n02 = tar.getmember("n02.tar")
+    # Cut inside n02.tar, after its first image: n01 intact, n02 partly, n03 gone.
+    path.write_bytes(full[: n02.offset_data + 512 + len(images["n02"]["n02_1"]) + 600])
+    got = fetch_all(open_images(path, index_dir=tmp_path / "idx"), items_of(images))
+    for name, data in images["n01"].items():
+        assert got[("n01", name)] == data
+    assert got[("n02", "n02_1")] == images["n02"]["n02_1"]
+    for key in [("n02", "n02_2"), *[("n03", name) for name in images["n03"]]]:
+        assert got[key].startswith("truncated archive"), (key, got[key])
+
+
+def test_truncated_inner_tar(tmp_path, images):
+    inner = tar_bytes({"n07_1.JPEG": jpeg_bytes(1), "n07_2.JPEG": jpeg_bytes(2)})
+    cut = inner[: 512 + len(jpeg_bytes(1)) + 100]  # n07_1 whole, n07_2's data cut short
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images, extra={"n07.tar": cut}))
+    got = fetch_all(
+        source,
+        [
+            ListedImage("n07", "n07_1", 1),
+            ListedImage("n07", "n07_2", 2),
+            ListedImage("n07", "n07_3", 3),
+            ListedImage("n01", "n01_1", 4),
+        ],
+    )
+    assert got[("n07", "n07_1")] == jpeg_bytes(1)
+    assert got[("n07", "n07_2")].startswith("truncated archive")
+    assert got[("n07", "n07_3")].startswith("truncated archive")
+    assert got[("n01", "n01_1")] == images["n01"]["n01_1"]
+
+
+def test_inner_member_that_is_not_a_tar(tmp_path, images):
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images, extra={"n08.tar": b"x" * 2000}))
+    got = fetch_all(source, [ListedImage("n08", "n08_1", 1)])
+    assert got[("n08", "n08_1")].startswith("synset tar n08.tar unreadable")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a tar archive" * 40, None])
+def test_unreadable_archive_is_a_user_error(tmp_path, content):
+    path = tmp_path / "Images.tar"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        open_images(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_second_open_uses_the_cached_index_and_a_changed_archive_invalidates_it(tmp_path, images):
+    path = write_images_tar(tmp_path / "Images.tar", images)
+    index = tmp_path / "idx"
+    items = items_of(images)
+    assert fetch_all(open_images(path, index_dir=index), items) == expected_bytes(images)
+    # Wipe every tar header (outer and inner) but keep size and mtime: only the cache knows the offsets.
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    with tarfile.open(path) as outer:
+        header_offsets = [m.offset for m in outer.getmembers()]
+        for member in outer.getmembers():
+            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+                header_offsets += [member.offset_data + m.offset for m in inner.getmembers()]
+    for offset in header_offsets:
+        data[offset : offset + 512] = b"\xee" * 512
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fetch_all(open_images(path, index_dir=index), items) == expected_bytes(images)
+    with pytest.raises(UserError):  # without the cache the wiped archive is unreadable: the cache was used
+        open_images(path)
+    # A new archive at the same path (other size and mtime) is indexed afresh.
+    changed = sample_images({"n04": 2})
+    write_images_tar(path, changed)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    source = open_images(path, index_dir=index)
+    assert source.synsets() == {"n04"}
+    assert fetch_all(source, items_of(changed)) == expected_bytes(changed)
+
+
+def test_source_survives_pickling_for_spawned_workers(tmp_path, images):
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images), index_dir=tmp_path / "idx")
+    list(source.fetch(items_of(images)[:1]))  # opens a descriptor, which must not travel
+    clone = pickle.loads(pickle.dumps(source))
+    assert fetch_all(clone, items_of(images)) == expected_bytes(images)
+
+
+def test_flat_val_tar_with_labels(tmp_path):
+    members = {f"ILSVRC2012_val_{n:08d}.JPEG": jpeg_bytes(n) for n in (1, 2, 3)}
+    path = tmp_path / "ILSVRC2012_img_val.tar"
+    path.write_bytes(tar_bytes(members))
+    pairs = tmp_path / "labels.txt"
+    pairs.write_text("ILSVRC2012_val_00000001.JPEG n01\nILSVRC2012_val_00000002.JPEG n02\n")
+    source = open_images(path, val_labels=pairs)
+    assert source.synsets() == {"n01", "n02"}
+    got = fetch_all(
+        source,
+        [
+            ListedImage("n01", "ILSVRC2012_val_00000001", 1),
+            ListedImage("n01", "ILSVRC2012_val_00000002", 2),
+            ListedImage("n01", "ILSVRC2012_val_00000003", 3),
+        ],
+    )
+    assert got[("n01", "ILSVRC2012_val_00000001")] == jpeg_bytes(1)
+    assert got[("n01", "ILSVRC2012_val_00000002")] == "labelled n02 in labels.txt, listed as n01"
+    assert got[("n01", "ILSVRC2012_val_00000003")] == "no label in labels.txt"
+    # inception's one-wnid-a-line form: line k labels ILSVRC2012_val_0000000k
+    ordered = tmp_path / "synset_labels.txt"
+    ordered.write_text("n05\nn06\nn07\n")
+    got = fetch_all(open_images(path, val_labels=ordered), [ListedImage("n07", "ILSVRC2012_val_00000003", 1)])
+    assert got == {("n07", "ILSVRC2012_val_00000003"): jpeg_bytes(3)}
+
+
+def test_flat_tar_without_labels_or_with_bad_labels_is_a_user_error(tmp_path):
+    path = tmp_path / "val.tar"
+    path.write_bytes(tar_bytes({"ILSVRC2012_val_00000001.JPEG": jpeg_bytes(1)}))
+    with pytest.raises(UserError, match="labels"):
+        open_images(path)
+    bad = tmp_path / "labels.txt"
+    bad.write_text("a b c\n")
+    with pytest.raises(UserError, match=r"labels.txt:1"):
+        open_images(path, val_labels=bad)
+
+
+def test_annotations_from_tar_gz_and_folder(tmp_path, images):
+    tgz = write_annotations_tgz(tmp_path / "Annotation.tar.gz", images, skip={"n01_2"})
+    wanted = [*items_of(images), ListedImage("n77", "n77_1", 1)]
+    expected = {(i.wnid, i.name): voc_xml(i.wnid, i.name) for i in items_of(images)}
+    expected[("n01", "n01_2")] = NO_ANNOTATION
+    expected[("n77", "n77_1")] = NO_ANNOTATION
+    source = open_annotations(tgz, index_dir=tmp_path / "idx")
+    assert source.synsets() == {"n01", "n02", "n03"}
+    assert fetch_all(source, wanted) == expected
+    folder = tmp_path / "annotations"
+    for (wnid, name), xml in expected.items():
+        if xml != NO_ANNOTATION:
+            (folder / wnid).mkdir(parents=True, exist_ok=True)
+            (folder / wnid / f"{name}.xml").write_bytes(xml)
+    assert fetch_all(open_annotations(folder), wanted) == expected
+
+
+def test_annotation_archive_unsafe_and_truncated(tmp_path):
+    inner = tar_bytes(
+        {"Annotation/n01/n01_1.xml": voc_xml("n01", "n01_1"), "../../n01_2.xml": b"<x/>"}, mode="w:gz"
+    )
+    path = tmp_path / "Annotation.tar.gz"
+    path.write_bytes(gzip.compress(tar_bytes({"n01.tar.gz": inner, "n02.tar.gz": inner[: len(inner) // 2]})))
+    got = fetch_all(
+        open_annotations(path),
+        [ListedImage("n01", "n01_1", 1), ListedImage("n01", "n01_2", 2), ListedImage("n02", "n02_1", 3)],
+    )
+    assert got[("n01", "n01_1")] == voc_xml("n01", "n01_1")
+    assert got[("n01", "n01_2")] == "unsafe member path '../../n01_2.xml'"
+    assert got[("n02", "n02_1")].startswith("synset tar n02.tar.gz unreadable")
+    garbage = tmp_path / "bad.tar.gz"
+    garbage.write_bytes(gzip.compress(b"not a tar" * 100))
+    with pytest.raises(UserError, match="bad.tar.gz"):
+        open_annotations(garbage)
