@@ -76,3 +76,20 @@ def run_script(
     options = vars(parser.parse_args(argv))
     main(out_dir=options.pop("out"), **options)
     return 0
+
+
+def write_scalars(writer, values: dict[str, float], step: int) -> None:
+    """Write scalars TensorBoard's Scalars tab reads, without needing the tensorboard package.
+
+    `tf.summary.scalar` lives in the tensorboard wheel (tensorflow-cpu 2.21 no longer pulls it in);
+    the core `tf.summary.write` with the "scalars" plugin tag produces the same event records.
+    """
+    import tensorflow as tf
+
+    metadata = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
+    with writer.as_default():
+        for name, value in values.items():
+            tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
+    writer.flush()
