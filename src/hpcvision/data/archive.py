@@ -137,6 +137,7 @@ class TarScan:
 
     entries: dict[str, Entry]
     truncated: str | None  # None when the tar ends cleanly
+    data: bytes | None = None  # the whole tar, when read into memory (entries then index into it)
 
 
 def scan_tar(fileobj, size: int | None, suffixes: Sequence[str], base: int, label: str) -> dict[str, TarScan]:
@@ -422,11 +423,10 @@ class NestedTarSource(AnnotationSource):
     def __init__(self, archive: ArchiveFile, inner_suffix: str, missing: str | None = None):
         self.archive, self.inner_suffix, self.missing = archive, inner_suffix, missing
         self._scans: dict[str, TarScan | str] = {}  # wnid -> scan of its tar, or why unreadable
-        self._blobs: dict[str, bytes] = {}  # wnid -> its decompressed synset tar (in-memory mode)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_scans"], state["_blobs"] = {}, {}
+        state["_scans"] = {}
         return state
 
     def synsets(self) -> set[str]:
@@ -450,7 +450,7 @@ class NestedTarSource(AnnotationSource):
                 result = self._scan_seekable(wnid)
                 if cache is not None:
                     save_json(cache, inner_index_json(result))
-        self._scans[wnid] = result
+        remember(self._scans, wnid, result)
         return result
 
     def _scan_seekable(self, wnid: str) -> TarScan | str:
@@ -476,7 +476,7 @@ class NestedTarSource(AnnotationSource):
             scan = scan_tar(io.BytesIO(data), len(data), [self.inner_suffix], 0, label)[self.inner_suffix]
         except ARCHIVE_ERRORS as exc:
             return cut or f"synset tar {label} unreadable ({exc})"
-        self._blobs[wnid] = data
+        scan.data = data
         scan.truncated = scan.truncated or cut
         return scan
 
@@ -506,16 +506,17 @@ class NestedTarSource(AnnotationSource):
         for wnid in sorted(by_synset):
             yield from self._fetch_synset(wnid, by_synset[wnid])
             self._scans.pop(wnid, None)  # keep memory flat over thousands of synsets
-            self._blobs.pop(wnid, None)
 
     def _fetch_synset(self, wnid: str, items: list[ListedImage]) -> Iterator[Fetched]:
         ranges = []
+        scan = self._inner_scan(wnid) if isinstance(self.archive.members.get(wnid), list) else None
+        in_memory = scan.data if isinstance(scan, TarScan) else None
         for item in items:
             entry = self._locate(item)
             if isinstance(entry, str):
                 yield Fetched(item, None, entry)
-            elif wnid in self._blobs:
-                data = self._blobs[wnid][entry[0] : entry[0] + entry[1]]
+            elif in_memory is not None:
+                data = in_memory[entry[0] : entry[0] + entry[1]]
                 if len(data) == entry[1]:
                     yield Fetched(item, data, None)
                 else:
@@ -525,6 +526,14 @@ class NestedTarSource(AnnotationSource):
             else:
                 ranges.append((item, entry[0], entry[1]))
         yield from fetch_ranges(self.archive, ranges)
+
+
+def remember(cache: dict, key: str, value: object, keep: int = 2) -> None:
+    """Keep only the last few synsets' indexes and blobs: a run visits thousands of synsets."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > keep:
+        cache.pop(next(iter(cache)))
 
 
 def fetch_ranges(archive: ArchiveFile, ranges: list[tuple[ListedImage, int, int]]) -> Iterator[Fetched]:
