@@ -1,7 +1,61 @@
-"""Subcommands of the train stage (registered by hpcvision.cli)."""
+"""Subcommands of the train stage (registered by hpcvision.cli): `train` and `launch`.
+
+TensorFlow is imported inside the handlers only, so `hpcvision --help` stays fast.
+"""
+
+from __future__ import annotations
 
 import argparse
 
+from hpcvision.config import add_config_arguments, load_config
+from hpcvision.train.config import TrainConfig
+
+TRAIN_EXAMPLE = """example:
+  hpcvision train --data records/ --model resnet50 --checkpoint-dir runs/r50 --epochs 90 --batch-size 64
+  (run the same command again to resume; SIGTERM/SIGUSR1 or the job's deadline save and exit 0)"""
+
+LAUNCH_EXAMPLE = """example:
+  hpcvision launch --workers 2 -- --data records/ --model small --checkpoint-dir runs/s --steps 200
+  hpcvision launch --workers 2 --ps 1 -- --data records/ --model small --checkpoint-dir runs/ps --steps 200"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this stage's subcommands to the top-level parser."""
+    """Add `train` and `launch` to the top-level parser."""
+    train = subparsers.add_parser(
+        "train", help="train a network (one process, all-reduce or parameter servers)",
+        description="Train an image classifier from TFRecord shards; resumes from --checkpoint-dir.",
+        epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--config", help="YAML file of options (flags override it); e.g. a run's run.yaml")
+    add_config_arguments(train, TrainConfig)
+    train.set_defaults(func=run_train)
+
+    launch = subparsers.add_parser(
+        "launch", help="run `hpcvision train` as a local cluster of processes on 127.0.0.1",
+        description="Start N workers (and M parameter servers plus a chief) on this machine, each with "
+        "its TF_CONFIG; prefix their output with their role; stop all if one fails.",
+        epilog=LAUNCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    launch.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    launch.add_argument("--ps", type=int, default=0, help="parameter servers; >0 adds a chief (default: 0)")
+    launch.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads per process, 0 = TensorFlow's default (default: 1)")
+    launch.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the `hpcvision train` options")
+    launch.set_defaults(func=run_launch)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision train`."""
+    from hpcvision.train.loop import train
+
+    return train(load_config(TrainConfig, args, args.config))
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision launch`."""
+    from hpcvision.cluster.launch import launch_local
+
+    train_args = list(args.train_args)
+    if train_args and train_args[0] == "--":
+        train_args = train_args[1:]
+    return launch_local(train_args, workers=args.workers, ps=args.ps, threads=args.threads)

@@ -1,0 +1,150 @@
+"""`hpcvision launch`: a training cluster of local processes on 127.0.0.1.
+
+Each process gets its own TF_CONFIG (distinct free ports) and one intra-op thread by default, its
+output lines are prefixed with its role (`[worker0] ...`), and if one process fails the others are
+stopped (SIGTERM, then SIGKILL after a grace period) and launch exits non-zero. SIGINT/SIGTERM/SIGUSR1
+sent to launch are forwarded, so a job's walltime signal reaches every trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from hpcvision.errors import UserError
+
+GRACE_S = 10.0  # between SIGTERM and SIGKILL when stopping the others
+
+
+@dataclass
+class Task:
+    role: str  # chief | worker | ps
+    index: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def name(self) -> str:
+        return "chief" if self.role == "chief" else f"{self.role}{self.index}"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (all held open while choosing, so no repeats)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def local_cluster(workers: int, ps: int) -> tuple[dict, list[Task]]:
+    """The cluster spec and tasks: workers only (all-reduce, worker 0 is chief) or chief + ps + workers."""
+    if workers < 1 or ps < 0:
+        raise UserError("launch: --workers must be >= 1 and --ps >= 0")
+    tasks = ([Task("chief", 0)] if ps else []) + [Task("ps", i) for i in range(ps)]
+    tasks += [Task("worker", i) for i in range(workers)]
+    ports = iter(free_ports(len(tasks)))
+    cluster: dict[str, list[str]] = {}
+    for task in tasks:
+        cluster.setdefault(task.role, []).append(f"127.0.0.1:{next(ports)}")
+    return cluster, tasks
+
+
+def train_command(train_args: list[str]) -> list[str]:
+    """The command line of one trainer process."""
+    return [sys.executable, "-m", "hpcvision", "train", *train_args]
+
+
+def launch_local(train_args: list[str], *, workers: int, ps: int = 0, threads: int = 1,
+                 command: list[str] | None = None) -> int:
+    """Run the cluster to completion; 0 if every process exited 0, else the first failure's code."""
+    cluster, tasks = local_cluster(workers, ps)
+    argv = command or train_command(train_args)
+    lock = threading.Lock()
+    readers = []
+    for task in tasks:
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": task.role,
+                                                                                    "index": task.index}}))
+        if threads > 0:
+            env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+        # A session of its own: a terminal's Ctrl-C reaches launch only, which forwards it once.
+        task.process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        reader = threading.Thread(target=_prefix_lines, args=(task, lock), daemon=True)
+        reader.start()
+        readers.append(reader)
+    _say(lock, f"started {', '.join(f'{t.name} (pid {t.process.pid})' for t in tasks)} on 127.0.0.1")
+
+    previous = {sig: signal.signal(sig, lambda signum, _frame: _forward(tasks, signum))
+                for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        code = _wait(tasks, lock)
+    except KeyboardInterrupt:
+        _forward(tasks, signal.SIGINT)
+        _stop_all(tasks, lock)
+        code = 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for reader in readers:
+        reader.join(timeout=5)
+    return code
+
+
+def _wait(tasks: list[Task], lock: threading.Lock) -> int:
+    """Poll until all exited 0 (-> 0) or one failed (-> stop the rest, its code)."""
+    while True:
+        codes = {t.name: t.process.poll() for t in tasks}
+        failed = [(name, code) for name, code in codes.items() if code not in (None, 0)]
+        if failed:
+            name, code = failed[0]
+            _say(lock, f"{name} exited with code {code}; stopping the others")
+            _stop_all(tasks, lock)
+            return code if code > 0 else 128 - code
+        if all(code == 0 for code in codes.values()):
+            _say(lock, "all processes exited 0")
+            return 0
+        time.sleep(0.2)
+
+
+def _forward(tasks: list[Task], sig: int) -> None:
+    for task in tasks:
+        if task.process.poll() is None:
+            task.process.send_signal(sig)
+
+
+def _stop_all(tasks: list[Task], lock: threading.Lock) -> None:
+    """SIGTERM every live process, SIGKILL those still alive after the grace period (by pid)."""
+    _forward(tasks, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_S
+    for task in tasks:
+        try:
+            task.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _say(lock, f"{task.name} did not stop after SIGTERM; killing pid {task.process.pid}")
+            task.process.kill()
+            task.process.wait()
+
+
+def _prefix_lines(task: Task, lock: threading.Lock) -> None:
+    for raw in iter(task.process.stdout.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        with lock:
+            print(f"[{task.name}] {line}", flush=True)
+    task.process.stdout.close()
+
+
+def _say(lock: threading.Lock, message: str) -> None:
+    with lock:
+        print(f"[launch] {message}", flush=True)

@@ -1,0 +1,333 @@
+"""`hpcvision train`: the training loop, top to bottom.
+
+One custom loop for every strategy (Keras 3's `fit` breaks under MultiWorkerMirroredStrategy and
+ParameterServerStrategy on TF 2.21): a `tf.function` step run by `strategy.run` (all-reduce), or
+scheduled by a `ClusterCoordinator` on the workers (parameter servers). Our own int64 `step`
+variable drives the schedule, checkpoint names and resume.
+
+Stopping early is agreed by all workers: each step all-reduces a small vector that carries, besides
+loss and accuracy counts, "this worker got SIGTERM/SIGUSR1 or passed its deadline" and "this worker
+wants a timed checkpoint". So every worker saves and stops after the same step, and the job exits 0.
+(TF's PreemptionCheckpointHandler does the same through the coordination service, but exits with its
+own restart code and owns the checkpoint manager; one extra float in an existing all-reduce is simpler.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from hpcvision.cluster.walltime import job_deadline
+from hpcvision.errors import UserError
+from hpcvision.train import checkpoint as ckpt_lib
+from hpcvision.train import inputs, optim
+from hpcvision.train.strategy import make_strategy, resolve_role, serve_until_chief_exits
+from hpcvision.train.summaries import Summaries
+
+log = logging.getLogger("hpcvision.train")
+
+# Positions in the per-step vector that is summed over replicas.
+LOSS, TOP1, TOP5, COUNT, STOP, SAVE = range(6)
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGUSR1 (what PBS and Slurm send before walltime) or by the job's deadline."""
+
+    def __init__(self, deadline: float | None, margin_s: float):
+        self.signal_name: str | None = None
+        self.stop_at = None if deadline is None else deadline - margin_s
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.signal_name = signal.Signals(signum).name  # acted on at the next step boundary
+
+    def reason(self) -> str | None:
+        if self.signal_name:
+            return self.signal_name
+        if self.stop_at is not None and time.time() >= self.stop_at:
+            return "deadline"
+        return None
+
+
+def train(cfg) -> int:
+    """Train as `cfg` says (resuming from its checkpoint dir); the process exit code."""
+    _apply_thread_settings()
+    import keras
+    import tensorflow as tf
+
+    from hpcvision.models import build_model, model_spec
+
+    role = resolve_role(cfg.strategy, cfg.num_ps, len(tf.config.list_physical_devices("GPU")))
+    if role.runs_server_only:
+        return serve_until_chief_exits(role)
+    if not cfg.checkpoint_dir:
+        raise UserError("--checkpoint-dir is required")
+    try:
+        spec = model_spec(cfg.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    loss_scaling = _set_precision(cfg.mixed_precision, tf, keras)
+    strategy = make_strategy(role, cfg.collective_timeout_s)
+    parameter_server = role.kind == "parameter-server"
+    if cfg.seed is not None:
+        keras.utils.set_random_seed(cfg.seed)
+
+    info = inputs.describe_data(cfg)
+    cfg = dataclasses.replace(cfg, image_size=cfg.image_size or spec.image_size, num_classes=info.num_classes)
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = max(1, info.examples_per_epoch // global_batch)
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    peak_rate = optim.scaled_learning_rate(cfg.learning_rate, global_batch)
+
+    with strategy.scope():
+        model = build_model(cfg.model, info.num_classes, cfg.image_size, aux=spec.has_aux)
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="step")
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="epoch")
+
+        def learning_rate():
+            return optim.learning_rate_at(step, peak=peak_rate, steps_per_epoch=steps_per_epoch,
+                                          total_steps=total_steps, warmup_epochs=cfg.warmup_epochs,
+                                          schedule=cfg.schedule, step_epochs=cfg.step_epochs)
+
+        optimizer = optim.make_optimizer(cfg.optimizer, learning_rate, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, loss_scaling=loss_scaling)
+        optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, epoch=epoch)
+    checkpoint_dir = Path(cfg.checkpoint_dir)
+    if role.is_chief:
+        ckpt_lib.write_run_files(cfg, info.labels, checkpoint_dir)
+    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=cfg.keep_checkpoints,
+                                         checkpoint_name=ckpt_lib.CHECKPOINT_NAME)
+    restored = ckpt_lib.restore_newest(checkpoint, checkpoint_dir)
+    start_step = int(step.numpy())
+    log.info("%s: %s strategy, %d replica(s), global batch %d, %d steps/epoch, %d steps; %s", role.name,
+             role.kind, strategy.num_replicas_in_sync, global_batch, steps_per_epoch, total_steps,
+             f"resumed from {restored} at step {start_step}" if restored else "starting at step 0")
+
+    def save(step_value: int) -> None:
+        epoch.assign(step_value // steps_per_epoch)
+        if role.is_chief:
+            path = manager.save(checkpoint_number=step_value)
+            log.info("checkpoint %s written (step %d)", path, step_value)
+        else:  # MWMS: every worker must take part in the save; only the chief's copy is kept
+            scratch = tempfile.mkdtemp(prefix="hpcvision-ckpt-")
+            tf.train.CheckpointManager(checkpoint, scratch, max_to_keep=1).save(checkpoint_number=step_value)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def replica_step(images, labels, flags):
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            losses, logits = optim.per_example_loss(outputs, labels, num_classes=info.num_classes,
+                                                    label_smoothing=cfg.label_smoothing,
+                                                    aux_weight=cfg.aux_loss_weight)
+            loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        optimizer.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
+        return tf.concat([_batch_sums(losses, logits, labels, tf), flags], axis=0)
+
+    if cfg.xla:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_step(iterator, flags):
+        images, labels = next(iterator)
+        sums = strategy.reduce("SUM", strategy.run(replica_step, args=(images, labels, flags)), axis=None)
+        step.assign_add(1)
+        return sums
+
+    @tf.function
+    def eval_step(images, labels):
+        losses, logits = optim.per_example_loss(model(images, training=False), labels,
+                                                num_classes=info.num_classes, label_smoothing=0.0, aux_weight=0.0)
+        return _batch_sums(losses, logits, labels, tf)
+
+    coordinator = None
+    if parameter_server:
+        coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+
+    def make_iterator(epoch_index: int, skip: int):
+        if parameter_server:  # async workers: each reads all files in its own random order
+            fn = inputs.train_dataset_fn(cfg, cfg.image_size, info.num_classes, epoch=epoch_index, skip=0,
+                                         seeded=False)
+            return iter(coordinator.create_per_worker_dataset(lambda: fn(None)))
+        fn = inputs.train_dataset_fn(cfg, cfg.image_size, info.num_classes, epoch=epoch_index, skip=skip)
+        return iter(strategy.distribute_datasets_from_function(fn))
+
+    def evaluate(step_value: int) -> None:
+        if not (cfg.eval and info.has_validation):
+            return
+        sharded = role.kind == "multi-worker"
+        dataset = inputs.eval_dataset(cfg, cfg.image_size, num_workers=role.num_workers if sharded else 1,
+                                      worker_index=role.worker_index if sharded else 0)
+        totals = tf.zeros([4])
+        for images, labels in dataset:
+            totals += eval_step(images, labels)
+        if sharded:
+            totals = _sum_over_workers(strategy, totals, role.num_workers, tf)
+        loss, top1, top5, count = (float(v) for v in totals.numpy())
+        count = max(count, 1.0)
+        log.info("eval step %d: loss %.4f top-1 %.4f top-5 %.4f (%d images)", step_value, loss / count,
+                 top1 / count, top5 / count, count)
+        summaries.scalars(step_value, {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}, "eval")
+        summaries.flush()
+
+    summaries = Summaries(checkpoint_dir / "logs" if role.is_chief else None)
+    samples = inputs.sample_inputs(cfg, cfg.image_size) if role.is_chief else None
+    if samples is not None:
+        summaries.sample_inputs(*samples, step=start_step)
+    stop = StopRequest(job_deadline(cfg.deadline), cfg.deadline_margin_s)
+    eval_every = max(1, round(cfg.eval_every_epochs * steps_per_epoch)) if cfg.eval_every_epochs > 0 else 0
+    step_value, last_save = start_step, time.monotonic()
+    window, window_start, pending = _zeros(), time.monotonic(), []
+    reason = None
+    traced = False
+
+    while step_value < total_steps and reason is None:
+        epoch_index, offset = divmod(step_value, steps_per_epoch)
+        iterator = make_iterator(epoch_index, offset)
+        for _ in range(min(steps_per_epoch - offset, total_steps - step_value)):
+            timed_save = cfg.checkpoint_every_minutes > 0 and \
+                time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
+            local_stop = stop.reason()
+            if not traced:
+                summaries.trace_on()
+            if parameter_server:
+                pending.append(coordinator.schedule(train_step, args=(iterator, tf.zeros([2]))))
+                reason = local_stop
+            else:
+                sums = train_step(iterator, tf.constant([float(local_stop is not None), float(timed_save)]))
+                sums = sums.numpy()
+                window += sums
+                timed_save = sums[SAVE] > 0
+                reason = local_stop or ("a peer's stop request" if sums[STOP] > 0 else None)
+            if not traced:
+                summaries.trace_export(step_value + 1)
+                traced = True
+            step_value += 1
+            if step_value % cfg.log_every == 0 or step_value == total_steps or reason:
+                if parameter_server:
+                    window = sum((remote.fetch() for remote in pending), _zeros())
+                    pending = []
+                _report(step_value, total_steps, steps_per_epoch, window, time.monotonic() - window_start,
+                        global_batch, role, summaries, float(learning_rate()))
+                window, window_start = _zeros(), time.monotonic()
+            if cfg.histogram_every and step_value % cfg.histogram_every == 0:
+                summaries.weights(model, step_value)
+            every_steps = cfg.checkpoint_every_steps and step_value % cfg.checkpoint_every_steps == 0
+            if (every_steps or timed_save) and not reason and step_value < total_steps:
+                if coordinator:
+                    coordinator.join()
+                save(step_value)
+                last_save = time.monotonic()
+            if eval_every and step_value % eval_every == 0 and step_value < total_steps and not reason:
+                if coordinator:
+                    coordinator.join()
+                evaluate(step_value)
+            if reason:
+                break
+
+    if coordinator:
+        coordinator.join()
+        step_value = int(step.numpy())  # the workers' increments, all of them (assign_add is atomic)
+    if step_value > start_step or not restored:
+        save(step_value)
+    if reason:
+        log.info("stopping at step %d (%s); the same command resumes from the checkpoint", step_value, reason)
+    else:
+        evaluate(step_value)
+        summaries.weights(model, step_value)
+        log.info("finished at step %d; weights sha256 %s", step_value, weights_digest(model))
+    summaries.flush()
+    return 0
+
+
+def _batch_sums(losses, logits, labels, tf):
+    """[loss sum, top-1 hits, top-5 hits, examples] of one batch."""
+    k = min(5, logits.shape[-1])
+    return tf.stack([
+        tf.reduce_sum(losses),
+        tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)),
+        tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)),
+        tf.cast(tf.shape(labels)[0], tf.float32),
+    ])
+
+
+def _sum_over_workers(strategy, totals, num_workers: int, tf):
+    """Sum a per-worker vector over workers (each worker's first local replica contributes once)."""
+    local = max(1, strategy.num_replicas_in_sync // num_workers)
+
+    def contribution(values):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return values * tf.cast(tf.equal(replica % local, 0), tf.float32)
+
+    return strategy.reduce("SUM", strategy.run(contribution, args=(totals,)), axis=None)
+
+
+def _report(step_value, total_steps, steps_per_epoch, window, seconds, global_batch, role, summaries,
+            rate) -> None:
+    """Progress line and scalar summaries for the steps since the last report."""
+    count = max(float(window[COUNT]), 1.0)
+    steps = max(count / global_batch, 1.0)
+    images_per_s = count / max(seconds, 1e-9)
+    loss, top1, top5 = window[LOSS] / count, window[TOP1] / count, window[TOP5] / count
+    eta = (total_steps - step_value) * seconds / steps
+    if role.is_chief:
+        log.info("step %d/%d epoch %.2f loss %.4f top-1 %.3f top-5 %.3f lr %.4g %.1f img/s ETA %s", step_value,
+                 total_steps, step_value / steps_per_epoch, loss, top1, top5, rate, images_per_s, _clock(eta))
+    summaries.scalars(step_value, {
+        "loss": loss, "top1": top1, "top5": top5, "learning_rate": rate,
+        "images_per_sec/global": images_per_s, "images_per_sec/worker": images_per_s / max(role.num_workers, 1),
+    })
+
+
+def _zeros():
+    import numpy as np
+
+    return np.zeros(6, np.float64)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def weights_digest(model) -> str:
+    """sha256 over all model weights: equal on every worker after synchronous training."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _set_precision(choice: str, tf, keras) -> bool:
+    """Apply the Keras dtype policy; True when the loss must be scaled (float16)."""
+    if choice == "auto":
+        choice = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy("float32" if choice == "off" else choice)
+    return choice == "mixed_float16"
+
+
+def _apply_thread_settings() -> None:
+    """Honour TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (set per process by `hpcvision launch`)."""
+    intra = int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0") or 0)
+    inter = int(os.environ.get("TF_NUM_INTEROP_THREADS", "0") or 0)
+    if not (intra or inter):
+        return
+    import tensorflow as tf
+
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
