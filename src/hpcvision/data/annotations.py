@@ -1,0 +1,69 @@
+"""PASCAL-VOC bounding boxes (ImageNet's Annotation/<wnid>/<name>.xml) as relative, clamped boxes.
+
+Parsed with defusedxml, so entity-expansion and external-entity tricks in a hostile XML are refused
+rather than followed. A malformed XML keeps the image without boxes and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from hpcvision.data.records import Box
+
+
+@dataclass
+class ParsedBoxes:
+    """Boxes in [0, 1] (image kept either way) and notes about what was fixed or refused."""
+
+    boxes: list[Box] = field(default_factory=list)
+    problem: str | None = None  # the XML could not be used at all
+    clamped: int = 0            # boxes that reached past the image and were cut to it
+    dropped: int = 0            # boxes with no area, or unreadable coordinates
+
+
+def _number(node, tag: str) -> float | None:
+    child = node.find(tag)
+    if child is None or child.text is None:
+        return None
+    try:
+        return float(child.text.strip())
+    except ValueError:
+        return None
+
+
+def _clamp(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+def parse_voc(data: bytes, width: int, height: int) -> ParsedBoxes:
+    """Boxes of a VOC XML, normalised by the XML's <size> (the annotator's frame), else the image's."""
+    result = ParsedBoxes()
+    try:
+        root = SafeET.fromstring(data)
+    except (SafeET.ParseError, DefusedXmlException, ValueError) as exc:
+        result.problem = f"malformed XML ({str(exc).splitlines()[0][:100]})"
+        return result
+    size = root.find("size")
+    frame_w = _number(size, "width") if size is not None else None
+    frame_h = _number(size, "height") if size is not None else None
+    if not frame_w or not frame_h or frame_w <= 0 or frame_h <= 0:
+        frame_w, frame_h = float(width), float(height)
+    for obj in root.iter("object"):
+        bndbox = obj.find("bndbox")
+        coords = [_number(bndbox, k) if bndbox is not None else None for k in ("xmin", "ymin", "xmax", "ymax")]
+        if any(c is None for c in coords):
+            result.dropped += 1
+            continue
+        x0, y0, x1, y1 = coords
+        raw = (min(x0, x1) / frame_w, min(y0, y1) / frame_h, max(x0, x1) / frame_w, max(y0, y1) / frame_h)
+        box = tuple(_clamp(v) for v in raw)
+        if box != raw:
+            result.clamped += 1
+        if box[2] <= box[0] or box[3] <= box[1]:
+            result.dropped += 1
+            continue
+        result.boxes.append(Box(xmin=box[0], ymin=box[1], xmax=box[2], ymax=box[3]))
+    return result

@@ -1,0 +1,101 @@
+"""Image bytes for the records: JPEG pass-through from the header, conversion only where needed.
+
+Decoding every image is the slow path, so an RGB JPEG whose header reads cleanly and whose bytes
+start with SOI and end with EOI is passed through unchanged. Only CMYK/grayscale/other-mode JPEGs,
+other formats under a .JPEG name (ImageNet has a PNG), and JPEGs failing the cheap end check are
+decoded; the first three are re-encoded as RGB JPEG, a failing decode skips the image.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+JPEG_QUALITY = 95
+SOI = b"\xff\xd8"
+EOI = b"\xff\xd9"
+# Some JPEGs carry a few padding bytes after EOI; look for it near the end only.
+EOI_WINDOW = 64
+
+
+class ImageProblem(ValueError):
+    """An image that cannot be used; the message is the reason written to skipped.tsv."""
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """RGB JPEG bytes ready for a record, their pixel size, and what was done (None = passed through)."""
+
+    jpeg: bytes
+    width: int
+    height: int
+    converted: str | None = None
+
+
+def ends_cleanly(data: bytes) -> bool:
+    """Cheap JPEG integrity check: SOI at the start and an EOI marker in the last bytes."""
+    return data.startswith(SOI) and EOI in data[-EOI_WINDOW:]
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning etc.: reported via the reason
+            return Image.open(io.BytesIO(data))
+    except Exception as exc:  # Pillow raises many types for garbage input
+        raise ImageProblem(f"not a readable image ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
+
+
+def _decode(image: Image.Image, what: str) -> None:
+    try:
+        image.load()
+    except Exception as exc:
+        raise ImageProblem(f"corrupt {what} ({_short(exc)})") from None
+
+
+def to_rgb_jpeg(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
+    """Decoded image -> RGB JPEG bytes (CMYK, grayscale, palette and alpha images included)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+    elif image.mode == "I;16" or image.mode == "I":
+        rgb = image.point(lambda v: v / 256).convert("L").convert("RGB")
+    else:
+        rgb = image.convert("RGB")
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def prepare_image(data: bytes | None) -> PreparedImage:
+    """The record's JPEG for one image file; ImageProblem with the reason if it must be skipped."""
+    if not data:
+        raise ImageProblem("zero-byte file")
+    image = _open(data)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageProblem(f"image has no pixels ({width}x{height})")
+    if image.format == "JPEG" and image.mode == "RGB":
+        if not ends_cleanly(data):
+            _decode(image, "JPEG")  # Pillow raises "image file is truncated" if it really is
+        return PreparedImage(data, width, height)
+    what = f"{image.format or 'unknown'} {image.mode}"
+    _decode(image, f"{image.format or 'image'}")
+    if image.format == "JPEG":
+        converted = f"{image.mode} JPEG -> RGB"
+    else:
+        converted = f"{image.format} named .JPEG -> RGB JPEG"
+    try:
+        jpeg = to_rgb_jpeg(image)
+    except Exception as exc:
+        raise ImageProblem(f"cannot convert {what} to RGB JPEG ({_short(exc)})") from None
+    return PreparedImage(jpeg, width, height, converted)

@@ -1,0 +1,108 @@
+"""`hpcvision data verify`: read every shard back and reconcile it with the manifest.
+
+Checks, per record: the TFRecord framing and both masked CRC-32Cs, that the payload is an Example of
+the inception schema, that its label/synset/text agree with the manifest's label map, and (with
+`decode`) that the JPEG decodes to the stored size. Then per-shard and total counts. The first problem
+ends the command with a one-line error naming the shard and the record index (exit code 2).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+from hpcvision.data import records
+from hpcvision.errors import UserError
+from hpcvision.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+def read_manifest(folder: Path, name: str) -> dict:
+    """The build's manifest; UserError naming the file if it is missing or malformed."""
+    path = folder / f"{name}-manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no manifest (did `hpcvision data build --name {name}` finish?)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read manifest: {exc}") from None
+    for key in ("shards", "labels", "num_examples"):
+        if key not in manifest:
+            raise UserError(f"{path}: manifest has no '{key}'")
+    return manifest
+
+
+def _check_record(data: bytes, labels: dict[int, tuple[str, str]], decode: bool) -> str | None:
+    try:
+        features = records.decode_example(data)
+    except records.RecordFormatError as exc:
+        return f"not a tf.train.Example ({exc})"
+    problem = records.check_example(features)
+    if problem:
+        return problem
+    label = features["image/class/label"][0]
+    if label not in labels:
+        return f"label {label} not in the manifest's label map"
+    wnid, text = labels[label]
+    synset = features["image/class/synset"][0].decode("utf-8", "replace")
+    if synset != wnid:
+        return f"label {label} is {wnid} in the manifest, record says {synset}"
+    if features["image/class/text"][0].decode("utf-8", "replace") != text:
+        return f"image/class/text differs from the manifest's words for {wnid}"
+    if any(v != label for v in features["image/object/bbox/label"]):
+        return "bbox label differs from the class label"
+    if decode:
+        return _check_pixels(features)
+    return None
+
+
+def _check_pixels(features: dict) -> str | None:
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(features["image/encoded"][0]))
+        image.load()
+    except Exception as exc:
+        return f"JPEG does not decode ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})"
+    if image.mode != "RGB" or image.size != (features["image/width"][0], features["image/height"][0]):
+        return f"decoded {image.mode} {image.size[0]}x{image.size[1]} differs from the stored RGB size"
+    return None
+
+
+def verify(folder: Path, name: str = "train", decode: bool = False) -> int:
+    """Check every shard named in the manifest; 0 if all is well, UserError on the first problem."""
+    manifest = read_manifest(folder, name)
+    labels = {entry["label"]: (entry["wnid"], entry["text"]) for entry in manifest["labels"]}
+    total = 0
+    start = time.monotonic()
+    with progress(manifest["num_examples"], f"verify {name}", unit="rec") as bar:
+        for shard in manifest["shards"]:
+            path = folder / shard["file"]
+            if not path.is_file():
+                raise UserError(f"{path}: shard listed in the manifest is missing")
+            count = 0
+            try:
+                for index, data in enumerate(records.read_records(path)):
+                    problem = _check_record(data, labels, decode)
+                    if problem:
+                        raise UserError(f"{path}: record {index}: {problem}")
+                    count += 1
+                    bar.update(1)
+            except records.CorruptRecord as exc:
+                raise UserError(f"{path}: record {exc.index}: {exc.reason}") from None
+            if count != shard["count"]:
+                raise UserError(f"{path}: {count} records, manifest says {shard['count']}")
+            total += count
+    if total != manifest["num_examples"]:
+        raise UserError(f"{folder}: {total} records in all shards, manifest says {manifest['num_examples']}")
+    listed, skipped = manifest.get("listed"), manifest.get("skipped")
+    if listed is not None and skipped is not None and listed != total + skipped:
+        raise UserError(f"{folder / (name + '-manifest.json')}: listed {listed} != written {total} + skipped {skipped}")
+    print(f"verified {total} records in {len(manifest['shards'])} shards of {folder}/{name} "
+          f"({'CRCs, schema, labels, JPEG decode' if decode else 'CRCs, schema, labels'}) "
+          f"in {time.monotonic() - start:.1f} s")
+    return 0
