@@ -428,8 +428,8 @@ def base_port(environ: Mapping[str, str] | None = None, job_id: str | None = Non
 def assign_roles(tasks: list[Task], num_ps: int = 0) -> list[tuple[str, int]]:
     """(task type, index) per rank. No ps: all workers, worker 0 (rank 0) is chief.
 
-    With ps: parameter servers go to tasks on hosts without GPUs first, then the chief (the
-    coordinator does no heavy compute), then workers, GPU hosts first.
+    With ps: parameter servers go to tasks on hosts without GPUs first, one per host before a
+    second on any, then the chief (the coordinator does no heavy compute), then workers, GPU hosts first.
     """
     if num_ps < 0:
         raise UserError(f"--ps {num_ps}: must be >= 0")
@@ -439,7 +439,8 @@ def assign_roles(tasks: list[Task], num_ps: int = 0) -> list[tuple[str, int]]:
         raise UserError(
             f"--ps {num_ps} needs at least {num_ps + 2} tasks (ps + chief + 1 worker); the job has {len(tasks)}"
         )
-    cpu_first = sorted(range(len(tasks)), key=lambda r: (tasks[r].host_gpus > 0, r))
+    # First slot of every GPU-less host, then second slots...: ps spread over hosts share the traffic.
+    cpu_first = sorted(range(len(tasks)), key=lambda r: (tasks[r].host_gpus > 0, tasks[r].local_index, r))
     ps_ranks = cpu_first[:num_ps]
     chief_rank = cpu_first[num_ps]
     worker_ranks = sorted(

@@ -1,0 +1,362 @@
+"""Discovery from fake PBS, Slurm, mpirun and TF_CONFIG environments (no processes started)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hpcvision.cluster import discovery
+from hpcvision.cluster.discovery import (
+    Task,
+    assign_roles,
+    discover,
+    expand_nodelist,
+    expand_tasks_per_node,
+    process_rank,
+    resolve_tf_config,
+)
+from hpcvision.errors import UserError
+
+BASE = {"HPCVISION_BASE_PORT": "5000", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def all_ranks(env: dict, size: int, rank_var: str, num_ps: int = 0) -> list[dict]:
+    """resolve_tf_config as each rank of the job sees it."""
+    return [resolve_tf_config(num_ps, {**env, rank_var: str(r)}) for r in range(size)]
+
+
+def assert_consistent(configs: list[dict]) -> None:
+    """Every rank computes the same cluster, and each (type, index) belongs to exactly one rank."""
+    assert all(c["cluster"] == configs[0]["cluster"] for c in configs)
+    roles = [(c["task"]["type"], c["task"]["index"]) for c in configs]
+    assert len(set(roles)) == len(roles)
+    expected = {(t, i) for t, addrs in configs[0]["cluster"].items() for i in range(len(addrs))}
+    assert set(roles) == expected
+    addresses = [a for addrs in configs[0]["cluster"].values() for a in addrs]
+    assert len(set(addresses)) == len(addresses), "two tasks share host:port"
+
+
+# ------------------------------------------------------------------------------ format parsers
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("gpu01", ["gpu01"]),
+        ("nid[00010-00012,00020],gpu01", ["nid00010", "nid00011", "nid00012", "nid00020", "gpu01"]),
+        ("a[8-11]", ["a8", "a9", "a10", "a11"]),
+        ("r[1-2]n[01-02]", ["r1n01", "r1n02", "r2n01", "r2n02"]),
+        ("c1,c2,node[3]", ["c1", "c2", "node3"]),
+        ("host-a.example.org", ["host-a.example.org"]),
+    ],
+)
+def test_expand_nodelist(text, expected):
+    assert expand_nodelist(text) == expected
+
+
+@pytest.mark.parametrize("text", ["nid[1-", "nid[a-b]", "nid[5-3]"])
+def test_expand_nodelist_rejects_garbage(text):
+    with pytest.raises(UserError, match="SLURM node list"):
+        expand_nodelist(text)
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("2(x3),1", [2, 2, 2, 1]), ("4", [4]), ("1,3(x2)", [1, 3, 3]), ("16(x1)", [16])]
+)
+def test_expand_tasks_per_node(text, expected):
+    assert expand_tasks_per_node(text) == expected
+
+
+def test_expand_tasks_per_node_rejects_garbage():
+    with pytest.raises(UserError, match="tasks per node"):
+        expand_tasks_per_node("2(3)")
+
+
+# ------------------------------------------------------------------------------ process_rank
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, (0, 1)),
+        ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "3"}, (2, 3)),
+        ({"PMI_RANK": "1", "PMI_SIZE": "4"}, (1, 4)),
+        ({"MV2_COMM_WORLD_RANK": "3", "MV2_COMM_WORLD_SIZE": "8"}, (3, 8)),
+        ({"ALPS_APP_PE": "5", "PMI_SIZE": "6"}, (5, 6)),
+        ({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"}, (1, 2)),
+        # The batch script itself (outside srun) is one process, though SLURM_NTASKS says 4.
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, (0, 1)),
+    ],
+)
+def test_process_rank(env, expected):
+    assert process_rank(env) == expected
+
+
+def test_process_rank_pbsdsh(tmp_path):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\nn1\nn2\n")
+    assert process_rank({"PBS_NODEFILE": str(nodefile), "PBS_VNODENUM": "2"}) == (2, 3)
+
+
+def test_process_rank_rejects_non_integer():
+    with pytest.raises(UserError, match="OMPI_COMM_WORLD_RANK"):
+        process_rank({"OMPI_COMM_WORLD_RANK": "x", "OMPI_COMM_WORLD_SIZE": "2"})
+
+
+# ------------------------------------------------------------------------------ PBS
+
+
+@pytest.fixture
+def pbs_env(tmp_path):
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("n1.cluster\nn1.cluster\nn2.cluster\nn2.cluster\n")
+    return {**BASE, "PBS_NODEFILE": str(nodefile), "PBS_JOBID": "77.pbs", "OMPI_COMM_WORLD_SIZE": "4"}
+
+
+def test_pbs_nodefile_slots_become_workers_with_distinct_ports(pbs_env):
+    configs = all_ranks(pbs_env, 4, "OMPI_COMM_WORLD_RANK")
+    assert configs[0]["cluster"] == {
+        "worker": ["n1.cluster:5000", "n1.cluster:5001", "n2.cluster:5000", "n2.cluster:5001"]
+    }
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": r} for r in range(4)]
+    assert_consistent(configs)
+
+
+def test_pbs_fewer_ranks_than_slots_fill_the_first_host_first(pbs_env):
+    env = {**pbs_env, "OMPI_COMM_WORLD_SIZE": "3"}
+    config = resolve_tf_config(0, {**env, "OMPI_COMM_WORLD_RANK": "2"})
+    assert config["cluster"]["worker"] == ["n1.cluster:5000", "n1.cluster:5001", "n2.cluster:5000"]
+
+
+def test_pbs_interleaved_nodefile_is_grouped_by_host(tmp_path):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("a\nb\na\nb\n")
+    env = {**BASE, "PBS_NODEFILE": str(nodefile), "PMI_SIZE": "4"}
+    config = resolve_tf_config(0, {**env, "PMI_RANK": "1"})
+    assert config["cluster"]["worker"] == ["a:5000", "a:5001", "b:5000", "b:5001"]
+
+
+def test_pbs_pbsdsh_rank(pbs_env):
+    env = {k: v for k, v in pbs_env.items() if not k.startswith("OMPI")}
+    found = discover({**env, "PBS_VNODENUM": "3"})
+    assert (found.scheduler, found.rank, found.size) == ("pbs", 3, 4)
+    assert found.tasks[3] == Task("n2.cluster", 1, 0)
+
+
+def test_pbs_batch_script_outside_launcher_is_one_process(pbs_env):
+    env = {k: v for k, v in pbs_env.items() if not k.startswith("OMPI")}
+    assert resolve_tf_config(0, env) is None
+    assert "not started by a launcher" in discover(env).notes[0]
+
+
+def test_pbs_gpufile_puts_ps_on_the_cpu_node(tmp_path):
+    nodefile, gpufile = tmp_path / "nodes", tmp_path / "gpus"
+    nodefile.write_text("gpu01\ngpu01\ncpu01\ngpu02\ngpu02\n")
+    gpufile.write_text("gpu01-gpu0\ngpu01-gpu1\ngpu02-gpu0\ngpu02-gpu1\n")
+    env = {**BASE, "PBS_NODEFILE": str(nodefile), "PBS_GPUFILE": str(gpufile), "OMPI_COMM_WORLD_SIZE": "5"}
+    configs = all_ranks(env, 5, "OMPI_COMM_WORLD_RANK", num_ps=1)
+    assert configs[2]["task"] == {"type": "ps", "index": 0}  # rank 2 is the one on cpu01
+    assert configs[0]["cluster"]["ps"] == ["cpu01:5000"]
+    assert all(a.startswith("gpu") for a in configs[0]["cluster"]["worker"])
+    assert_consistent(configs)
+
+
+def test_pbs_missing_nodefile_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="cannot read PBS_NODEFILE"):
+        discover({"PBS_NODEFILE": str(tmp_path / "absent"), "PMI_RANK": "0", "PMI_SIZE": "2"})
+
+
+def test_pbs_more_ranks_than_slots_is_a_user_error(pbs_env):
+    with pytest.raises(UserError, match="5 ranks but the node file holds 4"):
+        discover({**pbs_env, "OMPI_COMM_WORLD_SIZE": "5", "OMPI_COMM_WORLD_RANK": "0"})
+
+
+# ------------------------------------------------------------------------------ Slurm
+
+
+def slurm_env(nodelist: str, per_node: str, ntasks: int, **extra: str) -> dict:
+    return {
+        **BASE,
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_STEP_NODELIST": nodelist,
+        "SLURM_STEP_TASKS_PER_NODE": per_node,
+        "SLURM_STEP_NUM_TASKS": str(ntasks),
+        "SLURM_NTASKS": str(ntasks),
+        **extra,
+    }
+
+
+def test_slurm_cpu_only_nodes_block_distribution():
+    env = slurm_env("nid[00010-00012,00020]", "2(x3),1", 7)
+    configs = all_ranks(env, 7, "SLURM_PROCID")
+    expected_hosts = ["nid00010"] * 2 + ["nid00011"] * 2 + ["nid00012"] * 2 + ["nid00020"]
+    expected_ports = [5000, 5001] * 3 + [5000]
+    assert configs[0]["cluster"]["worker"] == [f"{h}:{p}" for h, p in zip(expected_hosts, expected_ports, strict=True)]
+    assert_consistent(configs)
+    assert all(t.host_gpus == 0 for t in discover({**env, "SLURM_PROCID": "0"}).tasks)
+
+
+def test_slurm_gpus_per_task_zero_does_not_crash():
+    # TF's SlurmClusterResolver divides by gpus_per_task here.
+    env = slurm_env("cpu[1-2]", "1(x2)", 2, SLURM_GPUS_PER_TASK="0")
+    configs = all_ranks(env, 2, "SLURM_PROCID")
+    assert configs[1]["cluster"] == {"worker": ["cpu1:5000", "cpu2:5000"]}
+
+
+@pytest.mark.parametrize("value, gpus", [("4", 4), ("a100:4", 4), ("gpu:a100:2", 2), ("0", 0)])
+def test_slurm_gpus_per_node_formats(value, gpus):
+    env = slurm_env("g[1-2]", "1(x2)", 2, SLURM_GPUS_PER_NODE=value, SLURM_PROCID="0")
+    assert [t.host_gpus for t in discover(env).tasks] == [gpus, gpus]
+
+
+def test_slurm_mixed_nodes_ps_first_on_gpu_less_hosts():
+    env = slurm_env("cpu[01-02],gpu[01-02]", "1(x2),2(x2)", 6, HPCVISION_GPUS="gpu01=2,gpu02=2,cpu01=0,cpu02=0")
+    configs = all_ranks(env, 6, "SLURM_PROCID", num_ps=1)
+    assert configs[0]["cluster"]["ps"] == ["cpu01:5000"]
+    assert configs[0]["cluster"]["chief"] == ["cpu02:5000"]
+    assert configs[0]["cluster"]["worker"] == ["gpu01:5000", "gpu01:5001", "gpu02:5000", "gpu02:5001"]
+    assert_consistent(configs)
+
+
+def test_slurm_tasks_per_node_mismatch_is_a_user_error():
+    env = slurm_env("a[1-3]", "2(x2)", 4, SLURM_PROCID="0")
+    with pytest.raises(UserError, match="3 hosts"):
+        discover(env)
+
+
+def test_slurm_ntasks_mismatch_is_a_user_error():
+    env = slurm_env("a[1-2]", "2(x2)", 3, SLURM_PROCID="0")
+    with pytest.raises(UserError, match="add up to 4"):
+        discover(env)
+
+
+def test_slurm_batch_script_outside_srun_is_one_process():
+    env = slurm_env("a[1-2]", "2(x2)", 4, SLURM_PROCID="0")
+    del env["SLURM_STEP_NUM_TASKS"], env["SLURM_STEP_NODELIST"], env["SLURM_STEP_TASKS_PER_NODE"]
+    assert resolve_tf_config(0, env) is None
+
+
+def test_mpirun_inside_a_slurm_allocation_trusts_mpi_ranks(monkeypatch):
+    # Ranks started by mpirun inherit the batch step's SLURM_PROCID=0: mpirun's ranks must win.
+    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: [("a1", 0), ("a1", 0)])
+    env = slurm_env("a1", "2", 2, SLURM_PROCID="0", OMPI_COMM_WORLD_RANK="1", OMPI_COMM_WORLD_SIZE="2")
+    found = discover(env)
+    assert (found.scheduler, found.rank) == ("mpi", 1)
+
+
+def test_slurm_job_id_derives_the_same_base_port_on_every_rank():
+    env = slurm_env("a[1-2]", "1(x2)", 2)
+    del env["HPCVISION_BASE_PORT"]
+    configs = all_ranks(env, 2, "SLURM_PROCID")
+    assert_consistent(configs)
+    port = int(configs[0]["cluster"]["worker"][0].rsplit(":", 1)[1])
+    assert port == 20000 + (4242 % 600) * 64
+    other_job = resolve_tf_config(0, {**env, "SLURM_JOB_ID": "4243", "SLURM_PROCID": "0"})
+    assert other_job["cluster"] != configs[0]["cluster"]
+
+
+# ------------------------------------------------------------------------------ MPI, TF_CONFIG, local
+
+
+def test_mpi_allgather_hosts(monkeypatch):
+    gathered = [("a", 0), ("b", 2), ("a", 0), ("b", 2)]
+    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: gathered)
+    env = {**BASE, "OMPI_COMM_WORLD_SIZE": "4"}
+    configs = all_ranks(env, 4, "OMPI_COMM_WORLD_RANK", num_ps=1)
+    assert configs[0]["cluster"] == {"ps": ["a:5000"], "chief": ["a:5001"], "worker": ["b:5000", "b:5001"]}
+    assert configs[2]["task"] == {"type": "chief", "index": 0}
+    assert_consistent(configs)
+
+
+def test_mpi_without_mpi4py_on_one_host_uses_this_host(monkeypatch):
+    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: None)
+    env = {**BASE, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    assert len(resolve_tf_config(0, env)["cluster"]["worker"]) == 2
+
+
+def test_mpi_without_mpi4py_across_hosts_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: None)
+    env = {**BASE, "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    with pytest.raises(UserError, match="mpi4py"):
+        resolve_tf_config(0, env)
+
+
+def test_tf_config_wins_over_scheduler(pbs_env):
+    explicit = {"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}
+    env = {**pbs_env, "OMPI_COMM_WORLD_RANK": "0", "TF_CONFIG": json.dumps(explicit)}
+    assert resolve_tf_config(1, env) == explicit
+    assert discover(env).scheduler == "tf_config"
+
+
+@pytest.mark.parametrize("raw, match", [("{", "not valid JSON"), ('{"cluster": {}}', "'cluster' and 'task'"),
+                                        ('{"cluster": {"worker": []}, "task": {"type": "ps"}}', "names no job")])
+def test_bad_tf_config_is_a_user_error(raw, match):
+    with pytest.raises(UserError, match=match):
+        resolve_tf_config(0, {"TF_CONFIG": raw})
+
+
+def test_alone_means_no_tf_config():
+    assert resolve_tf_config(0, {"CUDA_VISIBLE_DEVICES": ""}) is None
+    assert discover({"CUDA_VISIBLE_DEVICES": ""}).scheduler == "local"
+
+
+# ------------------------------------------------------------------------------ roles
+
+
+def test_ps_needs_room_for_chief_and_a_worker():
+    tasks = [Task("h", i, 0) for i in range(3)]
+    assert [r[0] for r in assign_roles(tasks, 1)] == ["ps", "chief", "worker"]
+    with pytest.raises(UserError, match="at least 4 tasks"):
+        assign_roles(tasks, 2)
+
+
+def test_two_ps_spread_over_cpu_hosts_before_gpu_hosts():
+    tasks = [Task("g1", 0, 4), Task("c1", 0, 0), Task("g2", 0, 4), Task("c2", 0, 0), Task("g3", 0, 4)]
+    roles = assign_roles(tasks, 2)
+    # No GPU-less slot is left for the chief: it takes the first GPU task.
+    assert roles == [("chief", 0), ("ps", 0), ("worker", 0), ("ps", 1), ("worker", 1)]
+
+
+def test_ps_take_one_slot_per_cpu_host_before_a_second():
+    tasks = [Task("c1", 0, 0), Task("c1", 1, 0), Task("c2", 0, 0), Task("g1", 0, 2), Task("g1", 1, 2)]
+    roles = assign_roles(tasks, 2)
+    assert roles == [("ps", 0), ("chief", 0), ("ps", 1), ("worker", 0), ("worker", 1)]
+
+
+def test_bad_base_port_is_a_user_error():
+    with pytest.raises(UserError, match="HPCVISION_BASE_PORT"):
+        discovery.base_port({"HPCVISION_BASE_PORT": "80"})
+
+
+def test_local_gpu_count_respects_cuda_visible_devices():
+    assert discovery.local_gpu_count({"CUDA_VISIBLE_DEVICES": "0,1,3"}) == 3
+    assert discovery.local_gpu_count({"CUDA_VISIBLE_DEVICES": "-1"}) == 0
+    assert discovery.local_gpu_count({"CUDA_VISIBLE_DEVICES": ""}) == 0
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def test_cluster_show_prints_role_and_tf_config(run_cli, monkeypatch, pbs_env):
+    for key, value in {**pbs_env, "OMPI_COMM_WORLD_RANK": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code, out, _ = run_cli("cluster", "show", "--ps", "1", "--port", "6000")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["scheduler"] == "pbs" and shown["rank"] == 2 and shown["ranks"] == 4
+    # ps takes n1's first slot; the chief the next host's first slot (rank 2).
+    assert shown["role"] == {"type": "chief", "index": 0}
+    assert shown["tf_config"]["cluster"]["ps"] == ["n1.cluster:6000"]
+    assert shown["hosts"] == [{"host": "n1.cluster", "tasks": 2, "gpus": 0}, {"host": "n2.cluster", "tasks": 2, "gpus": 0}]
+
+
+def test_cluster_show_bad_ps_is_one_line_error(run_cli, monkeypatch, pbs_env):
+    for key, value in {**pbs_env, "OMPI_COMM_WORLD_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code, _, err = run_cli("cluster", "show", "--ps", "3")
+    assert code == 2
+    assert err.startswith("hpcvision: error: --ps 3 needs at least 5 tasks")
