@@ -1,0 +1,159 @@
+"""`hpcvision evaluate`: top-1, top-5, per-class accuracy and a confusion matrix over one split.
+
+Every record of the split is read exactly once (no repeat, last partial batch kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcvision.errors import UserError
+from hpcvision.progress import progress
+from hpcvision.train.predict import Classifier
+
+log = logging.getLogger(__name__)
+
+
+class Tally:
+    """Running counts of correct top-1/top-5 predictions and the confusion matrix."""
+
+    def __init__(self, num_classes: int):
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)  # [true, predicted]
+        self.top5_hits = 0
+        self.count = 0
+
+    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        k = min(5, logits.shape[1])
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        np.add.at(self.confusion, (labels, top[:, 0]), 1)
+        self.top5_hits += int((top == labels[:, None]).any(axis=1).sum())
+        self.count += len(labels)
+
+    def metrics(self, classes: list[dict[str, Any]]) -> dict[str, Any]:
+        per_class_count = self.confusion.sum(axis=1)
+        correct = np.diag(self.confusion)
+        per_class = {
+            cls["wnid"] or str(cls["index"]): {
+                "index": int(cls["index"]),
+                "text": cls.get("text", ""),
+                "accuracy": float(correct[i] / per_class_count[i]) if per_class_count[i] else None,
+                "count": int(per_class_count[i]),
+            }
+            for i, cls in enumerate(classes)
+        }
+        return {
+            "top1": float(correct.sum() / self.count) if self.count else 0.0,
+            "top5": float(self.top5_hits / self.count) if self.count else 0.0,
+            "num_examples": self.count,
+            "per_class": per_class,
+        }
+
+
+def _check_labels(classifier: Classifier, manifest: dict, source: str) -> None:
+    """The split's classes must be the model's (same count; same wnids where both list them)."""
+    wanted = len(classifier.classes)
+    if manifest.get("num_classes") and int(manifest["num_classes"]) != wanted:
+        raise UserError(f"{source}: {manifest['num_classes']} classes, but the model has {wanted}")
+    offset = int(manifest.get("label_offset", 1))
+    for item in manifest.get("labels", []):
+        index = int(item["label"]) - offset
+        if 0 <= index < wanted and item.get("wnid") and classifier.classes[index].get("wnid"):
+            if item["wnid"] != classifier.classes[index]["wnid"]:
+                raise UserError(
+                    f"{source}: label {item['label']} is {item['wnid']} here but "
+                    f"{classifier.classes[index]['wnid']} in the model's labels.json"
+                )
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix as a PNG (class names on the axes up to 30 classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+    n = len(classes)
+    size = min(4 + 0.35 * n, 16)
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        names = [c.get("text", "").split(",")[0] or c.get("wnid", "") for c in classes]
+        ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+        if n <= 12:
+            for (i, j), value in np.ndenumerate(confusion):
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_summaries(log_dir: str | Path, metrics: dict[str, Any], png: Path, step: int) -> None:
+    """top1/top5 scalars and the confusion matrix image, in TensorBoard's eval log."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(step=step):
+        tf.summary.scalar("top1", metrics["top1"])
+        tf.summary.scalar("top5", metrics["top5"])
+        image = tf.io.decode_png(png.read_bytes(), channels=3)
+        tf.summary.image("confusion_matrix", image[tf.newaxis])
+    writer.close()
+
+
+def evaluate(
+    classifier: Classifier,
+    data_dir: str | Path,
+    name: str,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 64,
+    log_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate over every record of `DIR/<name>-*`; writes OUT/metrics.json and the confusion PNGs."""
+    from hpcvision.data import pipeline
+
+    manifest = pipeline.read_manifest(data_dir, name)
+    source = str(Path(data_dir) / f"{name}-manifest.json")
+    _check_labels(classifier, manifest, source)
+    dataset = pipeline.make_dataset(
+        data_dir, name, training=False, batch_size=batch_size, image_size=classifier.image_size,
+        normalize=classifier.normalize, central_fraction=classifier.central_fraction,
+    )
+    tally = Tally(len(classifier.classes))
+    with progress(manifest.get("num_examples"), f"evaluate {name}") as bar:
+        for images, labels in dataset:
+            labels = labels.numpy()
+            if labels.size and (labels.min() < 0 or labels.max() >= len(classifier.classes)):
+                raise UserError(f"{source}: label {labels.min()}..{labels.max()} outside the model's classes")
+            tally.add(classifier.logits(images), labels)
+            bar.update(len(labels))
+    metrics = tally.metrics(classifier.classes)
+    metrics.update(
+        {"checkpoint_step": classifier.step, "model": classifier.model_name, "source": classifier.source,
+         "data": str(data_dir), "name": name}
+    )
+    if metrics["num_examples"] != manifest["num_examples"]:
+        log.warning("%s lists %d examples but %d were read", source, manifest["num_examples"], tally.count)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    np.save(out / "confusion_matrix.npy", tally.confusion)
+    png = out / "confusion_matrix.png"
+    title = f"{classifier.model_name} step {classifier.step}: top-1 {metrics['top1']:.2%} on {name}"
+    plot_confusion(tally.confusion, classifier.classes, png, title)
+    if log_dir is not None:
+        write_summaries(log_dir, metrics, png, int(classifier.step or 0))
+    return metrics
