@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -373,3 +374,21 @@ def test_unreadable_archive_and_missing_list_exit_2_in_a_subprocess(tmp_path, hp
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("hpcvision: error: ") and needle in lines[0], lines
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs_and_prints_ratios():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_throughput.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HPCVISION_PROGRESS": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"baseline \(sequential read.*img/s", proc.stdout)
+    for workers in (1, 2):
+        assert re.search(
+            rf"extract --workers {workers}: +\d+ img/s .* x baseline, [\d.]+ x write floor", proc.stdout
+        )
