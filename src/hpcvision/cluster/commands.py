@@ -122,8 +122,8 @@ def _spec(args: argparse.Namespace, stage: str, stage_args: list[str], script: P
         tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
         gpus_per_node=args.gpus_per_node, walltime=args.walltime, queue=args.queue,
         account=args.account, job_name=_stage_job_name(args, stage), setup=args.setup,
-        log_dir=args.log_dir, launcher=args.launcher, resubmit=args.resubmit and stage == "train",
-        max_resubmits=args.max_resubmits, num_ps=args.ps if stage == "train" else 0, port=args.port,
+        log_dir=args.log_dir, launcher=args.launcher, resubmit=args.resubmit and (args.stage != "pipeline" or stage == "train"),
+        max_resubmits=args.max_resubmits, num_ps=args.ps if args.stage != "pipeline" or stage == "train" else 0, port=args.port,
         script_path=str(script) if script else None,
     )
 

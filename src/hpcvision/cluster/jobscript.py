@@ -117,7 +117,11 @@ def validate(spec: JobSpec) -> None:
 def render(spec: JobSpec) -> str:
     """The batch script for one stage as text."""
     validate(spec)
-    lines = ["#!/bin/bash", *_header_comments(spec)]
+    lines = ["#!/bin/bash"]
+    if any("$" in arg or "`" in arg for arg in spec.stage_args + [spec.script_path or ""]):
+        # File-wide (directly after the shebang): the user's `$` and backticks stay literal in quotes.
+        lines.append("# shellcheck disable=SC2016")
+    lines += _header_comments(spec)
     lines += _pbs_directives(spec) if spec.scheduler == "pbs" else _slurm_directives(spec)
     lines += ["", "set -euo pipefail", ""]
     if spec.scheduler == "pbs":
@@ -215,9 +219,9 @@ def _environment(spec: JobSpec) -> list[str]:
 def _setup(spec: JobSpec) -> list[str]:
     lines = []
     if spec.setup:
-        lines.append("# Environment set-up (--setup lines, copied verbatim)")
-        lines.append("# shellcheck disable=SC1090,SC1091  # your own files, not visible to shellcheck")
-        lines.extend(spec.setup)
+        lines.append("# Environment set-up (--setup lines, copied verbatim; shellcheck cannot see sourced files)")
+        for line in spec.setup:
+            lines += ["# shellcheck disable=SC1090,SC1091", line]
         lines.append("")
     lines += [
         "# Resolve hpcvision once so every node runs the same installation.",
