@@ -20,13 +20,12 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from hpcvision.config import save_config  # noqa: E402
-from hpcvision.models import register_model  # noqa: E402
+from hpcvision.models import register_model, registry  # noqa: E402
 
 NUM_CLASSES = 8
 IMAGE_SIZE = 24
 
 
-@register_model("tiny_test", image_size=IMAGE_SIZE)
 def _tiny(num_classes: int, image_size: int, aux: bool = False):
     """A test-only network: small, standard layers, the registry's "logits" contract."""
     inputs = keras.Input((image_size, image_size, 3))
@@ -34,6 +33,14 @@ def _tiny(num_classes: int, image_size: int, aux: bool = False):
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(16, activation="relu", name="embedding")(x)
     return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits", dtype="float32")(x), name="tiny_test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model_registered():
+    """Register the test network for this module only (other tests list the real zoo)."""
+    register_model("tiny_test", image_size=IMAGE_SIZE)(_tiny)
+    yield
+    registry._REGISTRY.pop("tiny_test", None)
 
 
 def _jpeg(array: np.ndarray) -> bytes:
