@@ -137,6 +137,8 @@ def test_rerun_resumes_and_rewrites_only_wrong_files(tmp_path, run_cli, images):
     assert run_cli(*args)[0] == 0
     damaged = out / "images/n01/n01_1.JPEG"
     damaged.write_bytes(b"partial")
+    stale = out / "images/n03/.n03_1.JPEG.tmp999-abcd"  # what a killed run leaves behind
+    stale.write_bytes(b"half")
     keep = out / "images/n02/n02_1.JPEG"
     before = keep.stat().st_mtime_ns, keep.stat().st_ino
     os.utime(keep, ns=(1, 1))
@@ -146,7 +148,7 @@ def test_rerun_resumes_and_rewrites_only_wrong_files(tmp_path, run_cli, images):
     assert "9 already present" in stdout
     assert damaged.read_bytes() == images["n01"]["n01_1"]
     assert keep.stat().st_mtime_ns == 1 and keep.stat().st_ino == before[1]  # untouched
-    assert not list(out.rglob(".*.tmp*"))
+    assert not stale.exists() and not list(out.rglob(".*.tmp*"))
 
 
 def test_rank_slices_are_disjoint_cover_the_list_and_are_deterministic():

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import posixpath
+import secrets
 import stat
 import tarfile
 import zlib
@@ -216,11 +217,16 @@ def load_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("version") == INDEX_VERSION else None
 
 
+def temporary_name(name: str) -> str:
+    """A hidden sibling name no other process uses, even one with the same pid on another node."""
+    return f".{name}.tmp{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def save_json(path: Path, data: dict) -> None:
     """Write atomically: ranks sharing a file system may write the same index at the same time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp = path.with_name(temporary_name(path.name))
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(data, handle, separators=(",", ":"))
         os.replace(tmp, path)

@@ -10,9 +10,11 @@ Every listed image not written goes to `OUT/extract-report-rank<i>.tsv` with the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing
 import os
+import stat
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from hpcvision.data.archive import (
     ImageSource,
     open_annotations,
     open_images,
+    temporary_name,
 )
 from hpcvision.data.lists import ListedImage, read_file_list, read_synsets
 from hpcvision.errors import UserError
@@ -87,7 +90,7 @@ class SynsetResult:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write under a temporary name, then rename: a reader never sees a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(temporary_name(path.name))
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -97,20 +100,35 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete partial files an interrupted run left in a synset folder (only one process owns it)."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") and ".tmp" in entry.name and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
 def already_present(path: Path, size: int | None) -> bool:
     """True when `path` is a regular file of the expected size (a previous run wrote it)."""
     if size is None:
         return False
     try:
-        return path.is_file() and not path.is_symlink() and path.stat().st_size == size
+        info = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == size
 
 
 def copy_members(
     source: ImageSource, items: list[ListedImage], folder: Path, suffix: str
 ) -> tuple[list[ListedImage], int, list[tuple[ListedImage, str]]]:
     """Copy `items` from `source` to `folder/<wnid>/<name><suffix>`; (done items, newly written, problems)."""
+    for wnid in {item.wnid for item in items}:
+        remove_stale_temporaries(folder / wnid)
     sizes = source.sizes(items)
     done: list[ListedImage] = []
     todo: list[ListedImage] = []
