@@ -197,3 +197,34 @@ def test_sample_batch_with_boxes(numbered):
 def test_missing_manifest_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="validation-manifest.json"):
         pipeline.make_dataset(tmp_path, "validation", training=False, batch_size=2, image_size=8)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The real path: `data sample --source synthetic` then `data build` (4 train shards)."""
+    from hpcvision.cli import main
+
+    root = tmp_path_factory.mktemp("built")
+    src, rec = root / "src", root / "rec"
+    assert main(["data", "sample", "--source", "synthetic", "--per-class", "6", str(src)]) == 0
+    assert main([
+        "data", "build", "--images", str(src / "Images.tar"), "--annotations", str(src / "Annotation.tar.gz"),
+        "--list", str(src / "train_files.txt"), "--synsets", str(src / "synsets.txt"),
+        "--metadata", str(src / "metadata.txt"), "--out", str(rec), "--name", "train", "--shards", "4",
+    ]) == 0
+    return rec
+
+
+def test_reads_what_data_build_writes(built):
+    manifest = pipeline.read_manifest(built, "train")
+    dataset = pipeline.make_dataset(built, "train", training=False, batch_size=16, image_size=32)
+    labels = _labels(dataset)
+    assert len(labels) == manifest["num_examples"] == 60
+    assert sorted(set(labels)) == list(range(manifest["num_classes"]))  # 0-based: stored label - 1
+    assert all(labels.count(c) == 6 for c in set(labels))
+    for augment in ("inception", "pad_crop"):
+        images, batch_labels = next(iter(pipeline.make_dataset(
+            built, "train", training=True, batch_size=8, image_size=28, seed=0, augment=augment
+        )))
+        assert images.shape == (8, 28, 28, 3) and np.isfinite(images.numpy()).all()
+        assert batch_labels.numpy().max() < manifest["num_classes"]
