@@ -17,7 +17,7 @@ from data_archives import (
     write_images_tar,
 )
 
-from hpcvision.data.archive import NO_ANNOTATION, open_annotations, open_images
+from hpcvision.data.archive import NO_ANNOTATION, ScanCache, TarScan, open_annotations, open_images
 from hpcvision.data.lists import ListedImage
 from hpcvision.errors import UserError
 
@@ -266,3 +266,26 @@ def test_annotation_archive_unsafe_and_truncated(tmp_path):
     garbage.write_bytes(gzip.compress(b"not a tar" * 100))
     with pytest.raises(UserError, match="bad.tar.gz"):
         open_annotations(garbage)
+
+
+def test_prepare_indexes_the_needed_synset_tars_on_disk(tmp_path, images):
+    index = tmp_path / "idx"
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images), index_dir=index)
+    source.prepare(
+        [ListedImage("n01", "n01_1", 1), ListedImage("n03", "n03_9", 2), ListedImage("n42", "x", 3)]
+    )
+    assert sorted(p.name for p in index.glob("*/inner/*.json")) == ["n01.json", "n03.json"]
+
+
+def test_scan_cache_keeps_recent_indexes_within_its_entry_budget():
+    cache = ScanCache(max_entries=25, max_in_memory_tars=1)
+    scan = {w: TarScan({f"{w}_{i}": [i, 1] for i in range(10)}, None) for w in ("a", "b", "c")}
+    cache.put("a", scan["a"])
+    cache.put("b", scan["b"])
+    assert cache.get("a") is scan["a"]  # now most recent: b is the oldest
+    cache.put("c", scan["c"])
+    assert cache.get("b") is None and cache.get("a") is scan["a"] and cache.get("c") is scan["c"]
+    assert cache.entries == 22
+    cache.put("d", TarScan({}, None, data=b"tar"))
+    cache.put("e", TarScan({}, None, data=b"tar"))
+    assert cache.get("d") is None and cache.tars == 1

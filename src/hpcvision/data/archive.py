@@ -44,6 +44,8 @@ IMAGE_SUFFIX = ".JPEG"
 XML_SUFFIX = ".xml"
 NO_ANNOTATION = "no annotation"
 NOT_IN_ARCHIVE = "not in archive"
+# Synset-tar index entries a source keeps in memory (~250 bytes each); ILSVRC-2012 train has 1.28 M.
+INNER_INDEX_ENTRIES = 1_500_000
 # Errors that mean "the bytes of this archive end early or are garbage".
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
@@ -357,6 +359,10 @@ class ImageSource:
         """Byte sizes of the items that can be fetched (lets extract skip copies already in place)."""
         raise NotImplementedError
 
+    def prepare(self, items: Sequence[ListedImage]) -> None:
+        """Index every synset tar `items` need, caching it on disk; call in the parent before starting
+        workers that each touch many synsets, so they do not all scan the same tars."""
+
 
 class AnnotationSource(ImageSource):
     """Where the PASCAL-VOC XML of listed images comes from; a missing one is `NO_ANNOTATION`."""
@@ -428,11 +434,11 @@ class NestedTarSource(AnnotationSource):
 
     def __init__(self, archive: ArchiveFile, inner_suffix: str, missing: str | None = None):
         self.archive, self.inner_suffix, self.missing = archive, inner_suffix, missing
-        self._scans: dict[str, TarScan | str] = {}  # wnid -> scan of its tar, or why unreadable
+        self._scans = ScanCache(INNER_INDEX_ENTRIES)  # wnid -> index of its tar, or why unreadable
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_scans"] = {}
+        state["_scans"] = ScanCache(INNER_INDEX_ENTRIES)
         return state
 
     def synsets(self) -> set[str]:
@@ -441,10 +447,16 @@ class NestedTarSource(AnnotationSource):
     def _in_memory(self, wnid: str) -> bool:
         return self.archive.gzipped or not self.archive.suffix == ".tar"
 
+    def prepare(self, items: Sequence[ListedImage]) -> None:
+        for wnid in sorted({item.wnid for item in items}):
+            if isinstance(self.archive.members.get(wnid), list) and not self._in_memory(wnid):
+                self._inner_scan(wnid)
+
     def _inner_scan(self, wnid: str) -> TarScan | str:
         """The index of one synset tar: from memory, the cache, or a scan of its headers."""
-        if wnid in self._scans:
-            return self._scans[wnid]
+        known = self._scans.get(wnid)
+        if known is not None:
+            return known
         if self._in_memory(wnid):
             result = self._scan_blob(wnid)
         else:
@@ -456,7 +468,7 @@ class NestedTarSource(AnnotationSource):
                 result = self._scan_seekable(wnid)
                 if cache is not None:
                     save_json(cache, inner_index_json(result))
-        remember(self._scans, wnid, result)
+        self._scans.put(wnid, result)
         return result
 
     def _scan_seekable(self, wnid: str) -> TarScan | str:
@@ -511,7 +523,6 @@ class NestedTarSource(AnnotationSource):
             by_synset[item.wnid].append(item)
         for wnid in sorted(by_synset):
             yield from self._fetch_synset(wnid, by_synset[wnid])
-            self._scans.pop(wnid, None)  # keep memory flat over thousands of synsets
 
     def _fetch_synset(self, wnid: str, items: list[ListedImage]) -> Iterator[Fetched]:
         ranges = []
@@ -534,12 +545,38 @@ class NestedTarSource(AnnotationSource):
         yield from fetch_ranges(self.archive, ranges)
 
 
-def remember(cache: dict, key: str, value: object, keep: int = 2) -> None:
-    """Keep only the last few synsets' indexes and blobs: a run visits thousands of synsets."""
-    cache.pop(key, None)
-    cache[key] = value
-    while len(cache) > keep:
-        cache.pop(next(iter(cache)))
+class ScanCache:
+    """Recently used synset-tar indexes, bounded by their total entries (and by count when they hold
+    the tar's bytes), so that callers visiting synsets in shuffled order (build's shards) load each
+    index from disk about once, while memory stays bounded on a 14-million-image archive."""
+
+    def __init__(self, max_entries: int, max_in_memory_tars: int = 2):
+        self.max_entries, self.max_tars = max_entries, max_in_memory_tars
+        self.scans: dict[str, TarScan | str] = {}
+        self.entries = self.tars = 0
+
+    def get(self, wnid: str) -> TarScan | str | None:
+        scan = self.scans.pop(wnid, None)
+        if scan is not None:
+            self.scans[wnid] = scan  # most recently used last
+        return scan
+
+    def put(self, wnid: str, scan: TarScan | str) -> None:
+        self._drop(wnid)
+        self.scans[wnid] = scan
+        self._count(scan, +1)
+        while len(self.scans) > 1 and (self.entries > self.max_entries or self.tars > self.max_tars):
+            self._drop(next(iter(self.scans)))
+
+    def _drop(self, wnid: str) -> None:
+        scan = self.scans.pop(wnid, None)
+        if scan is not None:
+            self._count(scan, -1)
+
+    def _count(self, scan: TarScan | str, sign: int) -> None:
+        held = isinstance(scan, TarScan)
+        self.entries += sign * (len(scan.entries) + 1 if held else 1)
+        self.tars += sign * int(held and scan.data is not None)
 
 
 def fetch_ranges(archive: ArchiveFile, ranges: list[tuple[ListedImage, int, int]]) -> Iterator[Fetched]:
