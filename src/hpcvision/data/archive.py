@@ -383,6 +383,13 @@ def check_member_file(path: Path) -> tuple[int | None, str | None]:
     return info.st_size, None
 
 
+def read_no_follow(path: Path) -> bytes:
+    """A file's bytes; fails instead of following a link swapped in after the check."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
 class FolderSource(AnnotationSource):
     """`ROOT/<wnid>/<name><suffix>`; links are refused, never followed."""
 
@@ -410,7 +417,7 @@ class FolderSource(AnnotationSource):
                 yield Fetched(item, None, problem)
                 continue
             try:
-                yield Fetched(item, self._path(item).read_bytes(), None)
+                yield Fetched(item, read_no_follow(self._path(item)), None)
             except OSError as exc:
                 yield Fetched(item, None, f"unreadable: {exc.strerror or exc}")
 
