@@ -289,3 +289,15 @@ def test_scan_cache_keeps_recent_indexes_within_its_entry_budget():
     cache.put("d", TarScan({}, None, data=b"tar"))
     cache.put("e", TarScan({}, None, data=b"tar"))
     assert cache.get("d") is None and cache.tars == 1
+
+
+def test_truncated_annotation_archive_keeps_the_synsets_before_the_cut(tmp_path):
+    images = sample_images({f"n{k:02d}": 30 for k in range(1, 7)})
+    path = write_annotations_tgz(tmp_path / "Annotation.tar.gz", images)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    source = open_annotations(path)
+    got = fetch_all(source, items_of(images))
+    assert got[("n01", "n01_1")] == voc_xml("n01", "n01_1")
+    assert got[("n06", "n06_30")].startswith("truncated archive"), got[("n06", "n06_30")]
+    assert all(value == voc_xml(*key) or value.startswith("truncated archive") for key, value in got.items())

@@ -509,7 +509,7 @@ class NestedTarSource(AnnotationSource):
         """[offset, size] of an item (in the archive, or in its in-memory synset tar), or why not."""
         entry = self.archive.members.get(item.wnid)
         if entry is None:
-            return self.missing or self.archive.truncated or f"synset {item.wnid} not in archive"
+            return self.archive.truncated or self.missing or f"synset {item.wnid} not in archive"
         if isinstance(entry, str):
             return entry
         scan = self._inner_scan(item.wnid)
