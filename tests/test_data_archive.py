@@ -301,3 +301,17 @@ def test_truncated_annotation_archive_keeps_the_synsets_before_the_cut(tmp_path)
     assert got[("n01", "n01_1")] == voc_xml("n01", "n01_1")
     assert got[("n06", "n06_30")].startswith("truncated archive"), got[("n06", "n06_30")]
     assert all(value == voc_xml(*key) or value.startswith("truncated archive") for key, value in got.items())
+
+
+def test_gzipped_annotations_are_decompressed_once(tmp_path, images):
+    """gzip has no random access: the synset archives are kept while indexing, never re-read."""
+    path = write_annotations_tgz(tmp_path / "Annotation.tar.gz", images)
+    expected = {(i.wnid, i.name): voc_xml(i.wnid, i.name) for i in items_of(images)}
+    stat = path.stat()
+    in_memory = open_annotations(path)
+    cached = open_annotations(path, index_dir=tmp_path / "idx")
+    path.write_bytes(b"\0" * stat.st_size)  # any later read of the archive would find garbage
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fetch_all(in_memory, items_of(images)) == expected
+    assert fetch_all(pickle.loads(pickle.dumps(cached)), items_of(images)) == expected
+    assert fetch_all(open_annotations(path, index_dir=tmp_path / "idx"), items_of(images)) == expected

@@ -18,6 +18,7 @@ devices are refused and reported, so a hostile archive cannot smuggle data under
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -30,7 +31,7 @@ import stat
 import tarfile
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 IMAGE_SUFFIX = ".JPEG"
 XML_SUFFIX = ".xml"
 NO_ANNOTATION = "no annotation"
@@ -51,6 +52,7 @@ ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSEr
 
 # An index entry: [absolute data offset, size] of a usable member, or the reason it is unusable.
 Entry = list[int] | str
+KeepMember = Callable[[str, bytes], None]
 
 
 @dataclass
@@ -143,10 +145,13 @@ class TarScan:
     data: bytes | None = None  # the whole tar, when read into memory (entries then index into it)
 
 
-def scan_tar(fileobj, size: int | None, suffixes: Sequence[str], base: int, label: str) -> dict[str, TarScan]:
+def scan_tar(
+    fileobj, size: int | None, suffixes: Sequence[str], base: int, label: str, keep: KeepMember | None = None
+) -> dict[str, TarScan]:
     """Index a tar's members by suffix: {suffix: key -> [base + data offset, size] or a refusal}.
 
-    `size` is the bytes available (None when unknown, e.g. gzip); `label` names the tar in messages.
+    `size` is the bytes available (None when unknown, e.g. gzip); `label` names the tar in messages;
+    `keep(name, bytes)` receives each usable member's bytes, read in passing (for gzip streams).
     Raises tarfile.ReadError when the data is not a tar at all.
     """
     tar = tarfile.open(fileobj=fileobj, mode="r:")
@@ -174,6 +179,12 @@ def scan_tar(fileobj, size: int | None, suffixes: Sequence[str], base: int, labe
             # readers check every member's length.
             truncated = f"truncated archive: {label} ends inside {info.name!r}"
         put_entry(entries[suffix], key, problem if problem else [base + info.offset_data, info.size])
+        if keep is not None and problem is None:
+            try:
+                keep(f"{key}{suffix}", tar.extractfile(info).read())
+            except ARCHIVE_ERRORS as exc:
+                truncated = f"truncated archive: {label} unreadable inside {info.name!r} ({exc})"
+                break
     return {suffix: TarScan(found, truncated) for suffix, found in entries.items()}
 
 
@@ -247,17 +258,24 @@ def is_gzip(path: Path) -> bool:
 
 
 class ArchiveFile:
-    """An outer tar (plain or gzip) with its cached member index; reads member bytes by offset."""
+    """An outer tar (plain or gzip) with its cached member index; reads member bytes by offset.
 
-    def __init__(self, path: Path, suffixes: Sequence[str], index_dir: Path | None):
+    gzip has no random access, so with `spill` the members of a gzipped outer tar (small per-synset
+    annotation archives) are kept while it is indexed: as files in the index folder, else in memory.
+    """
+
+    def __init__(self, path: Path, suffixes: Sequence[str], index_dir: Path | None, spill: bool = False):
         self.path = path
+        self.spilled: dict[str, bytes] = {}
         try:
             self.stamp = archive_stamp(path)
             self.gzipped = is_gzip(path)
         except OSError as exc:
             raise UserError(f"{path}: cannot read archive: {exc.strerror or exc}") from None
         self.folder = index_folder(index_dir, self.stamp) if index_dir is not None else None
+        self.spill = spill and self.gzipped
         self.index = self._load_or_scan(suffixes)
+        self.gzipped, self.spill = self.index["gzipped"], spill and self.index["gzipped"]
         self._fd: int | None = None
 
     def __getstate__(self) -> dict:
@@ -282,8 +300,9 @@ class ArchiveFile:
         """One pass over the outer tar's headers (seeking over member data, unless gzip)."""
         try:
             if self.gzipped:
+                keep = self._keep_member if self.spill else None
                 with gzip.open(self.path, "rb") as stream:
-                    scans = scan_tar(stream, None, suffixes, 0, self.path.name)
+                    scans = scan_tar(stream, None, suffixes, 0, self.path.name, keep)
             else:
                 with open(self.path, "rb", buffering=0) as raw:
                     scans = scan_tar(raw, self.stamp["size"], suffixes, 0, self.path.name)
@@ -297,9 +316,31 @@ class ArchiveFile:
             "version": INDEX_VERSION,
             "stamp": self.stamp,
             "suffix": suffix,
+            "gzipped": self.gzipped,
             "members": scans[suffix].entries,
             "truncated": scans[suffix].truncated,
         }
+
+    def _keep_member(self, name: str, data: bytes) -> None:
+        if self.folder is None:
+            self.spilled[name] = data
+            return
+        target = self.folder / "members" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(temporary_name(name))
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+    def read_member(self, key: str) -> bytes:
+        """The bytes of member `key` (e.g. a wnid): kept while indexing, else read at its offset."""
+        name = f"{key}{self.suffix}"
+        if name in self.spilled:
+            return self.spilled[name]
+        if self.spill and self.folder is not None:
+            with contextlib.suppress(OSError):
+                return (self.folder / "members" / name).read_bytes()
+        offset, size = self.members[key]
+        return self.read(offset, size)
 
     @property
     def members(self) -> dict[str, Entry]:
@@ -494,7 +535,7 @@ class NestedTarSource(AnnotationSource):
     def _scan_blob(self, wnid: str) -> TarScan | str:
         offset, size = self.archive.members[wnid]
         label = f"{wnid}{self.archive.suffix}"
-        blob = self.archive.read(offset, size)
+        blob = self.archive.read_member(wnid)
         cut = f"truncated archive: {label} cut off at byte {offset + len(blob)}" if len(blob) < size else None
         try:
             data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
@@ -700,7 +741,7 @@ def open_annotations(path: str | Path, *, index_dir: str | Path | None = None) -
         return FolderSource(path, XML_SUFFIX, missing=NO_ANNOTATION)
     if not path.exists():
         raise UserError(f"{path}: annotation archive not found")
-    archive = ArchiveFile(path, (".tar.gz",), Path(index_dir) if index_dir else None)
+    archive = ArchiveFile(path, (".tar.gz",), Path(index_dir) if index_dir else None, spill=True)
     if not archive.members and not archive.truncated:
         raise UserError(f"{path}: holds no <wnid>.tar.gz annotation archives")
     return NestedTarSource(archive, XML_SUFFIX, missing=NO_ANNOTATION)
