@@ -1,0 +1,313 @@
+"""The course lessons: each tutorial's numbers against an independent reference, and its outputs."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import importlib.util
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcvision.tutorials.commands import TUTORIALS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def outputs(out: Path) -> tuple[dict, list[str]]:
+    """results.json (parsed) and the PNG files a tutorial wrote under `out`."""
+    results = json.loads((out / "results.json").read_text())
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    return results, pngs
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def test_list_shows_all_six_with_descriptions(run_cli):
+    code, out, _ = run_cli("tutorial", "--list")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(TUTORIALS)
+    assert len(TUTORIALS) == 6
+    for line in lines:
+        assert len(line.split(None, 1)[1]) > 20, line  # a real one-line description from the docstring
+
+
+def test_unknown_tutorial_is_a_one_line_error(run_cli):
+    code, _, err = run_cli("tutorial", "no-such-lesson")
+    assert code == 2
+    assert err.strip().startswith("hpcvision: error: tutorial 'no-such-lesson'") and "\n" not in err.strip()
+
+
+def test_each_tutorial_has_main_and_parser():
+    for module_name in TUTORIALS.values():
+        module = importlib.import_module(f"hpcvision.tutorials.{module_name}")
+        assert module.__doc__.lstrip().splitlines()[0]
+        assert "Run:" in module.__doc__, f"{module_name}: docstring must say how to run it"
+        assert callable(module.main)
+        assert module.build_parser().parse_args(["--out", "x"]).out == "x"
+
+
+# --- regression ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory):
+    from hpcvision.tutorials import regression
+
+    out = tmp_path_factory.mktemp("regression")
+    return out, regression.main(out, keras_epochs=10)
+
+
+def test_regression_least_squares_recovers_and_matches_numpy(regression_run):
+    from hpcvision.tutorials.regression import make_linear_data
+
+    out, _ = regression_run
+    results, pngs = outputs(out)
+    assert {"linear_fit.png", "loss_curves.png", "nonlinear_fits.png"} <= set(pngs)
+    assert abs(results["lstsq_m"] - results["true_m"]) <= 0.01 * abs(results["true_m"])
+    assert abs(results["lstsq_b"] - results["true_b"]) <= 0.01 * abs(results["true_b"])
+    x, y = make_linear_data(results["n"], results["true_m"], results["true_b"], results["noise"], results["seed"])
+    (m, b), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), y, rcond=None)
+    assert results["lstsq_m"] == pytest.approx(m, abs=1e-6)
+    assert results["lstsq_b"] == pytest.approx(b, abs=1e-6)
+
+
+def test_regression_gradient_descent_reaches_least_squares_loss(regression_run):
+    _, results = regression_run
+    assert results["gd_loss"] >= results["lstsq_loss"] - 1e-12  # least squares is the minimum
+    assert results["gd_loss"] - results["lstsq_loss"] < 1e-3
+    assert results["gd_losses"][0] > 10 * results["gd_losses"][-1]  # it actually descended
+    for key in ("m", "b"):
+        assert results[f"gd_{key}"] == pytest.approx(results[f"lstsq_{key}"], abs=1e-3)
+
+
+def test_regression_keras_and_nonlinear_fits(regression_run):
+    _, results = regression_run
+    assert results["keras_m"] == pytest.approx(results["true_m"], rel=0.02)
+    assert results["keras_b"] == pytest.approx(results["true_b"], rel=0.02)
+    assert set(results["nonlinear"]) == {"quadratic", "polynomial", "exponential", "logistic"}
+    for name, fit in results["nonlinear"].items():
+        np.testing.assert_allclose(fit["fit"], fit["true"], rtol=0.05, atol=0.02, err_msg=name)
+        assert fit["loss"] < 2 * 0.05**2, name  # near the noise variance the data were drawn with
+
+
+def test_regression_normal_equations_on_exact_line():
+    from hpcvision.tutorials.regression import least_squares_line
+
+    x = np.array([-2.0, 0.0, 1.0, 4.0])
+    assert least_squares_line(x, 1.5 * x - 0.25) == pytest.approx((1.5, -0.25), abs=1e-12)
+
+
+# --- basics -------------------------------------------------------------------------------------
+
+
+def test_basics_graph_scopes_device_and_tensorboard(run_cli, tmp_path):
+    code, out, _ = run_cli("tutorial", "basics", "--out", tmp_path)
+    assert code == 0 and "graph of line_loss" in out
+    results, pngs = outputs(tmp_path)
+    assert pngs == ["graph.png"]
+    assert results["eager"] == {"matmul": [-1.5, -2.5], "sum": -4.0}
+    x = np.asarray(results["x"])
+    y = results["m"] * x + results["b"]
+    np.testing.assert_allclose(results["y"], y, atol=1e-6)
+    assert results["loss"] == pytest.approx(np.mean((y - (0.3 * x - 3.0)) ** 2), abs=1e-5)
+    ops = {op["name"]: op for op in results["operations"]}
+    assert {"model/m_times_x", "model/y", "loss/residual", "loss/mean"} <= set(ops)
+    assert ops["model/y"]["device"].endswith(results["device"].lstrip("/").split(":")[0] + ":0")
+    assert ops["loss/mean"]["inputs"][0] == "loss/squared"
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+
+
+# --- neural network -----------------------------------------------------------------------------
+
+
+def test_neural_net_hand_gradients_equal_gradient_tape(tmp_path):
+    from hpcvision.tutorials import neural_net
+
+    results = neural_net.main(tmp_path, steps=300)
+    _, pngs = outputs(tmp_path)
+    assert pngs == ["activations.png", "training.png"]
+    assert results["grad_max_abs_diff"]["identity"] < 1e-6
+    assert results["grad_max_abs_diff"]["softmax"] < 1e-6
+    assert results["final_loss"] < 0.5 * results["initial_loss"]
+
+
+def test_neural_net_gradients_on_other_shapes_and_a_wrong_gradient_is_caught():
+    from hpcvision.tutorials import neural_net
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(7, 2)), rng.normal(size=(7, 3))
+    w = neural_net.init_weights(2, 5, 3, seed=5)
+    assert neural_net.max_gradient_difference(w, x, y, "identity") < 1e-6
+    _, hand = neural_net.backprop(w, x, y, "identity")
+    _, auto = neural_net.tape_gradients(w, x, y, "identity")
+    # The chain rule's sigma' factor matters: dropping it must change the gradient visibly.
+    z = neural_net.logistic(x @ w["alpha"] + w["alpha0"])
+    d_z = (2.0 * (z @ w["beta"] + w["beta0"] - y) / len(x)) @ w["beta"].T
+    assert np.max(np.abs(x.T @ d_z - auto["alpha"])) > 1e-3
+    np.testing.assert_allclose(hand["alpha"], auto["alpha"], atol=1e-9)
+
+
+# --- convolution --------------------------------------------------------------------------------
+
+
+def test_convolution_kernels_equal_scipy(run_cli, tmp_path):
+    code, _, _ = run_cli("tutorial", "convolution", "--out", tmp_path, "--image", "coffee")
+    assert code == 0
+    results, pngs = outputs(tmp_path)
+    assert pngs == ["kernels.png", "rolling_average.png"]
+    assert results["image"] == "coffee" and results["image_shape"] == [400, 600]
+    assert set(results["kernel_max_abs_diff"]) == {
+        "box blur", "gaussian blur", "sharpen", "sobel x", "sobel y", "outline", "emboss"}
+    for name, diff in results["kernel_max_abs_diff"].items():
+        assert diff < 1e-5, name
+    assert results["rolling_max_abs_diff"] < 1e-5
+
+
+def test_convolution_is_true_convolution_not_correlation():
+    from scipy import ndimage, signal
+
+    from hpcvision.tutorials.convolution import convolve_tf, gaussian_kernel
+
+    rng = np.random.default_rng(1)
+    image = rng.random((23, 31)).astype(np.float32)
+    kernels = {"asymmetric": rng.normal(size=(3, 3)), "wide": rng.normal(size=(5, 5))}
+    got = convolve_tf(image, kernels)
+    for name, kernel in kernels.items():
+        expected = ndimage.convolve(image.astype(np.float64), kernel, mode="constant", cval=0.0)
+        np.testing.assert_allclose(got[name], expected, atol=1e-5, err_msg=name)
+        flipped = signal.correlate2d(image, kernel, mode="same")
+        assert np.max(np.abs(got[name] - flipped)) > 1e-2  # would pass only if the flip were missing
+    assert gaussian_kernel(5, 1.0).sum() == pytest.approx(1.0)
+
+
+def test_convolution_rejects_even_width(run_cli, tmp_path):
+    code, _, err = run_cli("tutorial", "convolution", "--out", tmp_path, "--width", "4")
+    assert code == 2 and "--width 4" in err
+
+
+# --- cnn ----------------------------------------------------------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_read_idx_round_trip_and_errors(tmp_path):
+    from hpcvision.errors import UserError
+    from hpcvision.tutorials.cnn import read_idx
+
+    array = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    write_idx(tmp_path / "a.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
+    write_idx(tmp_path / "short.gz", array)
+    raw = gzip.open(tmp_path / "short.gz").read()
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(raw[:-7])
+    with pytest.raises(UserError, match="short.gz: header says"):
+        read_idx(tmp_path / "short.gz")
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01abcd"))
+    with pytest.raises(UserError, match="bad.gz: not an IDX"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_real_fashion_mnist_files_parse():
+    from hpcvision.tutorials.cnn import DEFAULT_FASHION_MNIST, read_idx
+
+    labels = Path(DEFAULT_FASHION_MNIST) / "t10k-labels-idx1-ubyte.gz"
+    if not labels.exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    values = read_idx(labels)
+    assert values.shape == (10000,) and np.array_equal(np.bincount(values), [1000] * 10)
+
+
+@pytest.mark.slow
+def test_cnn_trains_and_plots_filters_and_feature_maps(tmp_path):
+    from hpcvision.tutorials import cnn
+
+    results = cnn.main(tmp_path, epochs=2, train_samples=1024, test_samples=256, batch_size=64, model="tiny")
+    _, pngs = outputs(tmp_path)
+    assert pngs == ["feature_maps.png", "filters.png", "training.png"]
+    assert results["data"] in ("fashion-mnist", "synthetic") and results["model"] == "tiny"
+    assert results["train_samples"] == 1024 and results["test_samples"] == 256
+    assert results["test_accuracy"] > 0.4  # chance is 0.1
+    assert results["history"]["loss"][-1] < results["history"]["loss"][0]
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_cnn_falls_back_to_synthetic_data_with_a_note(tmp_path, capsys):
+    from hpcvision.tutorials import cnn
+
+    results = cnn.main(tmp_path, epochs=1, train_samples=256, test_samples=64,
+                       fashion_mnist=str(tmp_path / "missing"), model="tiny")
+    assert results["data"] == "synthetic"
+    assert "SYNTHETIC" in capsys.readouterr().out
+
+
+# --- distributed regression ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_distributed_regression_recovers_m_b_and_stops_its_processes(tmp_path):
+    from hpcvision.tutorials import distributed_regression
+
+    results = distributed_regression.main(tmp_path, steps=300, timeout=240)
+    _, pngs = outputs(tmp_path)
+    assert pngs == ["convergence.png", "fit.png"]
+    assert results["m"] == pytest.approx(0.3, rel=0.02)
+    assert results["b"] == pytest.approx(-3.0, rel=0.02)
+    assert results["steps_done"] == 300
+    assert set(results["pids"]) == {"ps-0", "worker-0", "worker-1", "chief-0"}
+    for pid in results["pids"].values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    for task in ("ps-0", "worker-0", "worker-1"):
+        assert "serving at grpc://" in (tmp_path / "logs" / f"{task}.log").read_text()
+
+
+@pytest.mark.slow
+def test_distributed_regression_stops_servers_when_the_chief_fails(tmp_path, monkeypatch):
+    from hpcvision.errors import UserError
+    from hpcvision.tutorials import distributed_regression
+
+    started = []
+    real_start = distributed_regression.start_task
+
+    def start_and_record(code, config, log_path):
+        if "chief_entry" in code[0]:
+            code = ["import sys; sys.exit('chief failed on purpose')"]
+        process = real_start(code, config, log_path)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(distributed_regression, "start_task", start_and_record)
+    with pytest.raises(UserError, match="chief exited with code 1"):
+        distributed_regression.main(tmp_path, steps=10, timeout=120)
+    assert len(started) == 4
+    for process in started:
+        assert process.returncode is not None  # waited for: nothing left running
+
+
+# --- benchmark ----------------------------------------------------------------------------------
+
+
+def test_benchmark_quick_runs_every_stage(capsys):
+    # Loaded in-process (TensorFlow is already imported here), so the smoke run costs seconds.
+    spec = importlib.util.spec_from_file_location("tutorials_benchmark", REPO / "benchmarks" / "tutorials.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.main(["--quick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for stage in ("regression", "neural-net", "convolution", "cnn"):
+        assert any(line.startswith(stage) and "ratio" in line for line in lines), stage
