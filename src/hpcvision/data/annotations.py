@@ -38,22 +38,41 @@ def _clamp(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-def parse_voc(data: bytes, width: int, height: int) -> ParsedBoxes:
-    """Boxes of a VOC XML, normalised by the XML's <size> (the annotator's frame), else the image's."""
-    result = ParsedBoxes()
+@dataclass(frozen=True)
+class VocBoxes:
+    """What a VOC XML says, before normalising: its <size> frame (or None) and pixel boxes.
+
+    Compact and picklable, so a build reads every annotation once and hands boxes to its writers.
+    """
+
+    frame: tuple[float, float] | None = None
+    boxes: tuple[tuple[float | None, ...], ...] = ()
+    problem: str | None = None
+
+
+def read_voc(data: bytes) -> VocBoxes:
+    """The <size> and the <bndbox> coordinates of a VOC XML; `problem` says why it is unusable."""
     try:
         root = SafeET.fromstring(data)
     except (SafeET.ParseError, DefusedXmlException, ValueError) as exc:
-        result.problem = f"malformed XML ({str(exc).splitlines()[0][:100]})"
-        return result
+        return VocBoxes(problem=f"malformed XML ({str(exc).splitlines()[0][:100]})")
     size = root.find("size")
     frame_w = _number(size, "width") if size is not None else None
     frame_h = _number(size, "height") if size is not None else None
-    if not frame_w or not frame_h or frame_w <= 0 or frame_h <= 0:
-        frame_w, frame_h = float(width), float(height)
+    frame = (frame_w, frame_h) if frame_w and frame_h and frame_w > 0 and frame_h > 0 else None
+    boxes = []
     for obj in root.iter("object"):
         bndbox = obj.find("bndbox")
-        coords = [_number(bndbox, k) if bndbox is not None else None for k in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append(tuple(_number(bndbox, k) if bndbox is not None else None
+                           for k in ("xmin", "ymin", "xmax", "ymax")))
+    return VocBoxes(frame, tuple(boxes))
+
+
+def normalise(voc: VocBoxes, width: int, height: int) -> ParsedBoxes:
+    """Boxes in [0, 1], relative to the XML's <size> (the annotator's frame), else the image's size."""
+    result = ParsedBoxes(problem=voc.problem)
+    frame_w, frame_h = voc.frame or (float(width), float(height))
+    for coords in voc.boxes:
         if any(c is None for c in coords):
             result.dropped += 1
             continue
@@ -67,3 +86,8 @@ def parse_voc(data: bytes, width: int, height: int) -> ParsedBoxes:
             continue
         result.boxes.append(Box(xmin=box[0], ymin=box[1], xmax=box[2], ymax=box[3]))
     return result
+
+
+def parse_voc(data: bytes, width: int, height: int) -> ParsedBoxes:
+    """Boxes of a VOC XML as relative, clamped boxes (see `normalise`)."""
+    return normalise(read_voc(data), width, height)

@@ -20,14 +20,14 @@ import queue
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from hpcvision.cluster.discovery import process_rank
 from hpcvision.data import records
-from hpcvision.data.annotations import parse_voc
+from hpcvision.data.annotations import VocBoxes, normalise, read_voc
 from hpcvision.data.images import ImageProblem, prepare_image
 from hpcvision.data.lists import ListedImage, read_file_list, read_metadata, read_synsets
 from hpcvision.errors import UserError
@@ -70,6 +70,7 @@ class ShardTask:
     path: str
     items: tuple[ListedImage, ...]
     fingerprint: str
+    voc: tuple[VocBoxes | None, ...] = ()  # each item's annotation, read before writing (None: none)
 
 
 @dataclass(frozen=True)
@@ -209,14 +210,10 @@ class ShardWriter:
         self.warnings: list[list[str]] = []
         self.stats: Counter = Counter()
 
-    def _boxes(self, item: ListedImage, xml, width: int, height: int) -> list[records.Box]:
-        if xml is None:
+    def _boxes(self, item: ListedImage, voc: VocBoxes | None, width: int, height: int) -> list[records.Box]:
+        if voc is None:
             return []
-        if xml.data is None:
-            if xml.problem != NO_ANNOTATION:
-                self.warnings.append([_file_of(item), f"annotation unusable: {xml.problem}"])
-            return []
-        parsed = parse_voc(xml.data, width, height)
+        parsed = normalise(voc, width, height)
         if parsed.problem:
             self.warnings.append([_file_of(item), f"annotation ignored: {parsed.problem}"])
         if parsed.clamped:
@@ -226,7 +223,7 @@ class ShardWriter:
             self.warnings.append([_file_of(item), f"{parsed.dropped} box(es) without area dropped"])
         return parsed.boxes
 
-    def record(self, fetched, xml) -> bytes | None:
+    def record(self, fetched, voc: VocBoxes | None) -> bytes | None:
         """The serialised Example for one fetched image, or None (and a skipped row)."""
         item = fetched.item
         if fetched.data is None:
@@ -240,7 +237,7 @@ class ShardWriter:
         if image.converted:
             self.warnings.append([_file_of(item), f"converted: {image.converted}"])
             self.stats["converted"] += 1
-        boxes = self._boxes(item, xml, image.width, image.height)
+        boxes = self._boxes(item, voc, image.width, image.height)
         self.stats["boxes"] += len(boxes)
         self.stats["images_with_boxes"] += bool(boxes)
         label, text = self.spec.labels[item.wnid]
@@ -249,9 +246,9 @@ class ShardWriter:
 
     def write(self, report: Callable[[int], None]) -> dict:
         """Write the shard atomically, then its sidecar; returns the sidecar."""
-        images, annotations = open_sources(self.spec)
+        images, _annotations = open_sources(self.spec)
         items = self.task.items
-        xml = {f.item: f for f in annotations.fetch(items)} if annotations is not None and items else {}
+        voc = self.task.voc or (None,) * len(items)
         position = {item: i for i, item in enumerate(items)}
         pending: dict[int, object] = {}
         next_index, count, unreported = 0, 0, 0
@@ -263,7 +260,7 @@ class ShardWriter:
                 pending[position[fetched.item]] = fetched
                 while next_index in pending:
                     current = pending.pop(next_index)
-                    record = self.record(current, xml.get(current.item))
+                    record = self.record(current, voc[next_index])
                     if record is not None:
                         writer.write(record)
                         count += 1
@@ -284,6 +281,34 @@ class ShardWriter:
         return sidecar
 
 
+def read_voc_group(spec: SourceSpec, items: list[ListedImage]) -> dict[ListedImage, VocBoxes]:
+    """Each item's annotation (items without one are left out); runs in a worker or here."""
+    _images, annotations = open_sources(spec)
+    found: dict[ListedImage, VocBoxes] = {}
+    for fetched in annotations.fetch(items):
+        if fetched.data is not None:
+            found[fetched.item] = read_voc(fetched.data)
+        elif fetched.problem and fetched.problem != NO_ANNOTATION:
+            found[fetched.item] = VocBoxes(problem=f"unusable: {fetched.problem}")
+    return found
+
+
+def annotation_groups(tasks: list[ShardTask], groups: int) -> list[list[ListedImage]]:
+    """The tasks' items split by synset into `groups` lists, so each synset archive is read once."""
+    by_wnid: dict[str, list[ListedImage]] = {}
+    for task in tasks:
+        for item in task.items:
+            by_wnid.setdefault(item.wnid, []).append(item)
+    split: list[list[ListedImage]] = [[] for _ in range(groups)]
+    for i, wnid in enumerate(sorted(by_wnid)):
+        split[i % groups].extend(by_wnid[wnid])
+    return [g for g in split if g]
+
+
+def attach_annotations(tasks: list[ShardTask], found: dict[ListedImage, VocBoxes]) -> list[ShardTask]:
+    return [replace(task, voc=tuple(found.get(item) for item in task.items)) for task in tasks]
+
+
 _PROGRESS_QUEUE = None
 
 
@@ -298,24 +323,39 @@ def _write_in_worker(spec: SourceSpec, task: ShardTask) -> dict:
 
 
 def write_shards(spec: SourceSpec, tasks: list[ShardTask], workers: int, desc: str) -> None:
-    """Write `tasks` with `workers` processes (1: in this process), showing images/s and ETA."""
-    bar = progress(sum(len(t.items) for t in tasks), desc, unit="img")
-    try:
-        if workers == 1 or len(tasks) == 1:
+    """Read the annotations once (per synset), then write `tasks` with `workers` processes (1: here).
+
+    Reading XML per shard instead would re-read every synset's annotation archive once per shard.
+    """
+    if not tasks:
+        return
+    workers = min(workers, len(tasks))
+    with_xml = spec.annotations is not None
+    if workers == 1:
+        if with_xml:
+            found = {}
+            for group in annotation_groups(tasks, 1):
+                found.update(read_voc_group(spec, group))
+            tasks = attach_annotations(tasks, found)
+        with progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
             for task in tasks:
                 ShardWriter(spec, task).write(bar.update)
-            return
-        ctx = multiprocessing.get_context("spawn")
-        progress_queue = ctx.Queue()
-        with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        return
+    ctx = multiprocessing.get_context("spawn")
+    progress_queue = ctx.Queue()
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        if with_xml:
+            found = {}
+            for part in pool.starmap(read_voc_group, [(spec, g) for g in annotation_groups(tasks, workers)]):
+                found.update(part)
+            tasks = attach_annotations(tasks, found)
+        with progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
             results = [pool.apply_async(_write_in_worker, (spec, task)) for task in tasks]
             while not all(r.ready() for r in results):
                 _drain(progress_queue, bar, timeout=0.2)
             _drain(progress_queue, bar, timeout=0)
             for r in results:
                 r.get()  # re-raises a worker's error (a UserError keeps its one-line message)
-    finally:
-        bar.close()
 
 
 def _drain(progress_queue, bar, timeout: float) -> None:

@@ -40,6 +40,43 @@ def ends_cleanly(data: bytes) -> bool:
     return data.startswith(SOI) and EOI in data[-EOI_WINDOW:]
 
 
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from a JPEG's frame header, or None if the markers don't parse.
+
+    Walks the marker segments up to the first SOFn: a few steps, no decoding (Pillow's open also
+    reads every table, about 10x slower, which matters at thousands of images a second).
+    """
+    if not data.startswith(SOI):
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if pos + 10 > end:
+                return None
+            height = (data[pos + 5] << 8) | data[pos + 6]
+            width = (data[pos + 7] << 8) | data[pos + 8]
+            return width, height, data[pos + 9]
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
 def _open(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
@@ -80,6 +117,9 @@ def prepare_image(data: bytes | None) -> PreparedImage:
     """The record's JPEG for one image file; ImageProblem with the reason if it must be skipped."""
     if not data:
         raise ImageProblem("zero-byte file")
+    header = jpeg_header(data)
+    if header is not None and header[2] == 3 and header[0] > 0 and header[1] > 0 and ends_cleanly(data):
+        return PreparedImage(data, header[0], header[1])  # the common case: a clean 3-channel JPEG
     image = _open(data)
     width, height = image.size
     if width <= 0 or height <= 0:

@@ -46,7 +46,12 @@ class Box:
 
 # --- protobuf encoding (wire format: varint tags, length-delimited messages, packed repeated) -----
 
+_ONE_BYTE = [bytes((i,)) for i in range(128)]
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _ONE_BYTE[value]
     value &= (1 << 64) - 1  # negative int64 -> two's complement, 10 bytes, as protobuf does
     out = bytearray()
     while True:
@@ -66,44 +71,54 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def _feature(kind: int, values: Sequence[Any]) -> bytes:
     if kind == _BYTES:
-        inner = b"".join(_field(1, v) for v in values)
+        inner = b"".join([_field(1, v) for v in values])
     elif kind == _FLOAT:
         inner = _field(1, struct.pack(f"<{len(values)}f", *values)) if values else b""
     else:
-        inner = _field(1, b"".join(_varint(int(v)) for v in values)) if values else b""
+        inner = _field(1, b"".join([_varint(int(v)) for v in values])) if values else b""
     return _field(kind, inner)
+
+
+def _entry(key: str, kind: int, values: Sequence[Any]) -> bytes:
+    """One `feature` map entry: {key: Feature}."""
+    return _field(1, _field(1, key.encode()) + _field(2, _feature(kind, values)))
 
 
 def encode_features(features: dict[str, tuple[int, Sequence[Any]]]) -> bytes:
     """Serialise {key: (kind, values)} as a tf.train.Example, keys in sorted order."""
-    entries = b"".join(
-        _field(1, _field(1, key.encode()) + _field(2, _feature(kind, values)))
-        for key, (kind, values) in sorted(features.items())
-    )
-    return _field(1, entries)
+    return _field(1, b"".join([_entry(key, kind, values) for key, (kind, values) in sorted(features.items())]))
+
+
+# Entries that are the same in every record, serialised once.
+_CONSTANT = {
+    "image/channels": _entry("image/channels", _INT64, [3]),
+    "image/colorspace": _entry("image/colorspace", _BYTES, [b"RGB"]),
+    "image/format": _entry("image/format", _BYTES, [b"JPEG"]),
+}
+_NO_BOXES = {key: _entry(key, _FLOAT, []) for key in BBOX_KEYS} | {
+    "image/object/bbox/label": _entry("image/object/bbox/label", _INT64, [])}
 
 
 def encode_example(*, encoded: bytes, filename: str, height: int, width: int, label: int,
                    synset: str, text: str, boxes: Sequence[Box] = ()) -> bytes:
     """One serialised tf.train.Example with exactly the inception keys (an RGB JPEG in `encoded`)."""
-    features: dict[str, tuple[int, Sequence[Any]]] = {
-        "image/height": (_INT64, [height]),
-        "image/width": (_INT64, [width]),
-        "image/colorspace": (_BYTES, [b"RGB"]),
-        "image/channels": (_INT64, [3]),
-        "image/class/label": (_INT64, [label]),
-        "image/class/synset": (_BYTES, [synset.encode()]),
-        "image/class/text": (_BYTES, [text.encode()]),
-        "image/object/bbox/xmin": (_FLOAT, [b.xmin for b in boxes]),
-        "image/object/bbox/xmax": (_FLOAT, [b.xmax for b in boxes]),
-        "image/object/bbox/ymin": (_FLOAT, [b.ymin for b in boxes]),
-        "image/object/bbox/ymax": (_FLOAT, [b.ymax for b in boxes]),
-        "image/object/bbox/label": (_INT64, [label] * len(boxes)),
-        "image/format": (_BYTES, [b"JPEG"]),
-        "image/filename": (_BYTES, [filename.encode()]),
-        "image/encoded": (_BYTES, [encoded]),
-    }
-    return encode_features(features)
+    entries = dict(_CONSTANT)
+    entries["image/height"] = _entry("image/height", _INT64, [height])
+    entries["image/width"] = _entry("image/width", _INT64, [width])
+    entries["image/class/label"] = _entry("image/class/label", _INT64, [label])
+    entries["image/class/synset"] = _entry("image/class/synset", _BYTES, [synset.encode()])
+    entries["image/class/text"] = _entry("image/class/text", _BYTES, [text.encode()])
+    entries["image/filename"] = _entry("image/filename", _BYTES, [filename.encode()])
+    entries["image/encoded"] = _entry("image/encoded", _BYTES, [encoded])
+    if boxes:
+        entries["image/object/bbox/xmin"] = _entry("image/object/bbox/xmin", _FLOAT, [b.xmin for b in boxes])
+        entries["image/object/bbox/xmax"] = _entry("image/object/bbox/xmax", _FLOAT, [b.xmax for b in boxes])
+        entries["image/object/bbox/ymin"] = _entry("image/object/bbox/ymin", _FLOAT, [b.ymin for b in boxes])
+        entries["image/object/bbox/ymax"] = _entry("image/object/bbox/ymax", _FLOAT, [b.ymax for b in boxes])
+        entries["image/object/bbox/label"] = _entry("image/object/bbox/label", _INT64, [label] * len(boxes))
+    else:
+        entries.update(_NO_BOXES)
+    return _field(1, b"".join([entries[key] for key in SCHEMA_KEYS]))
 
 
 # --- protobuf decoding (for verify; strict about the shapes we write) ----------------------------
