@@ -25,10 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_extract(commands: argparse._SubParsersAction) -> None:
-    try:
-        from hpcvision.data.extract import add_extract_parser
-    except ImportError:  # extract.py is written alongside; until it lands `data extract` is absent
-        return
+    from hpcvision.data.extract import add_extract_parser
+
     add_extract_parser(commands)
 
 
