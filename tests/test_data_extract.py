@@ -394,3 +394,16 @@ def test_benchmark_quick_runs_and_prints_ratios():
         assert re.search(
             rf"extract --workers {workers}: +\d+ img/s .* x baseline, [\d.]+ x write floor", proc.stdout
         )
+
+
+def test_unwritable_output_exits_2_with_one_line(tmp_path, run_cli, images):
+    archive = write_images_tar(tmp_path / "Images.tar", images)
+    listing = write_list(tmp_path / "list.txt", images)
+    (tmp_path / "o" / "images").mkdir(parents=True)
+    (tmp_path / "o" / "images" / "n01").write_bytes(b"a file where a synset folder must go")
+    code, _, stderr = run_cli(
+        "data", "extract", "--images", archive, "--list", listing, "--out", tmp_path / "o"
+    )
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("hpcvision: error: ")
+    assert "cannot write" in stderr

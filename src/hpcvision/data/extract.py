@@ -340,7 +340,10 @@ def run_extract(args: argparse.Namespace) -> int:
         args.workers,
         args.images,
     )
-    result = run_tasks(images, annotations, out, mine, args.workers)
+    try:
+        result = run_tasks(images, annotations, out, mine, args.workers)
+    except OSError as exc:  # disk full, quota, permissions: nothing to skip, the run cannot go on
+        raise UserError(f"{out}: cannot write: {exc}") from None
 
     skipped = list_skips + result.skipped
     report = out / f"extract-report-rank{rank}.tsv"
