@@ -34,21 +34,29 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+def add_symlink(tar: tarfile.TarFile, name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> None:
     info = tarfile.TarInfo(name)
-    info.type = tarfile.SYMTYPE
+    info.type = kind
     info.linkname = target
     tar.addfile(info)
 
 
-def tar_bytes(members: dict[str, bytes], mode: str = "w", links: dict[str, str] | None = None) -> bytes:
-    """An in-memory tar (mode "w") or tar.gz (mode "w:gz") of name -> bytes, plus symlinks."""
+def tar_bytes(
+    members: dict[str, bytes],
+    mode: str = "w",
+    links: dict[str, str] | None = None,
+    specials: dict[str, tuple[bytes, str]] | None = None,
+) -> bytes:
+    """An in-memory tar (mode "w") or tar.gz (mode "w:gz") of name -> bytes, plus symlinks and
+    `specials` (name -> (tarfile type, link target): hard links, devices, fifos)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode=mode) as tar:
         for name, data in members.items():
             add_bytes(tar, name, data)
         for name, target in (links or {}).items():
             add_symlink(tar, name, target)
+        for name, (kind, target) in (specials or {}).items():
+            add_symlink(tar, name, target, kind)
     return out.getvalue()
 
 

@@ -95,10 +95,11 @@ def test_unsafe_members_are_refused(tmp_path, images):
     inner = tar_bytes(
         {"n05_1.JPEG": jpeg_bytes(1), "../n05_2.JPEG": b"escape", "/abs/n05_3.JPEG": b"absolute"},
         links={"n05_4.JPEG": "/etc/passwd", "n05_5.JPEG": "../../outside.JPEG"},
+        specials={"n05_6.JPEG": (tarfile.LNKTYPE, "n05_1.JPEG"), "n05_7.JPEG": (tarfile.CHRTYPE, "")},
     )
     extra = {"n05.tar": inner, "../n06.tar": tar_bytes({"n06_1.JPEG": jpeg_bytes(2)})}
     source = open_images(write_images_tar(tmp_path / "Images.tar", images, extra=extra))
-    wanted = [ListedImage("n05", f"n05_{n}", n) for n in range(1, 6)] + [ListedImage("n06", "n06_1", 6)]
+    wanted = [ListedImage("n05", f"n05_{n}", n) for n in range(1, 8)] + [ListedImage("n06", "n06_1", 8)]
     got = fetch_all(source, wanted)
     assert got[("n05", "n05_1")] == jpeg_bytes(1)
     assert got[("n05", "n05_2")] == "unsafe member path '../n05_2.JPEG'"
@@ -106,6 +107,8 @@ def test_unsafe_members_are_refused(tmp_path, images):
     assert got[("n05", "n05_4")] == "symlink member 'n05_4.JPEG'"
     assert got[("n05", "n05_5")] == "symlink member 'n05_5.JPEG'"
     assert got[("n06", "n06_1")] == "unsafe member path '../n06.tar'"
+    assert got[("n05", "n05_6")] == "hardlink member 'n05_6.JPEG'"
+    assert got[("n05", "n05_7")] == "not a regular file 'n05_7.JPEG'"
     assert "n06" not in source.synsets()
 
 
