@@ -64,5 +64,8 @@ class TrainConfig:
     eval: bool = _opt(True, "evaluate on the validation shards when they exist")
     deadline: str | None = _opt(None, "job end time (epoch s, ISO, +HH:MM:SS); default from the scheduler")
     deadline_margin_s: float = _opt(300.0, "checkpoint and stop this many seconds before the deadline")
+    incomplete_exit_code: int = _opt(
+        0, "exit code after stopping early with steps left (signal/deadline); job scripts with --resubmit use 3"
+    )
     collective_timeout_s: float = _opt(600.0, "a peer silent this long is an error, not a hang (all-reduce)")
 

@@ -114,7 +114,23 @@ def train(cfg) -> int:
              role.kind, strategy.num_replicas_in_sync, global_batch, steps_per_epoch, total_steps,
              f"resumed from {restored} at step {start_step}" if restored else "starting at step 0")
 
+    moving_stats = [v for v in model.non_trainable_variables if v.dtype.startswith("float")]
+
+    @tf.function
+    def sync_moving_stats():
+        # Batch-norm statistics are updated per worker (Keras 3 does not all-reduce them), so workers
+        # drift apart; their mean is what a global-batch moving average would be. Done before saves.
+        def average():
+            local = [tf.identity(v.value) for v in moving_stats]
+            averaged = tf.distribute.get_replica_context().all_reduce("MEAN", local)
+            for variable, value in zip(moving_stats, averaged, strict=True):
+                variable.assign(value)
+
+        strategy.run(average)
+
     def save(step_value: int) -> None:
+        if role.kind == "multi-worker" and moving_stats:
+            sync_moving_stats()
         epoch.assign(step_value // steps_per_epoch)
         if role.is_chief:
             path = manager.save(checkpoint_number=step_value)
@@ -168,6 +184,8 @@ def train(cfg) -> int:
     def evaluate(step_value: int) -> None:
         if not (cfg.eval and info.has_validation):
             return
+        if role.kind == "multi-worker" and moving_stats:
+            sync_moving_stats()
         sharded = role.kind == "multi-worker"
         dataset = inputs.eval_dataset(cfg, cfg.image_size, num_workers=role.num_workers if sharded else 1,
                                       worker_index=role.worker_index if sharded else 0)
@@ -244,13 +262,14 @@ def train(cfg) -> int:
     if step_value > start_step or not restored:
         save(step_value)
     if reason:
-        log.info("stopping at step %d (%s); the same command resumes from the checkpoint", step_value, reason)
+        log.info("stopping at step %d of %d (%s); the same command resumes from the checkpoint", step_value,
+                 total_steps, reason)
     else:
         evaluate(step_value)
         summaries.weights(model, step_value)
         log.info("finished at step %d; weights sha256 %s", step_value, weights_digest(model))
     summaries.flush()
-    return 0
+    return cfg.incomplete_exit_code if reason and step_value < total_steps else 0
 
 
 def _batch_sums(losses, logits, labels, tf):
