@@ -488,7 +488,7 @@ def build(config: BuildConfig) -> int:
     mine = [t for t in plan.shards if t.index % ranks == rank]
     todo = [t for t in mine if read_sidecar(t) is None]
     if len(todo) < len(mine):
-        log.info("%d of this rank's %d shards already complete: not rewritten", len(mine) - len(todo), len(mine))
+        print(f"{len(mine) - len(todo)} of this rank's {len(mine)} shards already complete: not rewritten")
     start = time.monotonic()
     who = f" rank {rank}/{ranks}" if ranks > 1 else ""
     write_shards(spec, todo, config.workers, f"build {config.name}{who}")

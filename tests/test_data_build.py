@@ -1,0 +1,328 @@
+"""`hpcvision data build`: schema read back by TensorFlow, bad inputs, determinism, resume, ranks."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]
+WORDS = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus",
+         "n01484850": "great white shark"}
+
+
+def _jpeg(seed: int, size=(48, 36), mode="RGB", fmt="JPEG") -> bytes:
+    y, x = np.mgrid[0: size[1], 0: size[0]]
+    base = np.stack([(x * 5 + seed * 40) % 256, (y * 7 + seed * 13) % 256, (x + y + seed) % 256, x % 256], -1)
+    channels = len(Image.new(mode, (1, 1)).getbands())
+    array = base[..., :channels].astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(array[..., 0] if channels == 1 else array, mode=mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _voc(box, size=(48, 36)) -> bytes:
+    return (f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height></size><object><name>x</name>"
+            f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax>"
+            f"</bndbox></object></annotation>").encode()
+
+
+def _tar(members: dict[str, bytes], mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Dataset:
+    """A small Images.tar / Annotation.tar.gz (and the same as folders) with every bad input of the issue."""
+
+    def __init__(self, root: Path, good_per_class: int = 6):
+        self.root = root
+        self.images: dict[str, dict[str, bytes]] = {w: {} for w in WNIDS}
+        self.xml: dict[str, dict[str, bytes]] = {w: {} for w in WNIDS}
+        self.boxes: dict[str, tuple] = {}  # name -> expected relative box (xmin, ymin, xmax, ymax)
+        for k, wnid in enumerate(WNIDS):
+            for i in range(good_per_class):
+                name = f"{wnid}_{i}"
+                self.images[wnid][name] = _jpeg(k * 100 + i)
+                if i % 2 == 0:  # half have boxes
+                    self.xml[wnid][name] = _voc((12, 9, 36, 27))
+                    self.boxes[name] = (0.25, 0.25, 0.75, 0.75)
+        w0, w1, w2 = WNIDS
+        self.images[w0][f"{w0}_cmyk"] = _jpeg(1, mode="CMYK")
+        self.images[w0][f"{w0}_gray"] = _jpeg(2, mode="L")
+        self.images[w1][f"{w1}_png"] = _jpeg(3, mode="RGB", fmt="PNG")
+        good = _jpeg(4, size=(200, 150))
+        self.images[w1][f"{w1}_corrupt"] = good[: len(good) // 2]
+        self.images[w2][f"{w2}_empty"] = b""
+        self.images[w2][f"{w2}_badxml"] = _jpeg(5)
+        self.xml[w2][f"{w2}_badxml"] = b"<annotation><object><bndbox><xmin>3"
+        self.images[w2][f"{w2}_outside"] = _jpeg(6)
+        self.xml[w2][f"{w2}_outside"] = _voc((-10, 18, 60, 50))
+        self.boxes[f"{w2}_outside"] = (0.0, 0.5, 1.0, 1.0)
+        self.converted = {f"{w0}_cmyk", f"{w0}_gray", f"{w1}_png"}
+        self.bad = {f"{w1}_corrupt": "corrupt", f"{w2}_empty": "zero-byte", f"{w2}_absent": "not in archive"}
+        root.mkdir(parents=True, exist_ok=True)
+        lines = [f"{w} {n}" for w in WNIDS for n in self.images[w]]
+        lines += [f"{w2} {w2}_absent", "n09999999 n09999999_1", lines[0]]  # absent, unknown synset, duplicate
+        self.list_skips = {"n09999999 n09999999_1": "unknown synset", lines[0]: "duplicate"}
+        (root / "list.txt").write_text("\n".join(lines) + "\n")
+        (root / "synsets.txt").write_text("\n".join(WNIDS) + "\n")
+        (root / "metadata.txt").write_text("".join(f"{w}\t{t}\n" for w, t in WORDS.items()))
+        outer = {f"{w}.tar": _tar({f"{n}.JPEG": d for n, d in self.images[w].items()}) for w in WNIDS}
+        (root / "Images.tar").write_bytes(_tar(outer))
+        annotations = {f"{w}.tar.gz": _tar({f"Annotation/{w}/{n}.xml": d for n, d in self.xml[w].items()}, "w:gz")
+                       for w in WNIDS}
+        (root / "Annotation.tar.gz").write_bytes(_tar(annotations, "w:gz"))
+        for w in WNIDS:
+            for n, d in self.images[w].items():
+                (root / "images" / w).mkdir(parents=True, exist_ok=True)
+                (root / "images" / w / f"{n}.JPEG").write_bytes(d)
+            for n, d in self.xml[w].items():
+                (root / "annotations" / w).mkdir(parents=True, exist_ok=True)
+                (root / "annotations" / w / f"{n}.xml").write_bytes(d)
+        self.listed = len(lines)
+
+    def args(self, out: Path, *, tar: bool = True, shards: int = 3, extra=()) -> list:
+        images = self.root / ("Images.tar" if tar else "images")
+        annotations = self.root / ("Annotation.tar.gz" if tar else "annotations")
+        return ["data", "build", "--images", images, "--annotations", annotations, "--list",
+                self.root / "list.txt", "--synsets", self.root / "synsets.txt", "--metadata",
+                self.root / "metadata.txt", "--out", out, "--shards", str(shards), *extra]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Dataset:
+    return Dataset(tmp_path_factory.mktemp("data"))
+
+
+def _shards(out: Path, name: str = "train") -> list[Path]:
+    return sorted(p for p in out.glob(f"{name}-*-of-*") if p.suffix == "" and ".tmp" not in p.name)
+
+
+def _read_back(out: Path) -> dict[str, dict]:
+    """Every record parsed by tf.io with the inception reader's spec, written here independently."""
+    import tensorflow as tf
+
+    spec = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/format": tf.io.FixedLenFeature([], tf.string),
+        "image/filename": tf.io.FixedLenFeature([], tf.string),
+        "image/colorspace": tf.io.FixedLenFeature([], tf.string),
+        "image/height": tf.io.FixedLenFeature([], tf.int64),
+        "image/width": tf.io.FixedLenFeature([], tf.int64),
+        "image/channels": tf.io.FixedLenFeature([], tf.int64),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        "image/class/synset": tf.io.FixedLenFeature([], tf.string),
+        "image/class/text": tf.io.FixedLenFeature([], tf.string),
+        "image/object/bbox/label": tf.io.VarLenFeature(tf.int64),
+    }
+    for key in ("xmin", "ymin", "xmax", "ymax"):
+        spec[f"image/object/bbox/{key}"] = tf.io.VarLenFeature(tf.float32)
+    out_records = {}
+    for path in _shards(out):
+        for serialized in tf.data.TFRecordDataset(str(path)):
+            example = tf.train.Example.FromString(serialized.numpy())
+            assert sorted(example.features.feature) == sorted(spec)  # exactly the inception keys
+            parsed = tf.io.parse_single_example(serialized, spec)
+            record = {k: (tf.sparse.to_dense(v).numpy().tolist() if isinstance(v, tf.SparseTensor) else v.numpy())
+                      for k, v in parsed.items()}
+            record["shard"] = path.name
+            out_records[record["image/filename"].decode()] = record
+    return out_records
+
+
+def _skipped(out: Path) -> dict[str, str]:
+    lines = (out / "train-skipped.tsv").read_text().splitlines()
+    assert lines[0] == "file\treason"
+    return dict(line.split("\t") for line in lines[1:])
+
+
+def test_build_from_tar_writes_the_inception_schema_and_handles_bad_inputs(run_cli, dataset, tmp_path):
+    out = tmp_path / "rec"
+    code, stdout, stderr = run_cli(*dataset.args(out))
+    assert code == 0, stderr
+    manifest = json.loads((out / "train-manifest.json").read_text())
+    written = sum(len(v) for v in dataset.images.values()) - 2  # corrupt and zero-byte are skipped
+    assert f"listed {dataset.listed} = written {written} + skipped {dataset.listed - written}" in stdout
+    assert manifest["listed"] == manifest["written"] + manifest["skipped"] == dataset.listed
+    assert manifest["num_examples"] == written == sum(s["count"] for s in manifest["shards"])
+    assert manifest["label_offset"] == 1 and manifest["num_classes"] == 3
+    assert manifest["labels"] == [{"label": i + 1, "wnid": w, "text": WORDS[w]} for i, w in enumerate(WNIDS)]
+
+    skipped = _skipped(out)
+    for name, reason in dataset.bad.items():
+        (entry,) = [k for k in skipped if name in k]
+        assert reason in skipped[entry], (name, skipped[entry])
+    for entry, reason in dataset.list_skips.items():
+        assert reason in skipped[entry]
+    assert len(skipped) == manifest["skipped"]
+
+    records = _read_back(out)
+    assert len(records) == written
+    for wnid in WNIDS:
+        for name, data in dataset.images[wnid].items():
+            if name in dataset.bad:
+                assert f"{name}.JPEG" not in records
+                continue
+            r = records[f"{name}.JPEG"]
+            assert r["image/class/label"] == WNIDS.index(wnid) + 1
+            assert r["image/class/synset"].decode() == wnid and r["image/class/text"].decode() == WORDS[wnid]
+            assert (r["image/format"], r["image/colorspace"], r["image/channels"]) == (b"JPEG", b"RGB", 3)
+            image = Image.open(io.BytesIO(r["image/encoded"]))
+            image.load()
+            assert (image.format, image.mode) == ("JPEG", "RGB")
+            assert (r["image/width"], r["image/height"]) == image.size == Image.open(io.BytesIO(data)).size
+            if name in dataset.converted:
+                assert r["image/encoded"] != data
+            else:
+                assert r["image/encoded"] == data  # passed through byte for byte
+            boxes = list(zip(r["image/object/bbox/xmin"], r["image/object/bbox/ymin"],
+                             r["image/object/bbox/xmax"], r["image/object/bbox/ymax"], strict=True))
+            if name in dataset.boxes:  # includes the box outside the image, clamped
+                assert boxes == [pytest.approx(dataset.boxes[name])]
+                assert r["image/object/bbox/label"] == [WNIDS.index(wnid) + 1]
+            else:  # missing or malformed XML: image kept, no boxes
+                assert boxes == [] and r["image/object/bbox/label"] == []
+    warnings = (out / "train-warnings.tsv").read_text()
+    assert "malformed XML" in warnings and "clamped" in warnings and warnings.count("converted") == 3
+
+
+def test_build_from_folders_equals_build_from_archives_and_workers_do_not_matter(run_cli, dataset, tmp_path):
+    assert run_cli(*dataset.args(tmp_path / "tar"))[0] == 0
+    assert run_cli(*dataset.args(tmp_path / "dir", tar=False, extra=["--workers", "2"]))[0] == 0
+    tar_shards, dir_shards = _shards(tmp_path / "tar"), _shards(tmp_path / "dir")
+    assert [p.name for p in tar_shards] == [p.name for p in dir_shards] and len(tar_shards) == 3
+    for a, b in zip(tar_shards, dir_shards, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_two_builds_are_byte_identical_and_the_seed_changes_the_order(run_cli, dataset, tmp_path):
+    for out, seed in (("a", "12345"), ("b", "12345"), ("c", "7")):
+        assert run_cli(*dataset.args(tmp_path / out, extra=["--seed", seed]))[0] == 0
+    a, b, c = (_shards(tmp_path / x) for x in "abc")
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert [p.read_bytes() for p in a] != [p.read_bytes() for p in c]
+    for name in ("train-manifest.json", "train-skipped.tsv"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+
+
+def test_label_offset_zero(run_cli, dataset, tmp_path):
+    assert run_cli(*dataset.args(tmp_path / "r", extra=["--label-offset", "0"]))[0] == 0
+    manifest = json.loads((tmp_path / "r" / "train-manifest.json").read_text())
+    assert manifest["label_offset"] == 0 and [e["label"] for e in manifest["labels"]] == [0, 1, 2]
+    labels = {r["image/class/synset"].decode(): r["image/class/label"] for r in _read_back(tmp_path / "r").values()}
+    assert labels == {w: i for i, w in enumerate(WNIDS)}
+
+
+def test_resume_rewrites_only_incomplete_shards_and_ignores_leftovers(run_cli, dataset, tmp_path):
+    out = tmp_path / "r"
+    assert run_cli(*dataset.args(out, shards=4))[0] == 0
+    shards = _shards(out)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards}
+    manifest_before = (out / "train-manifest.json").read_text()
+    # shard 1 was cut short after its sidecar was written; shard 2 never got its sidecar;
+    # a crashed writer left a partial file behind
+    shards[1].write_bytes(before[shards[1].name][1][:100])
+    Path(f"{shards[2]}.json").unlink()
+    leftover = out / f"{shards[3].name}.tmp-99999"
+    leftover.write_bytes(b"partial")
+    os.utime(shards[0], ns=(1, 1))
+    os.utime(shards[3], ns=(1, 1))
+    code, stdout, _ = run_cli(*dataset.args(out, shards=4))
+    assert code == 0
+    assert "2 of this rank's 4 shards already complete" in stdout
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in _shards(out)}
+    assert after[shards[0].name][0] == 1 and after[shards[3].name][0] == 1  # not rewritten
+    assert {k: v[1] for k, v in after.items()} == {k: v[1] for k, v in before.items()}
+    assert (out / "train-manifest.json").read_text() == manifest_before
+    assert not leftover.exists() or leftover.read_bytes() == b"partial"
+    assert not list(out.glob("*.tmp-*")) or [p.name for p in out.glob("*.tmp-*")] == [leftover.name]
+
+
+def test_ranks_write_disjoint_shards_and_the_last_writes_the_manifest(run_cli, dataset, tmp_path):
+    out = tmp_path / "r"
+    code, stdout, _ = run_cli(*dataset.args(out, shards=5, extra=["--rank", "1", "--ranks", "2"]))
+    assert code == 0 and "pending" in stdout
+    assert [p.name for p in _shards(out)] == ["train-00001-of-00005", "train-00003-of-00005"]
+    assert not (out / "train-manifest.json").exists()
+    code, stdout, _ = run_cli(*dataset.args(out, shards=5, extra=["--rank", "0", "--ranks", "2", "--wait", "5"]))
+    assert code == 0 and f"listed {dataset.listed}" in stdout
+    assert len(_shards(out)) == 5
+    reference = tmp_path / "one"
+    assert run_cli(*dataset.args(reference, shards=5))[0] == 0
+    for a, b in zip(_shards(out), _shards(reference), strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    assert (out / "train-manifest.json").read_text() == (reference / "train-manifest.json").read_text()
+
+
+@pytest.mark.slow
+def test_concurrent_ranks_from_the_launcher_environment(dataset, tmp_path, hpcvision_exe):
+    """Two processes started at once, ranks from OMPI_COMM_WORLD_* as under mpirun; both see a manifest."""
+    out = tmp_path / "r"
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_SIZE="2", TF_CPP_MIN_LOG_LEVEL="2")
+        args = [str(a) for a in dataset.args(out, shards=6, extra=["--wait", "60"])][1:]
+        procs.append(subprocess.Popen([*hpcvision_exe, "data", *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert len(_shards(out)) == 6
+    manifest = json.loads((out / "train-manifest.json").read_text())
+    assert manifest["listed"] == dataset.listed == manifest["written"] + manifest["skipped"]
+    assert f"listed {dataset.listed}" in results[0][0]  # rank 0 waited for rank 1 if it finished first
+
+
+def test_tfrecord_framing_matches_tensorflow(tmp_path):
+    import tensorflow as tf
+
+    from hpcvision.data.records import RecordWriter, read_records
+
+    payloads = [b"", b"x", os.urandom(70000), b"\x00" * 300]
+    with RecordWriter(tmp_path / "ours") as writer:
+        for p in payloads:
+            writer.write(p)
+    with tf.io.TFRecordWriter(str(tmp_path / "theirs")) as writer:
+        for p in payloads:
+            writer.write(p)
+    assert (tmp_path / "ours").read_bytes() == (tmp_path / "theirs").read_bytes()
+    assert list(read_records(tmp_path / "ours")) == payloads
+    # the length field is little-endian uint64 followed by its masked CRC
+    assert struct.unpack("<Q", (tmp_path / "ours").read_bytes()[:8])[0] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rank", "2", "--ranks", "2"], "--rank 2 --ranks 2"),
+    (["--shards", "0"], "--shards 0"),
+    (["--workers", "0"], "--workers 0"),
+])
+def test_bad_arguments_are_one_line_errors(run_cli, dataset, tmp_path, args, message):
+    code, _, stderr = run_cli(*dataset.args(tmp_path / "r", extra=args))
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_archive_and_missing_list_are_one_line_errors(run_cli, dataset, tmp_path):
+    junk = tmp_path / "Images.tar"
+    junk.write_bytes(b"definitely not a tar archive" * 100)
+    args = dataset.args(tmp_path / "r")
+    args[args.index("--images") + 1] = junk
+    code, _, stderr = run_cli(*args)
+    assert code == 2 and str(junk) in stderr and len(stderr.strip().splitlines()) == 1
+    args = dataset.args(tmp_path / "r")
+    args[args.index("--list") + 1] = tmp_path / "nope.txt"
+    code, _, stderr = run_cli(*args)
+    assert code == 2 and "nope.txt" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "train-manifest.json").exists()
