@@ -245,6 +245,24 @@ def test_cnn_trains_and_plots_filters_and_feature_maps(tmp_path):
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
 
 
+def test_cnn_auto_model_is_the_registered_small_one_and_its_feature_maps_work():
+    import keras
+
+    from hpcvision.models.registry import model_names
+    from hpcvision.tutorials.cnn import as_model_input, choose_model, first_conv
+
+    name, net = choose_model("auto")
+    assert name == ("small" if "small" in model_names() else "tiny")
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    x = as_model_input(images, net.input_shape[-1])
+    assert x.shape == (2, 28, 28, net.input_shape[-1]) and x.max() <= 1.0
+    np.testing.assert_array_equal(x[..., 0], x[..., -1])  # gray repeated into every channel
+    conv = first_conv(net)
+    maps = keras.Model(net.inputs, conv.output).predict(x, verbose=0)
+    assert maps.shape[:3] == (2, 28, 28) and maps.shape[-1] == conv.get_weights()[0].shape[-1]
+    assert net.predict(x, verbose=0).shape == (2, 10)
+
+
 @pytest.mark.slow
 def test_cnn_falls_back_to_synthetic_data_with_a_note(tmp_path, capsys):
     from hpcvision.tutorials import cnn

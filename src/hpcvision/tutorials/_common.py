@@ -61,7 +61,7 @@ def parser_for(doc: str | None, prog: str) -> argparse.ArgumentParser:
     """The argument parser of one tutorial: its docstring as help, plus --out DIR."""
     title = (doc or "").strip().splitlines()[0] if doc else prog
     parser = argparse.ArgumentParser(
-        prog=prog, description=title, epilog="Outputs: PNG figure(s) and results.json under --out."
+        prog=f"hpcvision tutorial {prog}", description=title, epilog="Outputs: PNG figure(s) and results.json under --out."
     )
     parser.add_argument("--out", default=None, help="output folder (default ./tutorial-NAME)")
     return parser
