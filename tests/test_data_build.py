@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -326,3 +327,21 @@ def test_unreadable_archive_and_missing_list_are_one_line_errors(run_cli, datase
     code, _, stderr = run_cli(*args)
     assert code == 2 and "nope.txt" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "train-manifest.json").exists()
+
+
+def test_crc32c_matches_the_published_check_value_in_both_implementations():
+    from hpcvision.data.records import _crc32c_python, crc32c
+
+    assert crc32c(b"123456789") == _crc32c_python(b"123456789") == 0xE3069283  # RFC 3720 check value
+    data = os.urandom(1000)
+    assert crc32c(data) == _crc32c_python(data)
+
+
+def test_benchmark_quick_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "build_throughput.py"), "--quick",
+         "--cache", str(tmp_path)], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, HPCVISION_PROGRESS="0"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for label in ("(a) I/O limit", "(b) naive", "build, 1 worker", "build, 2 workers", "ratio build 1 worker / (a)"):
+        assert label in result.stdout

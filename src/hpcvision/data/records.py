@@ -89,6 +89,17 @@ def encode_features(features: dict[str, tuple[int, Sequence[Any]]]) -> bytes:
     return _field(1, b"".join([_entry(key, kind, values) for key, (kind, values) in sorted(features.items())]))
 
 
+def _bytes_entry_header(key: str, value: bytes) -> bytes:
+    """Everything of the entry {key: BytesList[value]} that precedes `value` (so `value` is not copied)."""
+    length = len(value)
+    inner = 1 + len(_varint(length)) + length                 # BytesList.value
+    feature = 1 + len(_varint(inner)) + inner                 # Feature.bytes_list
+    key_field = _field(1, key.encode())
+    body = len(key_field) + 1 + len(_varint(feature)) + feature
+    return (b"\x0a" + _varint(body) + key_field + b"\x12" + _varint(feature) + b"\x0a" + _varint(inner)
+            + b"\x0a" + _varint(length))
+
+
 # Entries that are the same in every record, serialised once.
 _CONSTANT = {
     "image/channels": _entry("image/channels", _INT64, [3]),
@@ -109,7 +120,7 @@ def encode_example(*, encoded: bytes, filename: str, height: int, width: int, la
     entries["image/class/synset"] = _entry("image/class/synset", _BYTES, [synset.encode()])
     entries["image/class/text"] = _entry("image/class/text", _BYTES, [text.encode()])
     entries["image/filename"] = _entry("image/filename", _BYTES, [filename.encode()])
-    entries["image/encoded"] = _entry("image/encoded", _BYTES, [encoded])
+    entries["image/encoded"] = b""  # placed below without copying the JPEG into an entry first
     if boxes:
         entries["image/object/bbox/xmin"] = _entry("image/object/bbox/xmin", _FLOAT, [b.xmin for b in boxes])
         entries["image/object/bbox/xmax"] = _entry("image/object/bbox/xmax", _FLOAT, [b.xmax for b in boxes])
@@ -118,7 +129,14 @@ def encode_example(*, encoded: bytes, filename: str, height: int, width: int, la
         entries["image/object/bbox/label"] = _entry("image/object/bbox/label", _INT64, [label] * len(boxes))
     else:
         entries.update(_NO_BOXES)
-    return _field(1, b"".join([entries[key] for key in SCHEMA_KEYS]))
+    header = _bytes_entry_header("image/encoded", encoded)
+    before = b"".join([entries[key] for key in SCHEMA_KEYS[:_ENCODED_AT]]) + header
+    after = b"".join([entries[key] for key in SCHEMA_KEYS[_ENCODED_AT + 1:]])
+    size = len(before) + len(encoded) + len(after)
+    return b"".join([b"\x0a", _varint(size), before, encoded, after])
+
+
+_ENCODED_AT = SCHEMA_KEYS.index("image/encoded")
 
 
 # --- protobuf decoding (for verify; strict about the shapes we write) ----------------------------
@@ -290,7 +308,10 @@ class RecordWriter:
         if self._tf_writer is not None:
             self._tf_writer.write(record)
         else:
-            self._file.write(frame_record(record))
+            length = struct.pack("<Q", len(record))
+            self._file.write(length + struct.pack("<I", masked_crc32c(length)))
+            self._file.write(record)  # written as is: no copy of a ~100 KB payload into a frame
+            self._file.write(struct.pack("<I", masked_crc32c(record)))
 
     def close(self) -> None:
         if self._tf_writer is not None:
