@@ -44,8 +44,14 @@ class StopRequest:
     def __init__(self, deadline: float | None, margin_s: float):
         self.signal_name: str | None = None
         self.stop_at = None if deadline is None else deadline - margin_s
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def __enter__(self) -> StopRequest:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _on_signal(self, signum, _frame) -> None:
         self.signal_name = signal.Signals(signum).name  # acted on at the next step boundary
@@ -212,62 +218,63 @@ def train(cfg) -> int:
     reason = None
     traced = False
 
-    while step_value < total_steps and reason is None:
-        epoch_index, offset = divmod(step_value, steps_per_epoch)
-        iterator = make_iterator(epoch_index, offset)
-        for _ in range(min(steps_per_epoch - offset, total_steps - step_value)):
-            timed_save = cfg.checkpoint_every_minutes > 0 and \
-                time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
-            local_stop = stop.reason()
-            if not traced:
-                summaries.trace_on()
-            if parameter_server:
-                pending.append(coordinator.schedule(train_step, args=(iterator, tf.zeros([2]))))
-                reason = local_stop
-            else:
-                sums = train_step(iterator, tf.constant([float(local_stop is not None), float(timed_save)]))
-                sums = sums.numpy()
-                window += sums
-                timed_save = sums[SAVE] > 0
-                reason = local_stop or ("a peer's stop request" if sums[STOP] > 0 else None)
-            if not traced:
-                summaries.trace_export(step_value + 1)
-                traced = True
-            step_value += 1
-            if step_value % cfg.log_every == 0 or step_value == total_steps or reason:
+    with stop:
+        while step_value < total_steps and reason is None:
+            epoch_index, offset = divmod(step_value, steps_per_epoch)
+            iterator = make_iterator(epoch_index, offset)
+            for _ in range(min(steps_per_epoch - offset, total_steps - step_value)):
+                timed_save = cfg.checkpoint_every_minutes > 0 and \
+                    time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
+                local_stop = stop.reason()
+                if not traced:
+                    summaries.trace_on()
                 if parameter_server:
-                    window = sum((remote.fetch() for remote in pending), _zeros())
-                    pending = []
-                _report(step_value, total_steps, steps_per_epoch, window, time.monotonic() - window_start,
-                        global_batch, role, summaries, float(learning_rate()))
-                window, window_start = _zeros(), time.monotonic()
-            if cfg.histogram_every and step_value % cfg.histogram_every == 0:
-                summaries.weights(model, step_value)
-            every_steps = cfg.checkpoint_every_steps and step_value % cfg.checkpoint_every_steps == 0
-            if (every_steps or timed_save) and not reason and step_value < total_steps:
-                if coordinator:
-                    coordinator.join()
-                save(step_value)
-                last_save = time.monotonic()
-            if eval_every and step_value % eval_every == 0 and step_value < total_steps and not reason:
-                if coordinator:
-                    coordinator.join()
-                evaluate(step_value)
-            if reason:
-                break
+                    pending.append(coordinator.schedule(train_step, args=(iterator, tf.zeros([2]))))
+                    reason = local_stop
+                else:
+                    sums = train_step(iterator, tf.constant([float(local_stop is not None), float(timed_save)]))
+                    sums = sums.numpy()
+                    window += sums
+                    timed_save = sums[SAVE] > 0
+                    reason = local_stop or ("a peer's stop request" if sums[STOP] > 0 else None)
+                if not traced:
+                    summaries.trace_export(step_value + 1)
+                    traced = True
+                step_value += 1
+                if step_value % cfg.log_every == 0 or step_value == total_steps or reason:
+                    if parameter_server:
+                        window = sum((remote.fetch() for remote in pending), _zeros())
+                        pending = []
+                    _report(step_value, total_steps, steps_per_epoch, window, time.monotonic() - window_start,
+                            global_batch, role, summaries, float(learning_rate()))
+                    window, window_start = _zeros(), time.monotonic()
+                if cfg.histogram_every and step_value % cfg.histogram_every == 0:
+                    summaries.weights(model, step_value)
+                every_steps = cfg.checkpoint_every_steps and step_value % cfg.checkpoint_every_steps == 0
+                if (every_steps or timed_save) and not reason and step_value < total_steps:
+                    if coordinator:
+                        coordinator.join()
+                    save(step_value)
+                    last_save = time.monotonic()
+                if eval_every and step_value % eval_every == 0 and step_value < total_steps and not reason:
+                    if coordinator:
+                        coordinator.join()
+                    evaluate(step_value)
+                if reason:
+                    break
 
-    if coordinator:
-        coordinator.join()
-        step_value = int(step.numpy())  # the workers' increments, all of them (assign_add is atomic)
-    if step_value > start_step or not restored:
-        save(step_value)
-    if reason:
-        log.info("stopping at step %d of %d (%s); the same command resumes from the checkpoint", step_value,
-                 total_steps, reason)
-    else:
-        evaluate(step_value)
-        summaries.weights(model, step_value)
-        log.info("finished at step %d; weights sha256 %s", step_value, weights_digest(model))
+        if coordinator:
+            coordinator.join()
+            step_value = int(step.numpy())  # the workers' increments, all of them (assign_add is atomic)
+        if step_value > start_step or not restored:
+            save(step_value)
+        if reason:
+            log.info("stopping at step %d of %d (%s); the same command resumes from the checkpoint", step_value,
+                     total_steps, reason)
+        else:
+            evaluate(step_value)
+            summaries.weights(model, step_value)
+            log.info("finished at step %d; weights sha256 %s", step_value, weights_digest(model))
     summaries.flush()
     return cfg.incomplete_exit_code if reason and step_value < total_steps else 0
 

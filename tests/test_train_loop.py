@@ -1,0 +1,173 @@
+"""`hpcvision train` in one process: learning, run files, resume, damaged checkpoints, stopping early."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcvision.errors import UserError
+
+SYNTHETIC = ["--synthetic", "--num-classes", "10", "--model", "small", "--image-size", "28", "--batch-size", "16",
+             "--label-smoothing", "0", "--log-every", "5"]
+
+
+def losses(messages: list[str]) -> list[float]:
+    return [float(m) for m in re.findall(r"step \d+/\d+ epoch \S+ loss (\S+)", "\n".join(messages))]
+
+
+@pytest.fixture
+def train(run_cli, caplog):
+    """Run `hpcvision train ARGS` in this process; (exit code, INFO messages of hpcvision)."""
+    caplog.set_level(logging.INFO, logger="hpcvision")
+
+    def run(*args):
+        caplog.clear()
+        code, _out, err = run_cli("train", *args)
+        return code, [r.getMessage() for r in caplog.records] + err.splitlines()
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, hpcvision_exe):
+    """Train and validation shards of `data sample --source synthetic` (10 classes, 20 images each)."""
+    root = tmp_path_factory.mktemp("records")
+    sample, out = root / "sample", root / "rec"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run([*hpcvision_exe, "data", "sample", "--source", "synthetic", "--per-class", "20", str(sample)],
+                   check=True, capture_output=True, env=env)
+    for name in ("train", "validation"):
+        subprocess.run([*hpcvision_exe, "data", "build", "--images", str(sample / "Images.tar"), "--annotations",
+                        str(sample / "Annotation.tar.gz"), "--list", str(sample / f"{name}_files.txt"),
+                        "--synsets", str(sample / "synsets.txt"), "--metadata", str(sample / "metadata.txt"),
+                        "--out", str(out), "--name", name, "--shards", "2"], check=True, capture_output=True, env=env)
+    return out
+
+
+def checkpoint_value(prefix: str, suffix: str):
+    """A variable's value read straight from a checkpoint file (independent of our restore code)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    (key,) = [k for k in reader.get_variable_to_shape_map() if k.endswith(suffix)]
+    return reader.get_tensor(key)
+
+
+def trained_kernel(prefix: str, shape) -> np.ndarray:
+    """The one trainable variable of `shape` in a checkpoint (Keras 3 names model weights under the
+    optimizer's `_trainable_variables`, the shortest path in the object graph)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    (key,) = [k for k, s in reader.get_variable_to_shape_map().items()
+              if "/_trainable_variables/" in k and list(s) == list(shape)]
+    return reader.get_tensor(key)
+
+
+def test_synthetic_training_reduces_loss_and_records_the_run(train, tmp_path):
+    from hpcvision.train.checkpoint import load_run_config
+
+    code, messages = train(*SYNTHETIC, "--steps", "30", "--checkpoint-dir", tmp_path, "--seed", "1")
+    assert code == 0
+    seen = losses(messages)
+    assert len(seen) == 6 and seen[-1] < 0.5 * seen[0], seen
+    assert (tmp_path / "ckpt-30.index").is_file()
+    assert int(checkpoint_value(str(tmp_path / "ckpt-30"), "step/.ATTRIBUTES/VARIABLE_VALUE")) == 30
+    config = load_run_config(tmp_path)
+    assert (config.model, config.image_size, config.num_classes, config.steps) == ("small", 28, 10, 30)
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_records_training_with_eval_then_load_trained_model(train, tmp_path, records):
+    import tensorflow as tf
+
+    from hpcvision.train.checkpoint import load_trained_model
+
+    code, messages = train("--data", records, "--model", "small", "--image-size", "32", "--batch-size", "20",
+                           "--epochs", "2", "--augment", "pad_crop", "--checkpoint-dir", tmp_path, "--log-every", "5")
+    assert code == 0
+    evals = [m for m in messages if m.startswith("eval step")]
+    assert len(evals) == 2 and all("(200 images)" in m for m in evals), evals
+    model, config, labels = load_trained_model(tmp_path)
+    assert config.data == str(records) and len(labels["classes"]) == 10 and labels["label_offset"] == 1
+    kernel = next(v for v in model.weights if v.path.endswith("logits/kernel"))
+    np.testing.assert_array_equal(kernel.numpy(), trained_kernel(str(tmp_path / "ckpt-20"), kernel.shape))
+    assert model(tf.zeros([1, 32, 32, 3])).shape == (1, 10)
+    assert list((tmp_path / "logs" / "eval").glob("events.out.tfevents.*"))
+
+
+def test_rerun_resumes_the_step_counter(train, tmp_path):
+    assert train(*SYNTHETIC, "--steps", "10", "--checkpoint-dir", tmp_path)[0] == 0
+    code, messages = train(*SYNTHETIC, "--steps", "20", "--checkpoint-dir", tmp_path)
+    assert code == 0
+    assert any(f"resumed from {tmp_path / 'ckpt-10'} at step 10" in m for m in messages), messages
+    assert any("finished at step 20" in m for m in messages)
+    assert int(checkpoint_value(str(tmp_path / "ckpt-20"), "step/.ATTRIBUTES/VARIABLE_VALUE")) == 20
+
+
+def corrupt(prefix: Path) -> Path:
+    data = next(prefix.parent.glob(prefix.name + ".data-*"))
+    data.write_bytes(b"\xff" * data.stat().st_size)  # same size, every tensor fails its CRC
+    return data
+
+
+def test_corrupt_newest_checkpoint_is_named_and_the_previous_used(train, tmp_path, caplog):
+    from hpcvision.train.checkpoint import load_trained_model
+
+    args = [*SYNTHETIC, "--checkpoint-dir", tmp_path, "--checkpoint-every-steps", "5"]
+    assert train(*args, "--steps", "10")[0] == 0
+    newest = trained_kernel(str(tmp_path / "ckpt-10"), (256, 10))
+    corrupt(tmp_path / "ckpt-10")
+    model, _, _ = load_trained_model(tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(tmp_path / "ckpt-10") in w and "unreadable" in w for w in warnings), warnings
+    kernel = next(v for v in model.weights if v.path.endswith("logits/kernel")).numpy()
+    np.testing.assert_array_equal(kernel, trained_kernel(str(tmp_path / "ckpt-5"), kernel.shape))
+    assert not np.array_equal(kernel, newest)
+    # Training resumes from the previous one too.
+    code, messages = train(*args, "--steps", "12")
+    assert code == 0 and any("at step 5" in m for m in messages), messages
+    for index in tmp_path.glob("ckpt-*.index"):
+        corrupt(index.with_suffix(""))
+    with pytest.raises(UserError, match="no usable checkpoint"):
+        load_trained_model(tmp_path)
+
+
+def test_deadline_already_passed_checkpoints_and_exits_0(train, tmp_path):
+    started = time.monotonic()
+    code, messages = train(*SYNTHETIC, "--steps", "100000", "--deadline", "1", "--checkpoint-dir", tmp_path)
+    assert code == 0 and time.monotonic() - started < 60
+    assert any("stopping at step 1 of 100000 (deadline)" in m for m in messages), messages
+    assert (tmp_path / "ckpt-1.index").is_file()
+    code, _ = train(*SYNTHETIC, "--steps", "100000", "--deadline", "1", "--checkpoint-dir", tmp_path,
+                    "--incomplete-exit-code", "3")
+    assert code == 3 and (tmp_path / "ckpt-2.index").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_saves_a_checkpoint_and_exits_0(tmp_path, hpcvision_exe, signum):
+    command = [*hpcvision_exe, "train", *SYNTHETIC, "--steps", "100000", "--log-every", "1",
+               "--checkpoint-dir", str(tmp_path)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+        for line in process.stderr:
+            if "step 3/" in line:
+                process.send_signal(signum)
+                break
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 0, rest
+    finally:
+        process.kill()
+    match = re.search(rf"stopping at step (\d+) of 100000 \({signal.Signals(signum).name}\)", rest)
+    assert match, rest
+    assert (tmp_path / f"ckpt-{match.group(1)}.index").is_file()

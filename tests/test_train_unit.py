@@ -1,0 +1,160 @@
+"""Training pieces that need no cluster: strategy choice, roles, schedule, loss, summaries, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hpcvision.errors import UserError
+from hpcvision.train import checkpoint as ckpt_lib
+from hpcvision.train.strategy import choose_kind, resolve_role, wait_for_chief_exit
+
+
+def cluster(**tasks):
+    return {"cluster": {name: [f"127.0.0.1:{2000 + i}" for i in range(n)] for name, n in tasks.items()},
+            "task": {"type": "worker", "index": 0}}
+
+
+@pytest.mark.parametrize("flag, tf_config, gpus, expected", [
+    ("auto", None, 0, "one"),
+    ("auto", None, 1, "one"),
+    ("auto", None, 4, "mirrored"),
+    ("auto", cluster(worker=1), 0, "one"),
+    ("auto", cluster(worker=2), 0, "multi-worker"),
+    ("auto", cluster(chief=1, worker=1), 0, "multi-worker"),
+    ("auto", cluster(chief=1, ps=1, worker=2), 0, "parameter-server"),
+    ("one", cluster(worker=2), 0, "one"),
+    ("multi-worker", None, 0, "multi-worker"),
+])
+def test_strategy_choice(flag, tf_config, gpus, expected):
+    assert choose_kind(flag, tf_config, gpus) == expected
+
+
+def test_parameter_server_needs_ps_tasks():
+    with pytest.raises(UserError, match="parameter-server needs"):
+        choose_kind("parameter-server", cluster(worker=2), 0)
+
+
+def test_roles_from_tf_config(monkeypatch):
+    def role(tf_config, strategy="auto"):
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+        return resolve_role(strategy, 0, 0)
+
+    mwms = cluster(worker=3)
+    mwms["task"] = {"type": "worker", "index": 0}
+    first = role(mwms)
+    assert (first.kind, first.is_chief, first.num_workers, first.name) == ("multi-worker", True, 3, "worker0")
+    mwms["task"] = {"type": "worker", "index": 2}
+    assert not role(mwms).is_chief
+    with_chief = cluster(chief=1, worker=2)
+    with_chief["task"] = {"type": "worker", "index": 0}
+    assert (role(with_chief).is_chief, role(with_chief).worker_index) == (False, 1)
+    ps = cluster(chief=1, ps=1, worker=2)
+    ps["task"] = {"type": "ps", "index": 0}
+    assert role(ps).runs_server_only and not role(ps).is_chief
+    ps["task"] = {"type": "chief", "index": 0}
+    chief = role(ps)
+    assert chief.is_chief and not chief.runs_server_only and chief.num_workers == 2
+    monkeypatch.delenv("TF_CONFIG")
+    assert resolve_role("auto", 0, 0).name == "local"
+
+
+def reference_rate(step, peak, spe, total, warmup_epochs, schedule, step_epochs):
+    warm = warmup_epochs * spe
+    if warm and step < warm:
+        return peak * (step + 1) / warm
+    if schedule == "cosine":
+        progress = min(max((step - warm) / max(total - warm, 1), 0.0), 1.0)
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return peak * 0.1 ** sum(step >= b * spe for b in step_epochs)
+    return peak
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_learning_rate_schedule_matches_reference(schedule):
+    from hpcvision.train.optim import learning_rate_at, scaled_learning_rate
+
+    peak = scaled_learning_rate(0.1, 1024)
+    assert peak == pytest.approx(0.4)
+    args = dict(peak=peak, steps_per_epoch=10, total_steps=100, warmup_epochs=2, schedule=schedule,
+                step_epochs=[3, 6])
+    for step in [0, 5, 19, 20, 29, 30, 59, 60, 75, 99, 100]:
+        got = float(learning_rate_at(step, **args))
+        want = reference_rate(step, peak, 10, 100, 2, schedule, [3, 6])
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), step
+
+
+def test_loss_with_label_smoothing_and_aux_head_matches_numpy():
+    from hpcvision.train.optim import per_example_loss
+
+    rng = np.random.default_rng(0)
+    logits, aux = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+    labels = np.array([0, 3, 4, 1], np.int32)
+
+    def cross_entropy(z, smoothing):
+        log_p = z - z.max(1, keepdims=True)
+        log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+        target = np.eye(5)[labels] * (1 - smoothing) + smoothing / 5
+        return -(target * log_p).sum(1)
+
+    loss, main = per_example_loss([logits, aux], labels, num_classes=5, label_smoothing=0.1, aux_weight=0.3)
+    expected = cross_entropy(logits, 0.1) + 0.3 * cross_entropy(aux, 0.1)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    np.testing.assert_array_equal(main.numpy(), logits)
+    plain, _ = per_example_loss(logits, labels, num_classes=5, label_smoothing=0.0, aux_weight=0.3)
+    np.testing.assert_allclose(plain.numpy(), cross_entropy(logits, 0.0), rtol=1e-5)
+
+
+def test_histogram_buckets_and_filter_grid():
+    import keras
+
+    from hpcvision.train.summaries import first_layer_filters, histogram_buckets
+
+    values = np.random.default_rng(1).normal(size=1000)
+    buckets = histogram_buckets(values, bins=20)
+    assert buckets.shape == (20, 3) and buckets[:, 2].sum() == 1000
+    assert buckets[0, 0] == values.min() and buckets[-1, 1] == values.max()
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(6, 5), keras.layers.Flatten()])
+    grid = first_layer_filters(model)
+    assert grid.ndim == 3 and grid.shape[2] == 3 and 0.0 <= grid.min() and grid.max() <= 1.0
+    assert grid.min() == 0.0 and grid.max() == 1.0  # normalised over all kernels
+
+
+def test_wait_for_chief_exit_follows_the_chiefs_port():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    threading.Timer(1.0, server.close).start()
+    started = time.monotonic()
+    assert wait_for_chief_exit(address, misses=2, poll_s=0.2) == 0
+    assert 1.0 <= time.monotonic() - started < 10
+    # A chief that never comes: give up with a non-zero code instead of serving forever.
+    assert wait_for_chief_exit(address, start_timeout_s=0.5, poll_s=0.1) == 1
+
+
+def test_checkpoint_prefixes_newest_first(tmp_path):
+    for step in (5, 100, 20):
+        (tmp_path / f"ckpt-{step}.index").write_bytes(b"")
+    (tmp_path / "ckpt-7.data-00000-of-00001").write_bytes(b"")  # no index: not a checkpoint
+    assert ckpt_lib.checkpoint_prefixes(tmp_path) == [str(tmp_path / f"ckpt-{n}") for n in (100, 20, 5)]
+
+
+def test_labels_from_manifest_are_zero_based():
+    manifest = {"label_offset": 1, "labels": [{"label": 2, "wnid": "n2", "text": "b"},
+                                              {"label": 1, "wnid": "n1", "text": "a"}]}
+    labels = ckpt_lib.labels_from_manifest(manifest)
+    assert labels == {"label_offset": 1, "classes": [{"index": 0, "wnid": "n1", "text": "a"},
+                                                     {"index": 1, "wnid": "n2", "text": "b"}]}
+
+
+def test_load_trained_model_needs_a_run(tmp_path):
+    with pytest.raises(UserError, match="run.yaml: missing"):
+        ckpt_lib.load_trained_model(tmp_path)
