@@ -450,7 +450,7 @@ def _summary(manifest: dict, out: Path) -> None:
     shards = manifest["shards"]
     print(f"listed {manifest['listed']} = written {manifest['written']} + skipped {manifest['skipped']}"
           f" ({manifest['converted']} converted to RGB JPEG, {manifest['images_with_boxes']} with boxes)")
-    print(f"wrote {len(shards)} shards {out}/{name}-*-of-{len(shards):05d}")
+    print(f"shards   {out}/{name}-*-of-{len(shards):05d} ({len(shards)} files, {manifest['num_examples']} records)")
     print(f"  manifest {manifest_path(out, name)}")
     print(f"  skipped  {out / manifest['skipped_file']}")
     if manifest["skipped"]:
