@@ -25,6 +25,7 @@ recovered m and b, the least-squares values on the same data, steps and time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -219,13 +220,15 @@ def stop(processes: dict[str, subprocess.Popen], grace: float = 5.0) -> None:
     """Terminate each still-running process by pid; kill what ignores the request."""
     for process in processes.values():
         if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it may exit between poll and kill
+                os.kill(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for process in processes.values():
         try:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
             process.wait()
 
 
