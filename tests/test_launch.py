@@ -1,0 +1,118 @@
+"""`hpcvision launch`: local clusters on 127.0.0.1 (all-reduce and parameter servers), failures, resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from hpcvision.cluster import launch
+
+TRAIN = ["--synthetic", "--num-classes", "10", "--model", "small", "--image-size", "28", "--batch-size", "16",
+         "--label-smoothing", "0", "--log-every", "5", "--seed", "3"]
+
+FAKE_TRAINER = """
+import json, os, signal, sys, time
+config = json.loads(os.environ["TF_CONFIG"])
+task = config["task"]
+print("address", config["cluster"][task["type"]][task["index"]], "threads", os.environ.get("TF_NUM_INTRAOP_THREADS"))
+sys.stdout.flush()
+if task["type"] == "worker" and task["index"] == 1:
+    time.sleep(0.5)
+    sys.exit(3)
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+time.sleep(60)
+"""
+
+
+def test_local_cluster_layouts():
+    cluster, tasks = launch.local_cluster(2, 0)
+    assert list(cluster) == ["worker"] and [t.name for t in tasks] == ["worker0", "worker1"]
+    cluster, tasks = launch.local_cluster(2, 1)
+    assert [t.name for t in tasks] == ["chief", "ps0", "worker0", "worker1"]
+    addresses = [a for role in cluster.values() for a in role]
+    assert len(set(addresses)) == 4 and all(a.startswith("127.0.0.1:") for a in addresses)
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_a_failing_process_stops_the_others(capsys, monkeypatch, ignore_term):
+    monkeypatch.setattr(launch, "GRACE_S", 1.0)
+    if ignore_term:
+        monkeypatch.setenv("IGNORE_TERM", "1")
+    code = launch.launch_local([], workers=3, command=[sys.executable, "-c", FAKE_TRAINER])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    addresses = re.findall(r"^\[worker(\d)\] address (\S+) threads 1$", out, re.M)
+    assert sorted(i for i, _ in addresses) == ["0", "1", "2"] and len({a for _, a in addresses}) == 3
+    assert "[launch] worker1 exited with code 3; stopping the others" in out
+    assert ("did not stop after SIGTERM; killing" in out) == ignore_term
+
+
+def run_launch(hpcvision_exe, *args, timeout=240):
+    result = subprocess.run([*hpcvision_exe, "launch", *args], capture_output=True, text=True, timeout=timeout,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return result.returncode, result.stdout + result.stderr
+
+
+def chief_losses(output: str, chief: str) -> list[float]:
+    return [float(x) for x in re.findall(rf"^\[{chief}\] .*step \d+/\d+ epoch \S+ loss (\S+)", output, re.M)]
+
+
+@pytest.mark.slow
+def test_two_workers_all_reduce_to_identical_weights(hpcvision_exe, tmp_path):
+    code, out = run_launch(hpcvision_exe, "--workers", "2", "--", *TRAIN, "--steps", "20",
+                           "--checkpoint-dir", str(tmp_path))
+    assert code == 0, out[-3000:]
+    assert "multi-worker strategy, 2 replica(s), global batch 32" in out
+    losses = chief_losses(out, "worker0")
+    assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], losses
+    digests = dict(re.findall(r"^\[(worker\d)\] .*finished at step 20; weights sha256 (\w+)", out, re.M))
+    assert set(digests) == {"worker0", "worker1"} and digests["worker0"] == digests["worker1"], out[-3000:]
+    assert (tmp_path / "ckpt-20.index").is_file()
+    assert not list(tmp_path.glob("*worker1*"))  # only the chief writes into the checkpoint dir
+
+
+@pytest.mark.slow
+def test_parameter_servers_train_and_exit_by_themselves(hpcvision_exe, tmp_path):
+    code, out = run_launch(hpcvision_exe, "--workers", "2", "--ps", "1", "--", *TRAIN, "--steps", "30",
+                           "--checkpoint-dir", str(tmp_path))
+    assert code == 0, out[-3000:]
+    assert "parameter-server strategy" in out and "finished at step 30;" in out
+    losses = chief_losses(out, "chief")
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
+    for server in ("ps0", "worker0", "worker1"):
+        assert re.search(rf"^\[{server}\] .*chief \S+ is gone; server exits", out, re.M), server
+    assert "[launch] all processes exited 0" in out
+
+
+@pytest.mark.slow
+def test_kill_9_a_worker_then_rerun_resumes(hpcvision_exe, tmp_path):
+    command = [*hpcvision_exe, "launch", "--workers", "2", "--", *TRAIN, "--steps", "40",
+               "--checkpoint-every-steps", "5", "--checkpoint-dir", str(tmp_path)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    pids, killed_after = {}, None
+    try:
+        for line in process.stdout:
+            if line.startswith("[launch] started"):
+                pids = dict(re.findall(r"(worker\d) \(pid (\d+)\)", line))
+            saved = re.search(r"checkpoint \S+ written \(step (\d+)\)", line)
+            if saved:
+                killed_after = int(saved.group(1))
+                os.kill(int(pids["worker1"]), signal.SIGKILL)
+                break
+        rest = process.stdout.read()
+        assert process.wait(timeout=120) != 0, rest
+    finally:
+        process.kill()
+    assert killed_after and "worker1 exited with code -9" in rest, rest
+    code, out = run_launch(hpcvision_exe, *command[len(hpcvision_exe) + 1:])
+    assert code == 0, out[-3000:]
+    resumed = re.search(r"^\[worker0\] .*resumed from \S+ckpt-(\d+) at step (\d+)", out, re.M)
+    assert resumed and int(resumed.group(2)) >= killed_after > 0, out[-3000:]
+    assert "finished at step 40;" in out and (tmp_path / "ckpt-40.index").is_file()
