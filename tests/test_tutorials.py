@@ -8,6 +8,8 @@ import importlib.util
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,16 @@ def test_basics_graph_scopes_device_and_tensorboard(run_cli, tmp_path):
     assert ops["model/y"]["device"].endswith(results["device"].lstrip("/").split(":")[0] + ":0")
     assert ops["loss/mean"]["inputs"][0] == "loss/squared"
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_basics_runs_as_a_module_script(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "hpcvision.tutorials.basics", "--out", str(tmp_path / "b")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"wrote {tmp_path / 'b' / 'results.json'}" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # nothing written outside --out
 
 
 # --- neural network -----------------------------------------------------------------------------
