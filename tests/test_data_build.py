@@ -345,3 +345,70 @@ def test_benchmark_quick_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for label in ("(a) I/O limit", "(b) naive", "build, 1 worker", "build, 2 workers", "ratio build 1 worker / (a)"):
         assert label in result.stdout
+
+
+def _build_args(images: Path, file_list: Path, synsets: Path, out: Path, *extra) -> list:
+    return ["data", "build", "--images", images, "--list", file_list, "--synsets", synsets, "--out", out,
+            "--shards", "2", *extra]
+
+
+def test_truncated_archive_skips_what_is_cut_off(run_cli, dataset, tmp_path):
+    data = (dataset.root / "Images.tar").read_bytes()
+    cut = tmp_path / "Images.tar"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "r"
+    code, stdout, stderr = run_cli(*_build_args(cut, dataset.root / "list.txt", dataset.root / "synsets.txt", out))
+    assert code == 0, stderr
+    manifest = json.loads((out / "train-manifest.json").read_text())
+    assert manifest["listed"] == dataset.listed == manifest["written"] + manifest["skipped"]
+    reasons = list(_skipped(out).values())
+    assert any("truncated" in r for r in reasons), reasons
+    assert manifest["written"] > 0
+
+
+def test_unsafe_members_are_refused_and_nothing_is_written_outside_out(run_cli, tmp_path):
+    wnid = WNIDS[0]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as inner:
+        for name, data in ((f"{wnid}_0.JPEG", _jpeg(0)), (f"../{wnid}_1.JPEG", _jpeg(1)),
+                           (f"/abs/{wnid}_2.JPEG", _jpeg(2))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            inner.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo(f"{wnid}_3.JPEG")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        inner.addfile(link)
+    (tmp_path / "Images.tar").write_bytes(_tar({f"{wnid}.tar": buf.getvalue()}))
+    (tmp_path / "list.txt").write_text("".join(f"{wnid} {wnid}_{i}\n" for i in range(4)))
+    (tmp_path / "synsets.txt").write_text(f"{wnid}\n")
+    before = {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "r"
+    code, _, stderr = run_cli(*_build_args(tmp_path / "Images.tar", tmp_path / "list.txt", tmp_path / "synsets.txt", out))
+    assert code == 0, stderr
+    skipped = _skipped(out)
+    assert "unsafe member path" in skipped[f"{wnid}/{wnid}_1.JPEG"]
+    assert "unsafe member path" in skipped[f"{wnid}/{wnid}_2.JPEG"]
+    assert "symlink" in skipped[f"{wnid}/{wnid}_3.JPEG"]
+    assert json.loads((out / "train-manifest.json").read_text())["written"] == 1
+    assert {p for p in tmp_path.rglob("*") if out not in p.parents and p != out} == before
+
+
+def test_flat_validation_tar_with_labels_file(run_cli, tmp_path):
+    names = {f"ILSVRC2012_val_{i:08d}": WNIDS[i % 3] for i in range(1, 7)}
+    (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(_tar({f"{n}.JPEG": _jpeg(i) for i, n in enumerate(names)}))
+    (tmp_path / "labels.txt").write_text("".join(f"{n}.JPEG {w}\n" for n, w in names.items()))
+    (tmp_path / "list.txt").write_text("".join(f"{w} {n}\n" for n, w in names.items()))
+    (tmp_path / "synsets.txt").write_text("\n".join(WNIDS) + "\n")
+    out = tmp_path / "r"
+    code, _, stderr = run_cli(*_build_args(tmp_path / "ILSVRC2012_img_val.tar", tmp_path / "list.txt",
+                                           tmp_path / "synsets.txt", out, "--name", "validation",
+                                           "--val-labels", tmp_path / "labels.txt"))
+    assert code == 0, stderr
+    from hpcvision.data.records import decode_example, read_records
+
+    seen = {}
+    for shard in sorted(out.glob("validation-0000?-of-00002")):
+        for record in read_records(shard):
+            features = decode_example(record)
+            seen[features["image/filename"][0].decode()] = features["image/class/synset"][0].decode()
+    assert seen == {f"{n}.JPEG": w for n, w in names.items()}

@@ -331,6 +331,8 @@ def write_shards(spec: SourceSpec, tasks: list[ShardTask], workers: int, desc: s
         return
     workers = min(workers, len(tasks))
     with_xml = spec.annotations is not None
+    if with_xml:
+        log.info("reading the annotations of %d images from %s", sum(len(t.items) for t in tasks), spec.annotations)
     if workers == 1:
         if with_xml:
             found = {}
