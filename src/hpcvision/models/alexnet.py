@@ -15,7 +15,13 @@ MIN_IMAGE_SIZE = 63
 
 def _conv(x, filters: int, kernel: int, name: str, strides: int = 1, padding: str = "same"):
     return layers.Conv2D(
-        filters, kernel, strides=strides, padding=padding, activation="relu", kernel_initializer=CONV_INIT, name=name
+        filters,
+        kernel,
+        strides=strides,
+        padding=padding,
+        activation="relu",
+        kernel_initializer=CONV_INIT,
+        name=name,
     )(x)
 
 

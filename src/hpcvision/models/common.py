@@ -32,7 +32,13 @@ def conv_bn(
 ):
     """Conv (no bias: BN's beta replaces it) -> BatchNorm -> optional activation."""
     x = layers.Conv2D(
-        filters, kernel, strides=strides, padding=padding, use_bias=False, kernel_initializer=CONV_INIT, name=name
+        filters,
+        kernel,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        kernel_initializer=CONV_INIT,
+        name=name,
     )(x)
     x = layers.BatchNormalization(
         momentum=BN_MOMENTUM,

@@ -51,7 +51,9 @@ def aux_classifier(x, num_classes: int, name: str):
 
 
 @register_model("googlenet", image_size=224, has_aux=True, params_published=7.0)
-def googlenet(num_classes: int, image_size: int = 224, aux: bool = False, dropout: float = 0.4) -> keras.Model:
+def googlenet(
+    num_classes: int, image_size: int = 224, aux: bool = False, dropout: float = 0.4
+) -> keras.Model:
     """GoogLeNet for `num_classes` classes; with `aux=True` it returns [logits, aux1_logits, aux2_logits]."""
     check_image_size("googlenet", image_size, MIN_IMAGE_SIZE)
     inputs = image_input(image_size)
@@ -74,7 +76,8 @@ def googlenet(num_classes: int, image_size: int = 224, aux: bool = False, dropou
     x = inception_module(x, "5a")
     x = inception_module(x, "5b")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dropout(dropout, name="features")(x)  # the pooled 1024-d embedding (dropout: identity at inference)
+    # The pooled 1024-d embedding; dropout is the identity at inference.
+    x = layers.Dropout(dropout, name="features")(x)
     logits = logits_layer(num_classes)(x)
     outputs = [logits, *aux_outputs] if aux else logits
     return keras.Model(inputs, outputs, name="googlenet")

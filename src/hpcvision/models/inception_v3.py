@@ -16,7 +16,9 @@ MIN_IMAGE_SIZE = 75  # the stem and the two grid reductions use unpadded 3x3 con
 
 def conv_bn(x, filters: int, kernel, name: str, strides: int = 1, padding: str = "same"):
     """Inception v3's conv unit: conv without bias, BN without scale, ReLU."""
-    return _conv_bn(x, filters, kernel, strides=strides, padding=padding, epsilon=1e-3, scale=False, name=name)
+    return _conv_bn(
+        x, filters, kernel, strides=strides, padding=padding, epsilon=1e-3, scale=False, name=name
+    )
 
 
 def avg_pool_branch(x, filters: int, name: str):
@@ -100,7 +102,9 @@ def aux_classifier(x, num_classes: int):
 
 
 @register_model("inception_v3", image_size=299, has_aux=True, params_published=23.8)
-def inception_v3(num_classes: int, image_size: int = 299, aux: bool = False, dropout: float = 0.2) -> keras.Model:
+def inception_v3(
+    num_classes: int, image_size: int = 299, aux: bool = False, dropout: float = 0.2
+) -> keras.Model:
     """Inception v3 for `num_classes` classes; with `aux=True` it returns [logits, aux_logits]."""
     check_image_size("inception_v3", image_size, MIN_IMAGE_SIZE)
     inputs = image_input(image_size)
@@ -122,6 +126,7 @@ def inception_v3(num_classes: int, image_size: int = 299, aux: bool = False, dro
     x = block_8x8(x, "mixed9")
     x = block_8x8(x, "mixed10")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dropout(dropout, name="features")(x)  # the pooled 2048-d embedding (dropout: identity at inference)
+    # The pooled 2048-d embedding; dropout is the identity at inference.
+    x = layers.Dropout(dropout, name="features")(x)
     logits = logits_layer(num_classes)(x)
     return keras.Model(inputs, [logits, aux_logits] if aux else logits, name="inception_v3")

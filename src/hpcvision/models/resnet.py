@@ -28,7 +28,15 @@ CONFIGS = {
 def strided_conv_bn(x, filters: int, kernel: int, strides: int, name: str, **kwargs):
     """conv_bn whose padding is symmetric also when strided (Keras' "same" pads only bottom/right then)."""
     if strides == 1 or kernel == 1:
-        return conv_bn(x, filters, kernel, strides=strides, padding="same" if kernel > 1 else "valid", name=name, **kwargs)
+        return conv_bn(
+            x,
+            filters,
+            kernel,
+            strides=strides,
+            padding="same" if kernel > 1 else "valid",
+            name=name,
+            **kwargs,
+        )
     x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     return conv_bn(x, filters, kernel, strides=strides, padding="valid", name=name, **kwargs)
 
@@ -46,7 +54,15 @@ def bottleneck_block(x, filters: int, strides: int, name: str, zero_init_residua
     shortcut = _shortcut(x, filters * 4, strides, name)
     y = conv_bn(x, filters, 1, padding="valid", name=f"{name}_conv1")
     y = strided_conv_bn(y, filters, 3, strides, f"{name}_conv2")
-    y = conv_bn(y, filters * 4, 1, padding="valid", activation=None, zero_gamma=zero_init_residual, name=f"{name}_conv3")
+    y = conv_bn(
+        y,
+        filters * 4,
+        1,
+        padding="valid",
+        activation=None,
+        zero_gamma=zero_init_residual,
+        name=f"{name}_conv3",
+    )
     return layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 

@@ -38,5 +38,6 @@ def vgg16(num_classes: int, image_size: int = 224, aux: bool = False, dropout: f
     x = layers.Dense(4096, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="fc1_dropout")(x)
     x = layers.Dense(4096, activation="relu", name="fc2")(x)
-    x = layers.Dropout(dropout, name="features")(x)  # fc2 after dropout (identity at inference): the embedding
+    # fc2's output is the embedding; dropout is the identity at inference.
+    x = layers.Dropout(dropout, name="features")(x)
     return keras.Model(inputs, logits_layer(num_classes)(x), name="vgg16")
