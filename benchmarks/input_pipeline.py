@@ -1,0 +1,175 @@
+"""Training input pipeline img/s vs its limit, the fused JPEG crop-decode alone, in the same run.
+
+    .venv/bin/python benchmarks/input_pipeline.py            # 2000 JPEGs of ~400x350, 224 px crops
+    .venv/bin/python benchmarks/input_pipeline.py --quick    # smoke run (a few seconds after import)
+
+The limit: records already in memory, no parsing, and per image only what no pipeline can skip:
+`extract_jpeg_shape` + `sample_distorted_bounding_box` + fused `decode_and_crop_jpeg`, mapped in
+parallel like the pipeline. The pipeline adds file reads, interleave, shuffle, parsing, resize, flip,
+normalisation, batching and prefetch. Target: pipeline / limit >= 0.9. Shards are generated once
+and cached under --cache-dir (default /tmp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def make_jpeg(rng: np.random.Generator, height: int, width: int) -> bytes:
+    """A photo-like JPEG: smooth random shapes plus fine noise (about 100 KB at 400x350)."""
+    base = rng.uniform(0, 255, (max(2, height // 16), max(2, width // 16), 3)).astype(np.uint8)
+    image = np.asarray(Image.fromarray(base).resize((width, height), Image.BICUBIC), np.float32)
+    image += rng.normal(0, 14, image.shape)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def build_shards(directory: Path, count: int, shards: int, height: int, width: int) -> Path:
+    """`train-*` shards and manifest of `count` generated JPEGs with one random box each (cached)."""
+    from hpcvision.data.records import Box, RecordWriter, encode_example
+
+    if (directory / "train-manifest.json").is_file():
+        return directory
+    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    for s in range(shards):
+        file = f"train-{s:05d}-of-{shards:05d}"
+        indices = range(s, count, shards)
+        with RecordWriter(tmp / file) as writer:
+            for i in indices:
+                h, w = height + int(rng.integers(-40, 40)), width + int(rng.integers(-40, 40))
+                x0, y0 = rng.uniform(0, 0.4, 2)
+                box = Box(float(x0), float(y0), float(x0 + rng.uniform(0.3, 0.6)), float(y0 + rng.uniform(0.3, 0.6)))
+                writer.write(encode_example(encoded=make_jpeg(rng, h, w), filename=f"{i}.JPEG", height=h, width=w,
+                                            label=1 + i % 10, synset=f"n{i % 10:08d}", text="x", boxes=[box]))
+        entries.append({"file": file, "count": len(indices)})
+    manifest = {"num_examples": count, "shards": entries, "label_offset": 1, "num_classes": 10}
+    (tmp / "train-manifest.json").write_text(json.dumps(manifest))
+    try:
+        tmp.rename(directory)
+    except OSError:  # another run cached it first
+        pass
+    return directory
+
+
+def _rates(dataset, images: int, batch: int) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process) pulling `images` images.
+
+    CPU seconds are the steadier figure on a machine shared with other jobs.
+    """
+    iterator = iter(dataset)
+    for _ in range(2):
+        next(iterator)  # warm-up: tracing, buffers
+    start, cpu = time.perf_counter(), os.times()
+    seen = 0
+    while seen < images:
+        next(iterator)
+        seen += batch
+    wall, end = time.perf_counter() - start, os.times()
+    return seen / wall, seen / ((end.user - cpu.user) + (end.system - cpu.system))
+
+
+def limit_dataset(directory: Path, resize_to: int | None = None):
+    """The fused crop-decode alone over the same records, read into memory first (+ resize if asked)."""
+    import tensorflow as tf
+
+    from hpcvision.data.pipeline import read_manifest
+    from hpcvision.data.records import decode_example, read_records
+
+    encoded, boxes = [], []
+    for shard in read_manifest(directory, "train")["shards"]:
+        for record in read_records(shard["path"]):
+            features = decode_example(record)
+            encoded.append(features["image/encoded"][0])
+            boxes.append([features[f"image/object/bbox/{k}"][0] for k in ("ymin", "xmin", "ymax", "xmax")])
+
+    def crop(record, seed):
+        data, box = record
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.io.extract_jpeg_shape(data), box[tf.newaxis, tf.newaxis], seed=seed, min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=100,
+            use_image_if_no_bounding_boxes=True,
+        )
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        image = tf.image.decode_and_crop_jpeg(data, window, channels=3)
+        return tf.image.resize(image, [resize_to, resize_to]) if resize_to else image
+
+    records = tf.data.Dataset.from_tensor_slices((encoded, np.array(boxes, np.float32))).repeat()
+    seeds = tf.data.Dataset.random(seed=1).batch(2)
+    dataset = tf.data.Dataset.zip(records, seeds).map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+    options.deterministic = False
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--images", type=int, default=2000, help="generated JPEGs (default 2000)")
+    parser.add_argument("--measure", type=int, default=3000, help="images pulled per timing (default 3000)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timings; the best of each counts")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--cache-dir", default="/tmp", help="where the generated shards are kept")
+    args = parser.parse_args(argv)
+    height, width, shards = 350, 400, 16
+    if args.quick:
+        args.images, args.measure, args.rounds, args.batch_size = 96, 128, 1, 16
+        height, width, shards, args.image_size = 120, 140, 4, 64
+
+    import tensorflow as tf
+
+    from hpcvision.data.pipeline import make_dataset
+
+    key = f"hpcvision-bench-input-{args.images}-{height}x{width}-{shards}"
+    directory = build_shards(Path(args.cache_dir) / key, args.images, shards, height, width)
+    mean_kb = sum(p.stat().st_size for p in directory.glob("train-0*")) / args.images / 1024
+    print(f"records: {args.images} JPEGs ~{width}x{height}, {mean_kb:.0f} KB each, {shards} shards in {directory}")
+    print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
+
+    candidates = {
+        "limit": (limit_dataset(directory), 1),
+        "limit+resize": (limit_dataset(directory, args.image_size), 1),
+        "pipeline": (make_dataset(directory, "train", training=True, batch_size=args.batch_size,
+                                  image_size=args.image_size), args.batch_size),
+    }
+    wall: dict[str, list[float]] = {name: [] for name in candidates}
+    cpu: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(args.rounds):  # alternate, so load from other jobs hits all alike
+        for name, (dataset, batch) in candidates.items():
+            w, c = _rates(dataset, args.measure, batch)
+            wall[name].append(w)
+            cpu[name].append(c)
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {wall[n][-1]:,.0f} img/s" for n in candidates), flush=True)
+    best = {name: max(values) for name, values in wall.items()}
+    per_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    print(f"limit (in-memory records, sample box + fused decode_and_crop_jpeg): {best['limit']:,.0f} img/s, "
+          f"{per_cpu['limit']:,.0f} img per CPU-s")
+    print(f"limit + resize to {args.image_size}: {best['limit+resize']:,.0f} img/s, "
+          f"{per_cpu['limit+resize']:,.0f} img per CPU-s")
+    print(f"pipeline (make_dataset training, batch {args.batch_size}, {args.image_size} px): {best['pipeline']:,.0f} "
+          f"img/s, {per_cpu['pipeline']:,.0f} img per CPU-s")
+    print(f"ratio pipeline/limit: {best['pipeline'] / best['limit']:.2f} img/s (best of {args.rounds}), "
+          f"{per_cpu['pipeline'] / per_cpu['limit']:.2f} per CPU-s (target >= 0.9)")
+    print(f"ratio pipeline/(limit + resize): {best['pipeline'] / best['limit+resize']:.2f} img/s, "
+          f"{per_cpu['pipeline'] / per_cpu['limit+resize']:.2f} per CPU-s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
