@@ -228,3 +228,15 @@ def test_reads_what_data_build_writes(built):
         )))
         assert images.shape == (8, 28, 28, 3) and np.isfinite(images.numpy()).all()
         assert batch_labels.numpy().max() < manifest["num_classes"]
+
+
+def test_benchmark_quick_runs(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "input_pipeline.py"
+    result = subprocess.run([sys.executable, str(script), "--quick", "--cache-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ratio pipeline/limit:" in result.stdout
+    assert list(tmp_path.glob("hpcvision-bench-input-*/train-manifest.json"))  # cached where asked
