@@ -4,13 +4,17 @@ parameter servers and with all-reduce. Loopback only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,15 +46,33 @@ def free_port_block(size: int = 8) -> int:
 
 
 def mpirun(np: int, command: str, tmp_path: Path, env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run `command` (bash, per rank; $RANK is the rank) under mpirun with `env` added."""
+    """Run `command` (bash, per rank; $RANK is the rank) under mpirun with `env` added.
+
+    mpirun runs in its own session so that a hang is cleaned up completely: on timeout the whole
+    process group (mpirun and every rank) is killed, by its id.
+    """
     bin_dir = str(Path(sys.executable).parent)
+    # One intra-op thread per rank (2 shared cores). Not TF_NUM_INTEROP_THREADS=1: parameter-server
+    # training deadlocks with a single inter-op thread.
     full_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2",
-                "HPCVISION_PROGRESS": "0", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                "HPCVISION_PROGRESS": "0", "TF_NUM_INTRAOP_THREADS": "1",
                 "OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo", **env}
-    full_env.pop("TF_CONFIG", None)
+    for name in ("TF_CONFIG", "TF_NUM_INTEROP_THREADS", "HPCVISION_DISCOVERY"):
+        full_env.pop(name, None)
     argv = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", str(np),
-            "bash", "-c", "RANK=$OMPI_COMM_WORLD_RANK; " + command]
-    return subprocess.run(argv, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
+            "bash", "-c", "export RANK=$OMPI_COMM_WORLD_RANK; " + command]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            time.sleep(2)
+        out, err = proc.communicate()
+        pytest.fail(f"mpirun -np {np} timed out after {timeout} s; stderr tail: {err[-2000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 @pytest.fixture
@@ -171,3 +193,55 @@ def test_data_build_under_fake_slurm_writes_disjoint_shards(tmp_path, sample):
     result = mpirun(3, command, tmp_path, {})
     assert result.returncode == 0, result.stderr
     check_disjoint_complete_build(tmp_path, sample, tmp_path / "R", 3)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def records(sample, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("records")
+    subprocess.run([str(Path(sys.executable).parent / "hpcvision"), "data", "build", "--images",
+                    str(sample / "Images.tar"), "--annotations", str(sample / "Annotation.tar.gz"), "--list",
+                    str(sample / "train_files.txt"), "--synsets", str(sample / "synsets.txt"), "--out", str(out),
+                    "--name", "train", "--shards", "4"],
+                   check=True, capture_output=True, timeout=120, env={**os.environ, "HPCVISION_PROGRESS": "0"})
+    return out
+
+
+def train_command(records: Path, checkpoint_dir: str, extra: str = "") -> str:
+    return (f"exec hpcvision train --data {records} --model resnet18 --image-size 32 --batch-size 8 --steps 4 "
+            f"--checkpoint-dir {checkpoint_dir} --log-every 2 --no-eval {extra} > trainlog$RANK 2>&1")
+
+
+def train_logs(tmp_path: Path, ranks: int) -> list[str]:
+    return [(tmp_path / f"trainlog{r}").read_text() for r in range(ranks)]
+
+
+@needs_mpirun
+def test_parameter_server_training_under_mpirun_pbs(tmp_path, records):
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("localhost\n" * 4)
+    env = {"PBS_NODEFILE": str(nodefile), "HPCVISION_BASE_PORT": str(free_port_block())}
+    result = mpirun(4, train_command(records, "ck", "--num-ps 1"), tmp_path, env, timeout=420)
+    logs = train_logs(tmp_path, 4)
+    assert result.returncode == 0, "\n".join(log[-1500:] for log in logs)
+    # Discovery: rank 0 is the ps, rank 1 the chief (next first slot), ranks 2-3 the workers.
+    assert "ps0: serving" in logs[0] and "ps0: chief" in logs[0] and "server exits" in logs[0]
+    assert "chief0: parameter-server strategy" in logs[1] and "finished at step 4" in logs[1]
+    assert "worker0: serving" in logs[2] and "worker1: serving" in logs[3]
+    assert (tmp_path / "ck" / "ckpt-4.index").exists()
+
+
+@needs_mpirun
+def test_all_reduce_training_under_mpirun_fake_slurm(tmp_path, records):
+    wrapper = slurm_wrapper(tmp_path, 2)
+    env = {"HPCVISION_BASE_PORT": str(free_port_block())}
+    result = mpirun(2, f"{wrapper} bash -c {shlex.quote(train_command(records, 'ck'))}", tmp_path, env, timeout=420)
+    logs = train_logs(tmp_path, 2)
+    assert result.returncode == 0, "\n".join(log[-1500:] for log in logs)
+    assert "worker0: multi-worker strategy, 2 replica(s)" in logs[0] + logs[1]
+    digests = [re.search(r"finished at step 4; weights sha256 (\w+)", log) for log in logs]
+    assert all(digests), logs[0][-1500:]
+    assert digests[0].group(1) == digests[1].group(1)  # all-reduce kept both workers' weights identical
+    assert (tmp_path / "ck" / "ckpt-4.index").exists()
