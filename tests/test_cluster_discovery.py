@@ -236,6 +236,7 @@ def test_slurm_batch_script_outside_srun_is_one_process():
     env = slurm_env("a[1-2]", "2(x2)", 4, SLURM_PROCID="0")
     del env["SLURM_STEP_NUM_TASKS"], env["SLURM_STEP_NODELIST"], env["SLURM_STEP_TASKS_PER_NODE"]
     assert resolve_tf_config(0, env) is None
+    assert "not in an srun step" in discover(env).notes[0]
 
 
 def test_mpirun_inside_a_slurm_allocation_trusts_mpi_ranks(monkeypatch):

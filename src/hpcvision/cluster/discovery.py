@@ -253,7 +253,10 @@ def discover(environ: Mapping[str, str] | None = None, source: str | None = None
         return _from_pbs(env)
     if source == "mpi" or (source == "auto" and any(v in env for v in MPI_RANK_VARS)):
         return _from_mpi(env)
-    return Discovery("local", 0, [Task(socket.gethostname(), 0, _gpus_for_host("", env, None))])
+    alone = Discovery("local", 0, [Task(socket.gethostname(), 0, _gpus_for_host("", env, None))])
+    if env.get("SLURM_JOB_ID"):
+        alone.notes.append("in a Slurm job but not in an srun step: one process (start ranks with srun)")
+    return alone
 
 
 def _from_tf_config(env: Mapping[str, str]) -> Discovery:
@@ -363,13 +366,22 @@ def _from_mpi(env: Mapping[str, str]) -> Discovery:
     return Discovery("mpi", rank, tasks, notes=["hosts from an mpi4py allgather"])
 
 
+_MPI_GATHERED: list[tuple[str, int]] | None = None
+
+
 def _mpi_allgather_hosts(env: Mapping[str, str]) -> list[tuple[str, int]] | None:
-    """Every rank's (host name, GPU count), via mpi4py; None when mpi4py is missing."""
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        return None
-    return MPI.COMM_WORLD.allgather((socket.gethostname(), local_gpu_count(env)))
+    """Every rank's (host name, GPU count), via mpi4py; None when mpi4py is missing.
+
+    Cached: allgather is collective, so a rank that asked twice while its peers asked once would hang.
+    """
+    global _MPI_GATHERED
+    if _MPI_GATHERED is None:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return None
+        _MPI_GATHERED = MPI.COMM_WORLD.allgather((socket.gethostname(), local_gpu_count(env)))
+    return _MPI_GATHERED
 
 
 def _block_tasks(slots: list[tuple[str, int]], env: Mapping[str, str], uniform: int | None) -> list[Task]:
