@@ -361,3 +361,14 @@ def test_cluster_show_bad_ps_is_one_line_error(run_cli, monkeypatch, pbs_env):
     code, _, err = run_cli("cluster", "show", "--ps", "3")
     assert code == 2
     assert err.startswith("hpcvision: error: --ps 3 needs at least 5 tasks")
+
+
+def test_visible_gpus_one_task_per_gpu_and_none_for_ps():
+    env = slurm_env("cpu01,gpu[01-02]", "1,2(x2)", 5, HPCVISION_GPUS="cpu01=0,gpu01=2,gpu02=2")
+    del env["CUDA_VISIBLE_DEVICES"]
+    shown = [discovery.describe(1, {**env, "SLURM_PROCID": str(r)}) for r in range(5)]
+    assert [s["role"]["type"] for s in shown] == ["ps", "chief", "worker", "worker", "worker"]
+    # ps on cpu01: no GPU; the PS chief took gpu01's slot 0 but needs none; workers one GPU each.
+    assert [s["cuda_visible_devices"] for s in shown] == ["", "", "1", "0", "1"]
+    bound = discovery.describe(1, {**env, "SLURM_PROCID": "2", "CUDA_VISIBLE_DEVICES": "3"})
+    assert bound["cuda_visible_devices"] is None  # the scheduler's binding is kept

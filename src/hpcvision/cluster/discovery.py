@@ -485,6 +485,24 @@ def build_tf_config(discovery: Discovery, num_ps: int, port: int) -> dict:
     return {"cluster": cluster_spec(discovery.tasks, roles, port), "task": {"type": task_type, "index": index}}
 
 
+def visible_gpus(discovery: Discovery, roles: list[tuple[str, int]], environ: Mapping[str, str]) -> str | None:
+    """The CUDA_VISIBLE_DEVICES this task should use, or None to leave it as the launcher set it.
+
+    Parameter servers (and the PS chief) get "" so they hold no GPU memory. With one task per GPU
+    (as many tasks on the host as GPUs) each task gets the GPU of its slot.
+    """
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return None  # the scheduler bound GPUs already (e.g. srun --gpu-bind)
+    me = discovery.tasks[discovery.rank]
+    task_type = roles[discovery.rank][0]
+    if task_type == "ps" or (task_type == "chief" and any(r[0] == "ps" for r in roles)):
+        return ""
+    on_host = sum(1 for t in discovery.tasks if t.host == me.host)
+    if me.host_gpus > 1 and on_host == me.host_gpus:
+        return str(me.local_index)
+    return None
+
+
 def _load_tf_config(env: Mapping[str, str]) -> dict:
     raw = env.get("TF_CONFIG", "")
     try:
@@ -525,6 +543,9 @@ def describe(num_ps: int = 0, environ: Mapping[str, str] | None = None, source: 
         role = tf_config["task"]
     else:
         tf_config, role = None, {"type": "worker", "index": 0}
+    gpus = None
+    if discovery.scheduler != "tf_config":
+        gpus = visible_gpus(discovery, assign_roles(discovery.tasks, num_ps if discovery.size > 1 else 0), env)
     me = discovery.tasks[discovery.rank]
     return {
         "scheduler": discovery.scheduler,
@@ -536,5 +557,6 @@ def describe(num_ps: int = 0, environ: Mapping[str, str] | None = None, source: 
         "hosts": discovery.hosts(),
         "base_port": port,
         "tf_config": tf_config,
+        "cuda_visible_devices": gpus,
         "notes": discovery.notes,
     }
