@@ -291,3 +291,24 @@ def test_resubmit_stops_at_the_bound(run_cli, fakes, tmp_path, monkeypatch):
     assert code == jobscript.EXIT_MORE_TO_DO
     assert "not complete after 2 re-submission(s)" in out
     assert fakes("sbatch") == []
+
+
+def test_generated_script_requeues_itself_with_the_real_cli(run_cli, fakes, tmp_path, monkeypatch):
+    """Fake srun exits 3 (more to do): the script's real `hpcvision job resubmit` queues it again."""
+    (tmp_path / "fakebin" / "hpcvision").unlink()  # use the real CLI from the venv
+    monkeypatch.setenv("PATH", f"{tmp_path / 'fakebin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin")
+    out = tmp_path / "train.sbatch"
+    assert run_cli("job", "slurm", "train", "--resubmit", "--max-resubmits", "2", "--out", out, "--",
+                   "--steps", "9")[0] == 0
+    squeue = "1005|afterok:1000(unfulfilled)"
+    first = run_script(out, tmp_path, FAKE_LAUNCH_EXIT="3", SLURM_JOB_ID="1000", FAKE_SQUEUE=squeue)
+    assert first.returncode == 0, first.stderr
+    (sbatch,) = fakes("sbatch")
+    assert sbatch[-2:] == [f"--export=ALL,{submit.RESUBMIT_COUNT_VAR}=1", str(out)]
+    assert fakes("scontrol") == [["scontrol", "update", "JobId=1005", "Dependency=afterok:1001"]]
+    last = run_script(out, tmp_path, FAKE_LAUNCH_EXIT="3", SLURM_JOB_ID="1001",
+                      **{submit.RESUBMIT_COUNT_VAR: "2"})
+    assert last.returncode == jobscript.EXIT_MORE_TO_DO
+    assert len(fakes("sbatch")) == 1  # the bound stopped it
+    done = run_script(out, tmp_path, FAKE_LAUNCH_EXIT="0", SLURM_JOB_ID="1002")
+    assert done.returncode == 0 and len(fakes("sbatch")) == 1
