@@ -201,13 +201,24 @@ def test_build_from_tar_writes_the_inception_schema_and_handles_bad_inputs(run_c
     assert "malformed XML" in warnings and "clamped" in warnings and warnings.count("converted") == 3
 
 
-def test_build_from_folders_equals_build_from_archives_and_workers_do_not_matter(run_cli, dataset, tmp_path):
+def test_build_from_folders_equals_build_from_archives_and_workers_do_not_matter(run_cli, dataset, tmp_path,
+                                                                                 hpcvision_exe, monkeypatch):
+    from hpcvision.data import build
+
     assert run_cli(*dataset.args(tmp_path / "tar"))[0] == 0
+    monkeypatch.setattr(build, "pool_start_method", lambda: "spawn")
     assert run_cli(*dataset.args(tmp_path / "dir", tar=False, extra=["--workers", "2"]))[0] == 0
-    tar_shards, dir_shards = _shards(tmp_path / "tar"), _shards(tmp_path / "dir")
-    assert [p.name for p in tar_shards] == [p.name for p in dir_shards] and len(tar_shards) == 3
-    for a, b in zip(tar_shards, dir_shards, strict=True):
-        assert a.read_bytes() == b.read_bytes(), a.name
+    # a fresh CLI process has no threads and no TensorFlow: its workers are forked
+    forked = subprocess.run([*hpcvision_exe, *map(str, dataset.args(tmp_path / "fork", extra=["--workers", "3"]))],
+                            capture_output=True, text=True, timeout=120)
+    assert forked.returncode == 0, forked.stderr
+    tar_shards = _shards(tmp_path / "tar")
+    assert len(tar_shards) == 3
+    for other in ("dir", "fork"):
+        shards = _shards(tmp_path / other)
+        assert [p.name for p in shards] == [p.name for p in tar_shards]
+        for a, b in zip(tar_shards, shards, strict=True):
+            assert a.read_bytes() == b.read_bytes(), (other, a.name)
 
 
 def test_two_builds_are_byte_identical_and_the_seed_changes_the_order(run_cli, dataset, tmp_path):
