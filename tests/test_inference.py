@@ -113,7 +113,8 @@ def run_dir(tmp_path_factory) -> dict[str, Path]:
     for i in range(3):
         (photos / f"img{i}.jpg").write_bytes(_jpeg(images[i]))
     Image.fromarray(images[3].astype(np.uint8)).save(photos / "img3.png")
-    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "broken.jpg").write_bytes(_jpeg(images[4])[:300])  # cut off mid-scan
+    (photos / "notes.png").write_bytes(b"plain text, not an image")
     return {"data": data, "ckpt": ckpt_dir, "photos": photos, "root": root, "model": model}
 
 
@@ -198,12 +199,15 @@ def test_export_reload_gives_the_checkpoint_predictions(exported, run_dir, check
 def test_predict_prints_names_and_reports_a_broken_image(run_cli, run_dir, exported, source):
     flag = ["--checkpoint-dir", run_dir["ckpt"]] if source == "checkpoint" else ["--model-path", exported]
     photos = run_dir["photos"]
-    code, stdout, stderr = run_cli("predict", *flag, photos / "img0.jpg", photos / "broken.jpg", photos / "img3.png")
-    assert code == 1  # one image failed, the others were still predicted
+    code, stdout, stderr = run_cli(
+        "predict", *flag, photos / "img0.jpg", photos / "broken.jpg", photos / "img3.png", photos / "notes.png"
+    )
+    assert code == 1  # two images failed, the others were still predicted
     assert str(photos / "img0.jpg") in stdout and str(photos / "img3.png") in stdout
     assert stdout.count("thing ") == 10 and "n0000000" in stdout
     errors = [line for line in stderr.splitlines() if line.startswith("hpcvision: error:")]
-    assert len(errors) == 1 and "broken.jpg" in errors[0], stderr
+    assert len(errors) == 2, stderr
+    assert "broken.jpg: truncated or corrupt JPEG" in errors[0] and "notes.png: not a JPEG" in errors[1]
     assert "Traceback" not in stderr
 
 
@@ -219,8 +223,8 @@ def test_features_are_the_logits_layer_input(run_cli, run_dir, exported):
     code, stdout, stderr = run_cli("features", run_dir["photos"], "--out", out, "--model-path", exported)
     assert code == 0, stderr
     names = (out.with_suffix(".txt")).read_text().split()
-    assert names == ["img0.jpg", "img1.jpg", "img2.jpg", "img3.png"]  # broken.jpg skipped
-    assert "broken.jpg" in stderr
+    assert names == ["img0.jpg", "img1.jpg", "img2.jpg", "img3.png"]  # broken.jpg, notes.png skipped
+    assert "broken.jpg" in stderr and "notes.png" in stderr and "2 skipped" in stdout
     embeddings = np.load(out)
     assert embeddings.shape == (4, 16)
     from hpcvision.train.predict import from_checkpoint
@@ -268,3 +272,15 @@ def test_tensorboard_serves_on_loopback(hpcvision_exe, run_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_evaluate_an_export_gives_the_checkpoint_metrics(run_cli, run_dir, exported):
+    results = []
+    for flag in (["--checkpoint-dir", run_dir["ckpt"]], ["--model-path", exported]):
+        out = run_dir["root"] / f"eval-{flag[0].strip('-')}"
+        code, _, stderr = run_cli("evaluate", *flag, "--data", run_dir["data"], "--out", out)
+        assert code == 0, stderr
+        results.append(json.loads((out / "metrics.json").read_text()))
+    assert results[0]["per_class"] == results[1]["per_class"]
+    assert (results[0]["top1"], results[0]["top5"]) == (results[1]["top1"], results[1]["top5"])
+    assert results[1]["checkpoint_step"] == 10

@@ -45,7 +45,6 @@ def write_features(
                 names.append(path.name)
             except UserError as exc:
                 skipped.append((path, str(exc)))
-                log.warning("skipped %s", exc)
             if batch and (len(batch) == batch_size or i == len(files) - 1):
                 rows.append(classifier.features(np.stack(batch)))
                 batch = []

@@ -121,8 +121,8 @@ def run_features(args: argparse.Namespace) -> int:
     written, skipped = write_features(classifier, args.image_dir, args.out, batch_size=args.batch_size)
     txt = Path(args.out).with_suffix(".txt")
     print(f"wrote {written} embeddings to {args.out} (names in {txt}); {len(skipped)} skipped")
-    for path, why in skipped:
-        print(f"  skipped {path}: {why}", file=sys.stderr)
+    for _path, why in skipped:
+        print(f"  skipped {why}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,32 @@ def load_classifier(checkpoint_dir: str | Path | None = None, model_path: str | 
     return from_checkpoint(checkpoint_dir) if checkpoint_dir is not None else from_export(model_path)
 
 
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _op_error_line(exc: Exception) -> str:
+    """The informative line of a TensorFlow op error (not "Graph execution error:", node names, stacks)."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]", "", str(getattr(exc, "message", exc)))
+    skip = ("Graph execution error", "Detected at node", "File ", "Traceback")
+    lines = [line.strip() for line in text.splitlines()]
+    useful = [line for line in lines if re.search("[A-Za-z]", line) and not line.startswith(skip)]
+    return (useful[-1] if useful else type(exc).__name__)[:200]
+
+
+def _check_truncated_jpeg(path: str | Path, encoded: bytes) -> None:
+    # No end marker: decode with Pillow first, so a cut-off file gets our one-line error rather than
+    # libjpeg's messages on stderr.
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise UserError(f"{path}: truncated or corrupt JPEG ({exc})") from None
+
+
 def read_and_preprocess(classifier: Classifier, path: str | Path) -> tf.Tensor:
     """One image file as the model sees it; UserError (naming the file) if unreadable."""
     try:
@@ -170,11 +197,14 @@ def read_and_preprocess(classifier: Classifier, path: str | Path) -> tf.Tensor:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not encoded:
         raise UserError(f"{path}: empty file")
+    if not encoded.startswith(_IMAGE_MAGIC):
+        raise UserError(f"{path}: not a JPEG, PNG, GIF or BMP image")
+    if encoded.startswith(b"\xff\xd8") and not encoded.rstrip(b"\0").endswith(b"\xff\xd9"):
+        _check_truncated_jpeg(path, encoded)
     try:
         return classifier.preprocess(encoded)
     except (tf.errors.OpError, ValueError) as exc:
-        detail = str(getattr(exc, "message", exc)).strip().splitlines()
-        raise UserError(f"{path}: not a decodable image ({detail[0] if detail else type(exc).__name__})") from None
+        raise UserError(f"{path}: not a decodable image ({_op_error_line(exc)})") from None
 
 
 def predict_files(classifier: Classifier, paths: Sequence[str | Path], k: int = 5):
