@@ -303,8 +303,11 @@ def make_dataset(
             image = tf.io.decode_jpeg(encoded, channels=3)
         if flipping:  # on the uint8 crop, before resizing: fewer bytes to move
             image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-        image = _normalize(_resize(image, image_size), normalize)
-        return image, tf.cast(features["image/class/label"] - offset, tf.int32)
+        if training and augment == "pad_crop":  # already S x S
+            image = tf.cast(image, tf.float32)
+        else:
+            image = _resize(image, image_size)
+        return _normalize(image, normalize), tf.cast(features["image/class/label"] - offset, tf.int32)
 
     dataset = dataset.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=training)
