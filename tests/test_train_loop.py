@@ -105,12 +105,12 @@ def test_records_training_with_eval_then_load_trained_model(train, tmp_path, rec
 
 
 def test_rerun_resumes_the_step_counter(train, tmp_path):
-    assert train(*SYNTHETIC, "--steps", "10", "--checkpoint-dir", tmp_path)[0] == 0
-    code, messages = train(*SYNTHETIC, "--steps", "20", "--checkpoint-dir", tmp_path)
+    assert train(*SYNTHETIC, "--steps", "5", "--checkpoint-dir", tmp_path)[0] == 0
+    code, messages = train(*SYNTHETIC, "--steps", "8", "--checkpoint-dir", tmp_path)
     assert code == 0
-    assert any(f"resumed from {tmp_path / 'ckpt-10'} at step 10" in m for m in messages), messages
-    assert any("finished at step 20" in m for m in messages)
-    assert int(checkpoint_value(str(tmp_path / "ckpt-20"), "step/.ATTRIBUTES/VARIABLE_VALUE")) == 20
+    assert any(f"resumed from {tmp_path / 'ckpt-5'} at step 5" in m for m in messages), messages
+    assert any("finished at step 8" in m for m in messages)
+    assert int(checkpoint_value(str(tmp_path / "ckpt-8"), "step/.ATTRIBUTES/VARIABLE_VALUE")) == 8
 
 
 def corrupt(prefix: Path) -> Path:
@@ -152,9 +152,24 @@ def test_deadline_already_passed_checkpoints_and_exits_0(train, tmp_path):
     assert code == 3 and (tmp_path / "ckpt-2.index").is_file()
 
 
+def test_stop_request_flags_signals_and_deadline_then_restores_handlers():
+    from hpcvision.train.loop import StopRequest
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequest(None, 0) as stop:
+        assert stop.reason() is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.1)
+        assert stop.reason() == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
+    with StopRequest(time.time() + 100, 50) as stop:
+        assert stop.reason() is None
+    with StopRequest(time.time() + 100, 200) as stop:
+        assert stop.reason() == "deadline"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_signal_saves_a_checkpoint_and_exits_0(tmp_path, hpcvision_exe, signum):
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, hpcvision_exe, signum=signal.SIGTERM):
     command = [*hpcvision_exe, "train", *SYNTHETIC, "--steps", "100000", "--log-every", "1",
                "--checkpoint-dir", str(tmp_path)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
@@ -171,3 +186,13 @@ def test_signal_saves_a_checkpoint_and_exits_0(tmp_path, hpcvision_exe, signum):
     match = re.search(rf"stopping at step (\d+) of 100000 \({signal.Signals(signum).name}\)", rest)
     assert match, rest
     assert (tmp_path / f"ckpt-{match.group(1)}.index").is_file()
+
+
+def test_bad_input_is_one_line_error(run_cli, tmp_path):
+    code, _, err = run_cli("train", "--synthetic", "--num-classes", "3", "--model", "nosuchnet",
+                           "--checkpoint-dir", tmp_path)
+    assert code == 2 and "unknown model 'nosuchnet'" in err and "Traceback" not in err
+    code, _, err = run_cli("train", "--data", tmp_path / "missing", "--model", "small", "--checkpoint-dir", tmp_path)
+    assert code == 2 and "missing/train-manifest.json" in err
+    code, _, err = run_cli("launch", "--workers", "0", "--", "--synthetic")
+    assert code == 2 and "--workers must be >= 1" in err
