@@ -53,6 +53,32 @@ def test_a_failing_process_stops_the_others(capsys, monkeypatch, ignore_term):
     assert ("did not stop after SIGTERM; killing" in out) == ignore_term
 
 
+TRAPPING_TRAINER = """
+import json, os, signal, sys, time
+name = json.loads(os.environ["TF_CONFIG"])["task"]
+signal.signal(signal.SIGTERM, lambda *_: (print("saved on SIGTERM", flush=True), sys.exit(0)))
+print("ready", flush=True)
+time.sleep(60)
+sys.exit(1)
+"""
+
+
+def test_sigterm_to_launch_is_forwarded_to_every_process():
+    driver = (f"import sys; from hpcvision.cluster.launch import launch_local; "
+              f"sys.exit(launch_local([], workers=2, ps=1, command=[sys.executable, '-c', {TRAPPING_TRAINER!r}]))")
+    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True)
+    ready = 0
+    for line in process.stdout:
+        ready += line.rstrip().endswith("] ready")
+        if ready == 4:
+            process.send_signal(signal.SIGTERM)
+            break
+    out = process.stdout.read()
+    assert process.wait(timeout=30) == 0, out
+    saved = sorted(re.findall(r"^\[(\w+)\] saved on SIGTERM$", out, re.M))
+    assert saved == ["chief", "ps0", "worker0", "worker1"], out
+
+
 def run_launch(hpcvision_exe, *args, timeout=240):
     result = subprocess.run([*hpcvision_exe, "launch", *args], capture_output=True, text=True, timeout=timeout,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
