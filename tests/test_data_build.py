@@ -423,3 +423,16 @@ def test_flat_validation_tar_with_labels_file(run_cli, tmp_path):
             features = decode_example(record)
             seen[features["image/filename"][0].decode()] = features["image/class/synset"][0].decode()
     assert seen == {f"{n}.JPEG": w for n, w in names.items()}
+
+
+def test_a_replaced_archive_makes_complete_shards_stale(run_cli, dataset, tmp_path):
+    archive = tmp_path / "Images.tar"
+    archive.write_bytes((dataset.root / "Images.tar").read_bytes())
+    args = dataset.args(tmp_path / "r")
+    args[args.index("--images") + 1] = archive
+    assert run_cli(*args)[0] == 0
+    code, stdout, _ = run_cli(*args)
+    assert code == 0 and "3 of this rank's 3 shards already complete" in stdout
+    os.utime(archive, (1_000_000_000, 1_000_000_000))  # same bytes, but a different file now
+    code, stdout, _ = run_cli(*args)
+    assert code == 0 and "already complete" not in stdout

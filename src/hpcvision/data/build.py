@@ -131,6 +131,14 @@ def _check_config(config: BuildConfig) -> tuple[int, int]:
     return rank, ranks
 
 
+def _stamp(path: Path | None) -> list[int] | None:
+    """Size and mtime of an archive file, so shards built from a replaced archive count as stale."""
+    if path is None or not path.is_file():
+        return None
+    stat = path.stat()
+    return [stat.st_size, int(stat.st_mtime)]
+
+
 def make_plan(config: BuildConfig) -> Plan:
     """Read the synsets, metadata and list; shuffle and cut into shards (the same for every rank)."""
     wnids = read_synsets(config.synsets)
@@ -145,12 +153,14 @@ def make_plan(config: BuildConfig) -> Plan:
     order = np.random.default_rng(config.seed).permutation(len(items))
     shuffled = [items[i] for i in order]
     bounds = np.linspace(0, len(shuffled), config.shards + 1).astype(int)
+    stamps = [_stamp(config.images), _stamp(config.annotations)]
     shards = []
     for s in range(config.shards):
         chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
         fingerprint = _digest({
             "format": FORMAT_VERSION, "shard": s, "shards": config.shards, "name": config.name,
             "items": [[i.wnid, i.name] for i in chunk], "annotations": config.annotations is not None,
+            "archives": stamps,
             "labels": {w: list(labels[w]) for w in sorted({i.wnid for i in chunk})},
         })
         shards.append(ShardTask(s, str(shard_path(config.out, config.name, s, config.shards)), chunk, fingerprint))
