@@ -148,3 +148,15 @@ def test_entity_expansion_is_refused():
             b"<annotation><size><width>&y;</width></size></annotation>")
     parsed = parse_voc(bomb, 10, 10)
     assert parsed.boxes == [] and parsed.problem.startswith("malformed XML")
+
+
+def test_external_entities_are_refused_and_a_plain_doctype_still_parses(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("42")
+    external = (f'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY s SYSTEM "file://{secret}">]>'
+                "<annotation><size><width>&s;</width><height>10</height></size></annotation>").encode()
+    parsed = parse_voc(external, 10, 10)
+    assert parsed.problem and parsed.problem.startswith("malformed XML")
+    plain = b'<?xml version="1.0"?><!DOCTYPE annotation>' + _voc([(20, 10, 120, 90)])
+    (box,) = parse_voc(plain, 1, 1).boxes
+    assert (box.xmin, box.ymax) == pytest.approx((0.1, 0.9))
