@@ -1,0 +1,196 @@
+"""The demo recipe (configs/demo.yaml: the `small` network and its optimiser, schedule, augmentation)
+against keras-io's "simple MNIST convnet", trained one after the other in this run on the same data.
+
+Both read Fashion-MNIST as the demo pipeline sees it: 28 px gray upscaled to 64 px, RGB JPEG q95
+(what `data sample` writes), decoded and resized back to the recipe's size; data in memory, one
+process, Keras `fit`, so the figure is the network + recipe, not the input pipeline or all-reduce.
+Prints each one's training img/s and validation top-1, and the ratios recipe / baseline.
+
+    python benchmarks/demo_recipe.py            # the recipe's epochs for both (minutes)
+    python benchmarks/demo_recipe.py --quick    # 2,000 images, a few steps: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_fashion_mnist(folder: Path, limit: int | None) -> tuple[np.ndarray, ...]:
+    """(train images, train labels, test images, test labels) as uint8 28x28 / int arrays."""
+
+    def idx(name: str, offset: int) -> np.ndarray:
+        with gzip.open(folder / name) as handle:
+            return np.frombuffer(handle.read(), np.uint8, offset=offset)
+
+    x_train = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:limit]
+    y_train = idx("train-labels-idx1-ubyte.gz", 8)[:limit]
+    x_test = idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:limit]
+    y_test = idx("t10k-labels-idx1-ubyte.gz", 8)[:limit]
+    return x_train, y_train.astype("int32"), x_test, y_test.astype("int32")
+
+
+def as_the_demo_sees_it(images: np.ndarray, size: int) -> np.ndarray:
+    """28 px gray -> 64 px RGB JPEG q95 (as `data sample`) -> decoded -> bilinear to `size`, float 0..1."""
+    import tensorflow as tf
+    from PIL import Image
+
+    decoded = np.empty((len(images), 64, 64, 3), np.uint8)
+    for i, gray in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(gray, mode="L").resize((64, 64), Image.BICUBIC).convert("RGB").save(
+            buffer, format="JPEG", quality=95)
+        decoded[i] = np.asarray(Image.open(buffer).convert("RGB"))
+    resized = tf.image.resize(tf.constant(decoded, tf.float32), [size, size], method="bilinear")
+    return (resized.numpy() / 255.0).astype("float32")
+
+
+def keras_io_convnet(num_classes: int, size: int):
+    """keras-io's simple MNIST convnet (2 conv + 2 pool + dropout 0.5 + dense), unchanged."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential([
+        keras.Input((size, size, 3)),
+        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dropout(0.5), layers.Dense(num_classes),
+    ], name="keras_io_convnet")
+
+
+def recipe_schedule(recipe: dict, steps_per_epoch: int, total_steps: int):
+    """Linear warm-up then cosine to 0, peak = learning_rate x batch / 256 (as hpcvision train)."""
+    import keras
+    import tensorflow as tf
+
+    peak = recipe["learning_rate"] * recipe["batch_size"] * recipe.get("workers", 1) / 256.0
+    warmup = recipe.get("warmup_epochs", 0) * steps_per_epoch
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            progress = tf.clip_by_value((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
+            rate = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+            return tf.where(step < warmup, peak * (step + 1.0) / max(warmup, 1.0), rate) if warmup else rate
+
+    return WarmupCosine()
+
+
+def augment(recipe: dict, images, labels):
+    """Flip, plus the pad-and-crop of `augment: pad_crop` when the recipe pads."""
+    import tensorflow as tf
+
+    pad = recipe.get("pad")
+    size = images.shape[0]
+    if recipe.get("augment") == "pad_crop":
+        pad = max(1, size // 8) if pad is None else pad
+        if pad:
+            images = tf.pad(images, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+            images = tf.image.random_crop(images, [size, size, 3])
+    if recipe.get("augment", "none") != "none" and recipe.get("flip", True):
+        images = tf.image.random_flip_left_right(images)
+    return images, labels
+
+
+def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: int, augment_fn=None):
+    """Fit, then (training img/s over the epochs after the first, validation top-1)."""
+    import keras
+    import tensorflow as tf
+
+    x_train, y_train, x_test, y_test = data
+    train = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(len(x_train), seed=1)
+    if augment_fn is not None:
+        train = train.map(augment_fn, num_parallel_calls=2)
+    train = train.batch(batch_size, drop_remainder=True).prefetch(2)
+    model.compile(optimizer, loss, metrics=["accuracy"])
+    times = []
+
+    class EpochTimes(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(train, epochs=epochs, verbose=0, callbacks=[EpochTimes()])
+    timed = times[1:] or times  # the first epoch includes tracing
+    images_per_s = len(timed) * (len(x_train) // batch_size) * batch_size / sum(timed)
+    top1 = model.evaluate(x_test, y_test, batch_size=500, verbose=0)[1]
+    return images_per_s, float(top1), sum(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--fashion-mnist", default=str(IDX_DIR), help="folder with the four IDX .gz files")
+    parser.add_argument("--epochs", type=int, help="epochs for both (default: the recipe's)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2: the demo machine)")
+    parser.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch: a smoke run")
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    from hpcvision.models import build_model
+
+    recipe = yaml.safe_load(Path(args.config).read_text())
+    size = int(recipe.get("image_size") or 28)
+    epochs = 1 if args.quick else (args.epochs or math.ceil(float(recipe["epochs"])))
+    limit = 2000 if args.quick else None
+    if Path(args.fashion_mnist, "train-images-idx3-ubyte.gz").is_file():
+        x_train, y_train, x_test, y_test = load_fashion_mnist(Path(args.fashion_mnist), limit)
+        source = "Fashion-MNIST"
+    else:  # only for --quick smoke runs on machines without the Debian package
+        if not args.quick:
+            raise SystemExit(f"{args.fashion_mnist}: no Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)")
+        rng = np.random.default_rng(0)
+        x_train, x_test = (rng.integers(0, 255, (n, 28, 28), dtype=np.uint8) for n in (limit, limit))
+        y_train, y_test = (rng.integers(0, 10, n).astype("int32") for n in (limit, limit))
+        source = "random pixels (no Fashion-MNIST here)"
+    data = (as_the_demo_sees_it(x_train, size), y_train, as_the_demo_sees_it(x_test, size), y_test)
+    print(f"data: {source}, {len(x_train)} train / {len(x_test)} validation images at {size} px; "
+          f"{epochs} epoch(s) each; {args.threads} intra-op threads", flush=True)
+
+    keras.utils.set_random_seed(1)
+    batch = int(recipe["batch_size"]) * int(recipe.get("workers", 1))
+    steps_per_epoch = len(x_train) // batch
+    schedule = recipe_schedule(recipe, steps_per_epoch, epochs * steps_per_epoch)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.get("weight_decay", 0.0))
+    if recipe.get("optimizer") == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
+                                         weight_decay=recipe.get("weight_decay") or None)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])
+    smoothing = float(recipe.get("label_smoothing", 0.0))
+    one_hot = (data[0], keras.utils.to_categorical(y_train, 10), data[2], keras.utils.to_categorical(y_test, 10))
+    model = build_model(recipe.get("model", "small"), num_classes=10, image_size=size)
+    ours = train_and_score(model, optimizer,
+                           keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing),
+                           one_hot, batch_size=batch, epochs=epochs,
+                           augment_fn=lambda x, y: augment(recipe, x, y))
+    print(f"recipe   ({recipe.get('model', 'small')}, {model.count_params():,} params): {ours[0]:,.0f} img/s, "
+          f"top-1 {ours[1]:.4f}, {ours[2]:.0f} s", flush=True)
+
+    keras.utils.set_random_seed(1)
+    baseline_model = keras_io_convnet(10, size)
+    base = train_and_score(baseline_model, keras.optimizers.Adam(),
+                           keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           data, batch_size=128, epochs=epochs)
+    print(f"baseline (keras-io convnet, {baseline_model.count_params():,} params): {base[0]:,.0f} img/s, "
+          f"top-1 {base[1]:.4f}, {base[2]:.0f} s", flush=True)
+    print(f"ratio recipe/baseline: img/s x{ours[0] / base[0]:.2f}, top-1 {100 * (ours[1] - base[1]):+.2f} points, "
+          f"time x{ours[2] / base[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
