@@ -118,7 +118,7 @@ def test_parameter_servers_train_and_exit_by_themselves(hpcvision_exe, tmp_path)
 
 @pytest.mark.slow
 def test_kill_9_a_worker_then_rerun_resumes(hpcvision_exe, tmp_path):
-    command = [*hpcvision_exe, "launch", "--workers", "2", "--", *TRAIN, "--steps", "40",
+    command = [*hpcvision_exe, "launch", "--workers", "2", "--grace", "2", "--", *TRAIN, "--steps", "40",
                "--checkpoint-every-steps", "5", "--checkpoint-dir", str(tmp_path)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -67,7 +67,7 @@ def train_command(train_args: list[str]) -> list[str]:
 
 
 def launch_local(train_args: list[str], *, workers: int, ps: int = 0, threads: int = 1,
-                 command: list[str] | None = None) -> int:
+                 command: list[str] | None = None, grace_s: float | None = None) -> int:
     """Run the cluster to completion; 0 if every process exited 0, else the first failure's code."""
     cluster, tasks = local_cluster(workers, ps)
     argv = command or train_command(train_args)
@@ -89,10 +89,10 @@ def launch_local(train_args: list[str], *, workers: int, ps: int = 0, threads: i
     previous = {sig: signal.signal(sig, lambda signum, _frame: _forward(tasks, signum))
                 for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
-        code = _wait(tasks, lock)
+        code = _wait(tasks, lock, GRACE_S if grace_s is None else grace_s)
     except KeyboardInterrupt:
         _forward(tasks, signal.SIGINT)
-        _stop_all(tasks, lock)
+        _stop_all(tasks, lock, GRACE_S if grace_s is None else grace_s)
         code = 130
     finally:
         for sig, handler in previous.items():
@@ -102,7 +102,7 @@ def launch_local(train_args: list[str], *, workers: int, ps: int = 0, threads: i
     return code
 
 
-def _wait(tasks: list[Task], lock: threading.Lock) -> int:
+def _wait(tasks: list[Task], lock: threading.Lock, grace_s: float) -> int:
     """Poll until all exited 0 (-> 0) or one failed (-> stop the rest, its code)."""
     while True:
         codes = {t.name: t.process.poll() for t in tasks}
@@ -110,7 +110,7 @@ def _wait(tasks: list[Task], lock: threading.Lock) -> int:
         if failed:
             name, code = failed[0]
             _say(lock, f"{name} exited with code {code}; stopping the others")
-            _stop_all(tasks, lock)
+            _stop_all(tasks, lock, grace_s)
             return code if code > 0 else 128 - code
         if all(code == 0 for code in codes.values()):
             _say(lock, "all processes exited 0")
@@ -124,10 +124,10 @@ def _forward(tasks: list[Task], sig: int) -> None:
             task.process.send_signal(sig)
 
 
-def _stop_all(tasks: list[Task], lock: threading.Lock) -> None:
+def _stop_all(tasks: list[Task], lock: threading.Lock, grace_s: float) -> None:
     """SIGTERM every live process, SIGKILL those still alive after the grace period (by pid)."""
     _forward(tasks, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_S
+    deadline = time.monotonic() + grace_s
     for task in tasks:
         try:
             task.process.wait(timeout=max(0.0, deadline - time.monotonic()))

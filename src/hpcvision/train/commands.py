@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     launch.add_argument("--ps", type=int, default=0, help="parameter servers; >0 adds a chief (default: 0)")
     launch.add_argument("--threads", type=int, default=1,
                         help="intra-op threads per process, 0 = TensorFlow's default (default: 1)")
+    launch.add_argument("--grace", type=float, default=10.0,
+                        help="seconds between SIGTERM and SIGKILL when stopping the others (default: 10)")
     launch.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the `hpcvision train` options")
     launch.set_defaults(func=run_launch)
 
@@ -58,4 +60,4 @@ def run_launch(args: argparse.Namespace) -> int:
     train_args = list(args.train_args)
     if train_args and train_args[0] == "--":
         train_args = train_args[1:]
-    return launch_local(train_args, workers=args.workers, ps=args.ps, threads=args.threads)
+    return launch_local(train_args, workers=args.workers, ps=args.ps, threads=args.threads, grace_s=args.grace)
