@@ -13,6 +13,7 @@ DEMO_WORKERS=${DEMO_WORKERS:-2}
 DEMO_CONFIG=${DEMO_CONFIG:-configs/demo.yaml}
 FASHION_MNIST=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+export PYTHONUNBUFFERED=1
 
 sample=$DEMO_DIR/sample
 extracted=$DEMO_DIR/extracted
@@ -20,6 +21,13 @@ records=$DEMO_DIR/records
 run=$DEMO_DIR/run
 exported=$DEMO_DIR/export
 started=$SECONDS
+
+# TensorFlow's start-up notes (oneDNN, CPU features) repeat for every process; keep the demo's output
+# to what each stage says. The command's own exit status still ends the demo (pipefail).
+quiet() {
+    "$@" 2>&1 | { grep --line-buffered -v -E "$TF_NOISE" || true; }
+}
+TF_NOISE='All log messages before absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|To enable the following instructions'
 
 stage() {
     local elapsed=$((SECONDS - started))
@@ -43,38 +51,38 @@ else
         source_args=(--source synthetic)
     fi
     rm -rf -- "$sample"
-    hpcvision data sample "${source_args[@]}" "$sample"
+    quiet hpcvision data sample "${source_args[@]}" "$sample"
     touch "$sample/.complete"
 fi
 
 stage "2/7 data extract: the listed images and boxes, 2 processes, to $extracted"
 # One list for both splits: the archive is indexed and read once.
 cat "$sample/train_files.txt" "$sample/validation_files.txt" > "$DEMO_DIR/all_files.txt"
-hpcvision data extract --images "$sample/Images.tar" --annotations "$sample/Annotation.tar.gz" \
+quiet hpcvision data extract --images "$sample/Images.tar" --annotations "$sample/Annotation.tar.gz" \
     --list "$DEMO_DIR/all_files.txt" --synsets "$sample/synsets.txt" --out "$extracted" --workers 2
 
 stage "3/7 data build: TFRecord shards to $records"
 for split in train validation; do
     shards=8
     [ "$split" = validation ] && shards=2
-    hpcvision data build --images "$extracted/images" --annotations "$extracted/annotations" \
+    quiet hpcvision data build --images "$extracted/images" --annotations "$extracted/annotations" \
         --list "$sample/${split}_files.txt" --synsets "$sample/synsets.txt" --metadata "$sample/metadata.txt" \
         --out "$records" --name "$split" --shards "$shards" --workers 2
 done
 
 stage "4/7 train: $DEMO_WORKERS all-reduce workers on 127.0.0.1, recipe $DEMO_CONFIG, checkpoints in $run"
-hpcvision launch --workers "$DEMO_WORKERS" -- --config "$DEMO_CONFIG" --data "$records" --checkpoint-dir "$run"
+quiet hpcvision launch --workers "$DEMO_WORKERS" -- --config "$DEMO_CONFIG" --data "$records" --checkpoint-dir "$run"
 
 stage "5/7 evaluate on the 10,000 validation images"
-hpcvision evaluate --checkpoint-dir "$run" --data "$records" --name validation --out "$DEMO_DIR" --batch-size 500
+quiet hpcvision evaluate --checkpoint-dir "$run" --data "$records" --name validation --out "$DEMO_DIR" --batch-size 500
 
 stage "6/7 export to $exported"
-hpcvision export --checkpoint-dir "$run" --out "$exported"
+quiet hpcvision export --checkpoint-dir "$run" --out "$exported"
 
 stage "7/7 predict: the first validation image of five classes, with the exported model"
 mapfile -t images < <(awk -v dir="$extracted/images" 'NR % 2000 == 1 { print dir "/" $1 "/" $2 ".JPEG" }' \
     "$sample/validation_files.txt")
-hpcvision predict --model-path "$exported" --top 3 "${images[@]}"
+quiet hpcvision predict --model-path "$exported" --top 3 "${images[@]}"
 
 stage "done"
 python - "$DEMO_DIR/metrics.json" <<'EOF'
