@@ -101,7 +101,27 @@ def test_records_training_with_eval_then_load_trained_model(train, tmp_path, rec
     kernel = next(v for v in model.weights if v.path.endswith("logits/kernel"))
     np.testing.assert_array_equal(kernel.numpy(), trained_kernel(str(tmp_path / "ckpt-20"), kernel.shape))
     assert model(tf.zeros([1, 32, 32, 3])).shape == (1, 10)
-    assert list((tmp_path / "logs" / "eval").glob("events.out.tfevents.*"))
+    train_tags, eval_tags = summary_tags(tmp_path / "logs" / "train"), summary_tags(tmp_path / "logs" / "eval")
+    for tag, plugin in [("loss", "scalars"), ("top1", "scalars"), ("top5", "scalars"), ("learning_rate", "scalars"),
+                        ("images_per_sec/global", "scalars"), ("images_per_sec/worker", "scalars"),
+                        ("inputs/with_boxes", "images"), ("filters/first_layer", "images"),
+                        ("train_step", "graph_run_metadata_graph")]:
+        assert train_tags.get(tag) == plugin, (tag, train_tags)
+    assert sum(plugin == "histograms" for plugin in train_tags.values()) == len(model.weights)
+    assert {eval_tags.get(t) for t in ("loss", "top1", "top5")} == {"scalars"}
+
+
+def summary_tags(logdir: Path) -> dict[str, str]:
+    """{tag: plugin name} of every summary in a TensorBoard log directory."""
+    import tensorflow as tf
+
+    tags = {}
+    for path in logdir.glob("events.out.tfevents.*"):
+        for event in tf.data.TFRecordDataset(str(path)):
+            parsed = tf.compat.v1.Event.FromString(event.numpy())
+            for value in parsed.summary.value:
+                tags[value.tag] = value.metadata.plugin_data.plugin_name or tags.get(value.tag, "")
+    return tags
 
 
 def test_rerun_resumes_the_step_counter(train, tmp_path):
