@@ -106,7 +106,7 @@ def limit_dataset(directory: Path, resize_to: int | None = None):
         )
         window = tf.stack([begin[0], begin[1], size[0], size[1]])
         image = tf.image.decode_and_crop_jpeg(data, window, channels=3)
-        return tf.image.resize(image, [resize_to, resize_to]) if resize_to else image
+        return tf.image.resize(tf.cast(image, tf.float32), [resize_to, resize_to]) if resize_to else image
 
     records = tf.data.Dataset.from_tensor_slices((encoded, np.array(boxes, np.float32))).repeat()
     seeds = tf.data.Dataset.random(seed=1).batch(2)

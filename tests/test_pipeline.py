@@ -240,3 +240,15 @@ def test_benchmark_quick_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ratio pipeline/limit:" in result.stdout
     assert list(tmp_path.glob("hpcvision-bench-input-*/train-manifest.json"))  # cached where asked
+
+
+def test_batched_parse_keeps_each_records_own_boxes(tmp_path):
+    boxes = [[], [(0.1, 0.2, 0.3, 0.4)], [(0.0, 0.0, 1.0, 1.0), (0.5, 0.5, 0.6, 0.7)], []]
+    records = [_example(_jpeg(np.zeros((8, 8, 3))), i + 1, b) for i, b in enumerate(boxes)]
+    data = write_shards(tmp_path, "train", records, 1, classes=4)
+    path = pipeline.read_manifest(data, "train")["shards"][0]["path"]
+    batched = tf.data.TFRecordDataset(path).batch(3).map(pipeline._parse_batch).unbatch()
+    for features, expected in zip(batched, boxes, strict=True):
+        got = pipeline._boxes(features).numpy()
+        want = np.array([(ymin, xmin, ymax, xmax) for xmin, ymin, xmax, ymax in expected]).reshape(-1, 4)
+        np.testing.assert_allclose(got, want, atol=1e-6)
