@@ -156,7 +156,14 @@ def test_evaluate_matches_numpy_recomputation(run_cli, run_dir, checkpoint_class
     assert metrics["per_class"][wnid]["text"] == "thing 2, kind 2"
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert np.load(out / "confusion_matrix.npy").sum() == 29
-    assert list((run_dir["ckpt"] / "logs" / "eval").glob("events.out.tfevents.*"))
+    logged = {}
+    for events in (run_dir["ckpt"] / "logs" / "eval").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                logged[value.tag] = (event.step, value)
+    assert logged["top1"][0] == 10
+    assert float(tf.make_ndarray(logged["top1"][1].tensor)) == pytest.approx(metrics["top1"])
+    assert logged["confusion_matrix"][1].metadata.plugin_data.plugin_name == "images"
     assert "top-1" in stdout
 
 

@@ -101,15 +101,20 @@ def plot_confusion(confusion: np.ndarray, classes: list[dict[str, Any]], path: P
 
 
 def write_summaries(log_dir: str | Path, metrics: dict[str, Any], png: Path, step: int) -> None:
-    """top1/top5 scalars and the confusion matrix image, in TensorBoard's eval log."""
+    """top1/top5 scalars and the confusion matrix image in `log_dir` (a run's logs/eval).
+
+    Through hpcvision.train.summaries, which writes TensorBoard's records without the tensorboard
+    wheel (tensorflow-cpu 2.21 does not install it, and tf.summary.scalar lives there).
+    """
     import tensorflow as tf
+
+    from hpcvision.train.summaries import _write, _write_images
 
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default(step=step):
-        tf.summary.scalar("top1", metrics["top1"])
-        tf.summary.scalar("top5", metrics["top5"])
-        image = tf.io.decode_png(png.read_bytes(), channels=3)
-        tf.summary.image("confusion_matrix", image[tf.newaxis])
+        for name in ("top1", "top5"):
+            _write(name, tf.constant(float(metrics[name])), step, "scalars")
+        _write_images("confusion_matrix", tf.io.decode_png(png.read_bytes(), channels=3)[tf.newaxis], step)
     writer.close()
 
 
