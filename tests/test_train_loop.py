@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_records import build_records
 
 from hpcvision.errors import UserError
 
@@ -38,18 +39,7 @@ def train(run_cli, caplog):
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory, hpcvision_exe):
-    """Train and validation shards of `data sample --source synthetic` (10 classes, 20 images each)."""
-    root = tmp_path_factory.mktemp("records")
-    sample, out = root / "sample", root / "rec"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    subprocess.run([*hpcvision_exe, "data", "sample", "--source", "synthetic", "--per-class", "20", str(sample)],
-                   check=True, capture_output=True, env=env)
-    for name in ("train", "validation"):
-        subprocess.run([*hpcvision_exe, "data", "build", "--images", str(sample / "Images.tar"), "--annotations",
-                        str(sample / "Annotation.tar.gz"), "--list", str(sample / f"{name}_files.txt"),
-                        "--synsets", str(sample / "synsets.txt"), "--metadata", str(sample / "metadata.txt"),
-                        "--out", str(out), "--name", name, "--shards", "2"], check=True, capture_output=True, env=env)
-    return out
+    return build_records(tmp_path_factory.mktemp("records"), hpcvision_exe)
 
 
 def checkpoint_value(prefix: str, suffix: str):
