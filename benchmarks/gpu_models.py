@@ -29,6 +29,7 @@ REFERENCE = {
 BASELINE = "keras.applications.ResNet50"
 FULL_MODELS = ["resnet50", "resnet18", "vgg16", "googlenet", "inception_v3", "alexnet"]
 QUICK_MODELS = ["resnet50", "resnet18"]
+PRECISION = "mixed_bfloat16"
 AUX_LOSS_WEIGHT = (
     0.3  # GoogLeNet's weight for its auxiliary losses (Inception v3 used 0.4): only the cost matters
 )
@@ -69,14 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import keras
 
-    from hpcvision.models import build_model, model_spec
-
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
     device = jax.devices()[0]
     report = {
         "device": f"{device.platform}: {device.device_kind}",
         "backend": f"keras {keras.__version__} + jax {jax.__version__}",
-        "precision": "mixed_bfloat16",
+        "precision": PRECISION,
         "batch_size": args.batch_size,
         "steps": args.steps,
         "models": [],
@@ -86,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"device {report['device']} | {report['backend']} | bf16 mixed | batch {args.batch_size} | {args.steps} timed steps"
     )
-    print(f"{'model':<30} {'px':>4} {'params M':>9} {'compile s':>9} {'ms/step':>8} {'img/s':>9}  loss")
+    print(f"{'model':<30} {'px':>4} {'params M':>9} {'compile s':>9} {'ms/step':>8} {'img/s':>9}  loss   convs")
 
     def record(result: dict, baseline: bool = False) -> None:
         print(
             f"{result['model']:<30} {result['image_size']:>4} {result['params_m']:>9.2f} {result['compile_s']:>9.1f}"
-            f" {result['step_ms']:>8.1f} {result['img_per_s']:>9.1f}  {result['final_loss']:.3f}",
+            f" {result['step_ms']:>8.1f} {result['img_per_s']:>9.1f}  {result['final_loss']:.3f}  {result['conv_policy']}",
             flush=True,
         )
         if baseline:
@@ -110,29 +108,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped, past --max-seconds {args.max_seconds:.0f}")
             report.setdefault("skipped", []).append(name)
             continue
-        if name == BASELINE:
-            size = args.image_size or 224
-            with fast_initialization():
-                model = keras.applications.ResNet50(
-                    weights=None,
-                    input_shape=(size, size, 3),
-                    classes=args.num_classes,
-                    classifier_activation=None,
-                )
-            record(time_training(model, BASELINE, size, args), baseline=True)
-        else:
-            spec = model_spec(name)
-            size = args.image_size or spec.image_size
-            with fast_initialization():
-                model = build_model(name, args.num_classes, size, aux=spec.has_aux)
-            record(time_training(model, f"{name} (+aux heads)" if spec.has_aux else name, size, args))
-        del model
+        try:
+            record(*measure(name, args))
+        except Exception as error:  # one model failing must not lose the figures of the others
+            print(f"{name}: FAILED: {type(error).__name__}: {error}", flush=True)
+            report.setdefault("failed", {})[name] = f"{type(error).__name__}: {error}"
         free_memory()
 
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"figures written to {args.json}")
-    return 0
+    return 1 if report.get("failed") else 0
 
 
 def print_ratios(report: dict) -> None:
@@ -148,6 +134,28 @@ def print_ratios(report: dict) -> None:
         f"  reference: {REFERENCE['name']}: {REFERENCE['img_per_s']:,.0f} img/s; hpcvision resnet50 / reference"
         f" = {report['ratio_resnet50_vs_reference']:.3f} (comparable only at 224 px, batch 256, on an H200)"
     )
+
+
+def measure(name: str, args: argparse.Namespace) -> tuple[dict, bool]:
+    """Build `name` (a registered model or the baseline) and time its training; returns (result, is_baseline)."""
+    import keras
+
+    from hpcvision.models import build_model, model_spec
+
+    # Every time: keras.backend.clear_session() between models resets the global policy to float32.
+    keras.mixed_precision.set_global_policy(PRECISION)
+    if name == BASELINE:
+        size = args.image_size or 224
+        with fast_initialization():
+            model = keras.applications.ResNet50(
+                weights=None, input_shape=(size, size, 3), classes=args.num_classes, classifier_activation=None
+            )
+        return time_training(model, BASELINE, size, args), True
+    spec = model_spec(name)
+    size = args.image_size or spec.image_size
+    with fast_initialization():
+        model = build_model(name, args.num_classes, size, aux=spec.has_aux)
+    return time_training(model, f"{name} (+aux heads)" if spec.has_aux else name, size, args), False
 
 
 def time_training(model, label: str, image_size: int, args: argparse.Namespace) -> dict:
@@ -183,6 +191,7 @@ def time_training(model, label: str, image_size: int, args: argparse.Namespace) 
         "model": label,
         "image_size": image_size,
         "params_m": model.count_params() / 1e6,
+        "conv_policy": next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).dtype_policy.name,
         "compile_s": compile_s,
         "step_ms": 1000 * elapsed / args.steps,
         "img_per_s": args.batch_size * args.steps / elapsed,

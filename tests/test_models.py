@@ -193,6 +193,7 @@ def test_gpu_benchmark_quick_run(tmp_path):
     for entry in [*report["models"], report["baseline"]]:
         assert entry["img_per_s"] > 0 and np.isfinite(entry["final_loss"])
         assert entry["image_size"] == 32
+        assert entry["conv_policy"] == "mixed_bfloat16", entry["model"]  # bf16 for every model, not only the first
     assert report["ratio_resnet50_vs_baseline"] > 0
     assert "hpcvision resnet50 / keras.applications.ResNet50" in result.stdout
     assert "6,699 img/s" in result.stdout
