@@ -162,7 +162,8 @@ def test_hostile_values_reach_the_launcher_literally(run_cli, fakes, tmp_path, s
     (launch,) = fakes(launcher)
     stage_start = launch.index("train")
     argv = launch[stage_start + 1:]
-    assert argv[argv.index("--deadline") + 2:] == stage_args
+    # --resubmit makes train report "more to do" with exit 3, the code the re-queue keys on.
+    assert argv[argv.index("--deadline") + 2:] == ["--incomplete-exit-code", "3", *stage_args]
     (resubmit_call,) = fakes("hpcvision")
     assert resubmit_call[1:5] == ["job", "resubmit", scheduler, str(out)]
     assert not list(tmp_path.glob("pwned*")) and not list(out_dir.glob("pwned*"))

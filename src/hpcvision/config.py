@@ -88,7 +88,7 @@ def load_config(cls: type[T], args: argparse.Namespace | None = None, yaml_path:
         values.update({name: getattr(args, name) for name in names if hasattr(args, name)})
     for field in dataclasses.fields(cls):
         choices = field.metadata.get("choices")
-        if choices and field.name in values and values[field.name] not in choices:
+        if choices and values.get(field.name) is not None and values[field.name] not in choices:
             raise UserError(f"option '{field.name}' must be one of {', '.join(map(str, choices))}")
     return cls(**values)
 

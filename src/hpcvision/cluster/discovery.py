@@ -530,6 +530,18 @@ def resolve_tf_config(num_ps: int = 0, environ: Mapping[str, str] | None = None)
     return build_tf_config(discovery, num_ps, base_port(env, discovery.job_id))
 
 
+def _discovered_gpus(discovery: Discovery, num_ps: int, env: Mapping[str, str]) -> str | None:
+    return visible_gpus(discovery, assign_roles(discovery.tasks, num_ps if discovery.size > 1 else 0), env)
+
+
+def cuda_visible_devices(num_ps: int = 0, environ: Mapping[str, str] | None = None) -> str | None:
+    """The CUDA_VISIBLE_DEVICES this process should set before importing TensorFlow, or None."""
+    env = os.environ if environ is None else environ
+    if env.get("TF_CONFIG"):
+        return None  # an explicit cluster: the user binds GPUs
+    return _discovered_gpus(discover(env), num_ps, env)
+
+
 def describe(num_ps: int = 0, environ: Mapping[str, str] | None = None, source: str | None = None) -> dict:
     """Everything `hpcvision cluster show` prints, as a JSON-ready dict."""
     env = os.environ if environ is None else environ
@@ -543,9 +555,7 @@ def describe(num_ps: int = 0, environ: Mapping[str, str] | None = None, source: 
         role = tf_config["task"]
     else:
         tf_config, role = None, {"type": "worker", "index": 0}
-    gpus = None
-    if discovery.scheduler != "tf_config":
-        gpus = visible_gpus(discovery, assign_roles(discovery.tasks, num_ps if discovery.size > 1 else 0), env)
+    gpus = None if discovery.scheduler == "tf_config" else _discovered_gpus(discovery, num_ps, env)
     me = discovery.tasks[discovery.rank]
     return {
         "scheduler": discovery.scheduler,

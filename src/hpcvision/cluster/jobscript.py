@@ -271,6 +271,9 @@ def _stage_argv(spec: JobSpec) -> list[str]:
             argv += ["--num-ps", str(spec.num_ps)]
         if spec.walltime:
             argv += ["--deadline", '"$((HPCVISION_JOB_START + ' + str(parse_duration(spec.walltime)) + '))"']
+        if spec.resubmit:
+            # train exits 0 after an early stop unless told otherwise; the re-queue below keys on this code.
+            argv += ["--incomplete-exit-code", str(EXIT_MORE_TO_DO)]
     return argv + [shlex.quote(arg) for arg in spec.stage_args]
 
 

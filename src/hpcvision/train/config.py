@@ -50,6 +50,15 @@ class TrainConfig:
     )
     augment: str = _opt("inception", "training crops: inception (boxes), pad_crop (small images), none",
                          choices=["inception", "pad_crop", "none"])
+    normalize: str | None = _opt(None, "pixel scaling: imagenet (mean/std) or unit ([0, 1])",
+                                 choices=["imagenet", "unit"])
+    flip: bool | None = _opt(None, "random horizontal flips in training (default: on)")
+    pad: int | None = _opt(None, "pad_crop padding in pixels (default: image_size // 8)")
+    area_range: list[float] | None = _opt(None, "inception crop area range (default: 0.08 1.0)")
+    aspect_ratio_range: list[float] | None = _opt(None, "inception crop aspect range (default: 0.75 1.333)")
+    min_object_covered: float | None = _opt(None, "inception crop: fraction of a box kept (default: 0.1)")
+    min_crop_size: int | None = _opt(None, "smallest crop side in pixels (default: 8)")
+    central_fraction: float | None = _opt(None, "evaluation central crop (default: 0.875 inception, else 1.0)")
     xla: bool = _opt(False, "compile the train step with XLA (jit_compile)")
     seed: int | None = _opt(None, "seed for initialisation and data order (deterministic runs)")
     synthetic: bool = _opt(False, "random input tensors instead of --data (benchmarks)")

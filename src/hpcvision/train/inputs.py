@@ -54,12 +54,12 @@ def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip
             images = tf.random.stateless_normal([cfg.batch_size, image_size, image_size, 3], seed=seed)
             labels = tf.random.stateless_uniform([cfg.batch_size], seed=seed, maxval=num_classes, dtype=tf.int32)
             return tf.data.Dataset.from_tensors((images, labels)).repeat()
-        from hpcvision.data.pipeline import make_dataset
+        from hpcvision.data.pipeline import config_kwargs, make_dataset
 
         seed = cfg.seed + epoch if (seeded and cfg.seed is not None) else None
         dataset = make_dataset(cfg.data, cfg.train_name, training=True, batch_size=cfg.batch_size,
                                image_size=image_size, seed=seed, input_context=input_context, repeat=True,
-                               augment=cfg.augment)
+                               **config_kwargs(cfg))
         return dataset.skip(skip) if skip else dataset
 
     return dataset_fn
@@ -69,12 +69,12 @@ def eval_dataset(cfg, image_size: int, *, num_workers: int, worker_index: int):
     """This worker's share of the validation files, central crop, each example once."""
     import tensorflow as tf
 
-    from hpcvision.data.pipeline import make_dataset
+    from hpcvision.data.pipeline import config_kwargs, make_dataset
 
     context = tf.distribute.InputContext(num_input_pipelines=num_workers, input_pipeline_id=worker_index,
                                          num_replicas_in_sync=num_workers)
     return make_dataset(cfg.data, cfg.val_name, training=False, batch_size=cfg.batch_size, image_size=image_size,
-                        input_context=context if num_workers > 1 else None, repeat=False)
+                        input_context=context if num_workers > 1 else None, repeat=False, **config_kwargs(cfg))
 
 
 def sample_inputs(cfg, image_size: int):

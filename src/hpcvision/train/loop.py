@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hpcvision.cluster.discovery import cuda_visible_devices
 from hpcvision.cluster.walltime import job_deadline
 from hpcvision.errors import UserError
 from hpcvision.train import checkpoint as ckpt_lib
@@ -66,13 +67,16 @@ class StopRequest:
 
 def train(cfg) -> int:
     """Train as `cfg` says (resuming from its checkpoint dir); the process exit code."""
-    _apply_thread_settings()
+    gpus = cuda_visible_devices(cfg.num_ps)
+    if gpus is not None:  # must be set before TensorFlow initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     import keras
     import tensorflow as tf
 
     from hpcvision.models import build_model, model_spec
 
     role = resolve_role(cfg.strategy, cfg.num_ps, len(tf.config.list_physical_devices("GPU")))
+    _apply_thread_settings(role.kind)
     if role.runs_server_only:
         return serve_until_chief_exits(role)
     if not cfg.checkpoint_dir:
@@ -345,10 +349,15 @@ def _set_precision(choice: str, tf, keras) -> bool:
     return choice == "mixed_float16"
 
 
-def _apply_thread_settings() -> None:
+def _apply_thread_settings(kind: str) -> None:
     """Honour TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (set per process by `hpcvision launch`)."""
     intra = int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0") or 0)
     inter = int(os.environ.get("TF_NUM_INTEROP_THREADS", "0") or 0)
+    if kind == "parameter-server" and inter == 1:
+        # One inter-op thread deadlocks the ClusterCoordinator's remote calls (the chief stalls
+        # after its first step, measured on TF 2.21): leave the default instead.
+        log.warning("TF_NUM_INTEROP_THREADS=1 hangs parameter-server training; using TensorFlow's default")
+        inter = 0
     if not (intra or inter):
         return
     import tensorflow as tf
