@@ -238,7 +238,8 @@ def test_benchmark_quick_runs(tmp_path):
     result = subprocess.run([sys.executable, str(script), "--quick", "--cache-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ratio pipeline/limit:" in result.stdout
+    for reference in ("limit", "(limit + resize)", "(limit + resize + flip + normalise)"):
+        assert f"ratio pipeline/{reference}:" in result.stdout, result.stdout
     assert list(tmp_path.glob("hpcvision-bench-input-*/train-manifest.json"))  # cached where asked
 
 
