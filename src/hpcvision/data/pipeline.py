@@ -341,8 +341,9 @@ def make_dataset(
 # - normalise: on the whole batch after `batch` 9 % slower (memory-bound); FusedBatchNorm or bias_add
 #   instead of one multiply and one subtract 15-30 % slower;
 # - parse per record instead of 64 at a time: 6 % slower; seeds made per batch of 64 instead of a zip per
-#   element, interleave cycle 4 instead of 16, private_threadpool_size=2, parallel_batch, map_fusion,
-#   inject_prefetch off, experimental_slack: no gain.
+#   element, interleave cycle 4 instead of 16 or block 8 instead of 1, num_parallel_calls=2 instead of
+#   AUTOTUNE, private_threadpool_size=2, parallel_batch, map_fusion, inject_prefetch off,
+#   experimental_slack: no gain.
 # What remains between the pipeline and its limit is work the contract asks for: resize to S x S
 # (~17 %), flip and normalise (~8 %); reading, parsing, shuffling and batching cost ~5 %.
 def _options(deterministic: bool) -> tf.data.Options:
