@@ -401,6 +401,26 @@ def manifest_path(out: Path, name: str) -> Path:
     return out / f"{name}-manifest.json"
 
 
+def read_manifest(out: str | Path, name: str, required: tuple[str, ...] = ("shards", "num_examples")) -> dict:
+    """The manifest `build` wrote, shard paths made absolute; UserError naming the file if unusable."""
+    path = manifest_path(Path(out), name)
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no manifest (build the '{name}' shards with `hpcvision data build`)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read manifest: {exc}") from None
+    for key in required:
+        if key not in manifest:
+            raise UserError(f"{path}: manifest has no '{key}'")
+    for shard in manifest.get("shards", []):
+        shard["path"] = str(Path(out) / shard["file"])
+    manifest.setdefault("label_offset", 1)
+    if "num_classes" not in manifest and "labels" in manifest:
+        manifest["num_classes"] = len(manifest["labels"])
+    return manifest
+
+
 def collect_sidecars(plan: Plan) -> list[dict] | None:
     """Every shard's sidecar, or None while some shard is not complete."""
     sidecars = []

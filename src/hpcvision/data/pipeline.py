@@ -9,7 +9,6 @@ run even with parallel map calls.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from hpcvision.data.build import read_manifest  # noqa: F401 (part of this module's API)
 from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,26 +31,6 @@ AUTOTUNE = tf.data.AUTOTUNE
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax", "image/object/bbox/xmax")
 # The keys the pipeline reads; their parse spec comes from hpcvision.data.records (one schema).
 _NEEDED_KEYS = ("image/encoded", "image/class/label", *_BOX_KEYS)
-
-
-def read_manifest(data_dir: str | Path, name: str) -> dict[str, Any]:
-    """The `<name>-manifest.json` that `data build` wrote, with shard paths made absolute."""
-    path = Path(data_dir) / f"{name}-manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no manifest (build the '{name}' shards with `hpcvision data build`)") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read manifest: {exc}") from None
-    for key in ("shards", "num_examples"):
-        if key not in manifest:
-            raise UserError(f"{path}: manifest has no '{key}'")
-    for shard in manifest["shards"]:
-        shard["path"] = str(Path(data_dir) / shard["file"])
-    manifest.setdefault("label_offset", 1)
-    if "num_classes" not in manifest and "labels" in manifest:
-        manifest["num_classes"] = len(manifest["labels"])
-    return manifest
 
 
 def _spec() -> dict[str, Any]:

@@ -9,31 +9,16 @@ ends the command with a one-line error naming the shard and the record index (ex
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from pathlib import Path
 
 from hpcvision.data import records
+from hpcvision.data.build import read_manifest
 from hpcvision.errors import UserError
 from hpcvision.progress import progress
 
 log = logging.getLogger(__name__)
-
-
-def read_manifest(folder: Path, name: str) -> dict:
-    """The build's manifest; UserError naming the file if it is missing or malformed."""
-    path = folder / f"{name}-manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no manifest (did `hpcvision data build --name {name}` finish?)") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read manifest: {exc}") from None
-    for key in ("shards", "labels", "num_examples"):
-        if key not in manifest:
-            raise UserError(f"{path}: manifest has no '{key}'")
-    return manifest
 
 
 def _check_record(data: bytes, labels: dict[int, tuple[str, str]], decode: bool) -> str | None:
@@ -75,7 +60,7 @@ def _check_pixels(features: dict) -> str | None:
 
 def verify(folder: Path, name: str = "train", decode: bool = False) -> int:
     """Check every shard named in the manifest; 0 if all is well, UserError on the first problem."""
-    manifest = read_manifest(folder, name)
+    manifest = read_manifest(folder, name, required=("shards", "labels", "num_examples"))
     labels = {entry["label"]: (entry["wnid"], entry["text"]) for entry in manifest["labels"]}
     total = 0
     start = time.monotonic()
