@@ -23,14 +23,16 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hpcvision.cluster.discovery import cuda_visible_devices
 from hpcvision.cluster.walltime import job_deadline
 from hpcvision.errors import UserError
 from hpcvision.train import checkpoint as ckpt_lib
 from hpcvision.train import inputs, optim
-from hpcvision.train.strategy import make_strategy, resolve_role, serve_until_chief_exits
+from hpcvision.train.strategy import Role, make_strategy, resolve_role, serve_until_chief_exits
 from hpcvision.train.summaries import Summaries
 
 log = logging.getLogger("hpcvision.train")
@@ -65,53 +67,84 @@ class StopRequest:
         return None
 
 
+@dataclasses.dataclass
+class Run:
+    """One training process: its place in the cluster, what it trains, and the state a checkpoint holds."""
+
+    cfg: Any  # TrainConfig, image_size and num_classes filled in from the model and the data
+    role: Role
+    strategy: Any
+    info: inputs.DataInfo
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    loss_scaling: bool  # float16 policy: the optimizer scales the loss
+    model: Any
+    optimizer: Any
+    step: Any  # int64 tf.Variable, ours: drives the schedule, checkpoint names and resume
+    epoch: Any  # int64 tf.Variable, saved with each checkpoint
+    learning_rate: Callable[[], Any]
+    checkpoint: Any  # tf.train.Checkpoint(model=, optimizer=, step=, epoch=)
+    manager: Any  # its tf.train.CheckpointManager in cfg.checkpoint_dir
+    restored: str | None  # the checkpoint this run resumed from
+    start_step: int
+    coordinator: Any  # ClusterCoordinator with parameter servers, else None
+    summaries: Summaries  # writes only on the chief
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The compiled functions of a run."""
+
+    train: Callable  # (iterator, flags [stop, save]) -> per-step vector summed over replicas
+    evaluate: Callable  # (images, labels) -> [loss sum, top-1 hits, top-5 hits, examples]
+    sync_batch_norm: Callable | None  # multi-worker only: workers' batch-norm statistics -> their mean
+
+
 def train(cfg) -> int:
     """Train as `cfg` says (resuming from its checkpoint dir); the process exit code."""
+    role = _join_cluster(cfg)
+    if role.runs_server_only:
+        return serve_until_chief_exits(role)
+    run = build_run(cfg, role)
+    steps = make_steps(run)
+    with StopRequest(job_deadline(run.cfg.deadline), run.cfg.deadline_margin_s) as stop:
+        step_value, reason = train_until_done_or_stopped(run, steps, stop)
+        step_value = finish(run, steps, step_value, reason)
+    run.summaries.flush()
+    return run.cfg.incomplete_exit_code if reason and step_value < run.total_steps else 0
+
+
+def _join_cluster(cfg) -> Role:
+    """This process's role in the cluster, with GPUs and threads set before TensorFlow starts."""
     gpus = cuda_visible_devices(cfg.num_ps)
     if gpus is not None:  # must be set before TensorFlow initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    import keras
     import tensorflow as tf
-
-    from hpcvision.models import build_model, model_spec
 
     role = resolve_role(cfg.strategy, cfg.num_ps, len(tf.config.list_physical_devices("GPU")))
     _apply_thread_settings(role.kind)
-    if role.runs_server_only:
-        return serve_until_chief_exits(role)
-    if not cfg.checkpoint_dir:
-        raise UserError("--checkpoint-dir is required")
-    try:
-        spec = model_spec(cfg.model)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return role
+
+
+def build_run(cfg, role: Role) -> Run:
+    """Strategy, model, optimizer and checkpoints of this run, restored from its newest checkpoint."""
+    import keras
+    import tensorflow as tf
+
+    spec = _model_spec(cfg)
     loss_scaling = _set_precision(cfg.mixed_precision, tf, keras)
     strategy = make_strategy(role, cfg.collective_timeout_s)
-    parameter_server = role.kind == "parameter-server"
     if cfg.seed is not None:
         keras.utils.set_random_seed(cfg.seed)
-
     info = inputs.describe_data(cfg)
     cfg = dataclasses.replace(cfg, image_size=cfg.image_size or spec.image_size, num_classes=info.num_classes)
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = max(1, info.examples_per_epoch // global_batch)
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    peak_rate = optim.scaled_learning_rate(cfg.learning_rate, global_batch)
-
     with strategy.scope():
-        model = build_model(cfg.model, info.num_classes, cfg.image_size, aux=spec.has_aux)
-        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="step")
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="epoch")
-
-        def learning_rate():
-            return optim.learning_rate_at(step, peak=peak_rate, steps_per_epoch=steps_per_epoch,
-                                          total_steps=total_steps, warmup_epochs=cfg.warmup_epochs,
-                                          schedule=cfg.schedule, step_epochs=cfg.step_epochs)
-
-        optimizer = optim.make_optimizer(cfg.optimizer, learning_rate, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, loss_scaling=loss_scaling)
-        optimizer.build(model.trainable_variables)
+        model, optimizer, step, epoch, learning_rate = _build_model_and_optimizer(
+            cfg, spec.has_aux, loss_scaling, global_batch, steps_per_epoch, total_steps)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, epoch=epoch)
     checkpoint_dir = Path(cfg.checkpoint_dir)
     if role.is_chief:
@@ -123,8 +156,119 @@ def train(cfg) -> int:
     log.info("%s: %s strategy, %d replica(s), global batch %d, %d steps/epoch, %d steps; %s", role.name,
              role.kind, strategy.num_replicas_in_sync, global_batch, steps_per_epoch, total_steps,
              f"resumed from {restored} at step {start_step}" if restored else "starting at step 0")
+    coordinator = None
+    if role.kind == "parameter-server":
+        coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+    return Run(cfg=cfg, role=role, strategy=strategy, info=info, global_batch=global_batch,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps, loss_scaling=loss_scaling, model=model,
+               optimizer=optimizer, step=step, epoch=epoch, learning_rate=learning_rate, checkpoint=checkpoint,
+               manager=manager, restored=restored, start_step=start_step, coordinator=coordinator,
+               summaries=_open_summaries(cfg, role, start_step))
 
-    moving_stats = [v for v in model.non_trainable_variables if v.dtype.startswith("float")]
+
+def _open_summaries(cfg, role: Role, start_step: int) -> Summaries:
+    """TensorBoard writers (chief only), starting with a few training inputs and their boxes."""
+    summaries = Summaries(Path(cfg.checkpoint_dir) / "logs" if role.is_chief else None)
+    samples = inputs.sample_inputs(cfg, cfg.image_size) if role.is_chief else None
+    if samples is not None:
+        summaries.sample_inputs(*samples, step=start_step)
+    return summaries
+
+
+def _model_spec(cfg):
+    """The registry's spec of `cfg.model`; UserError for a missing checkpoint dir or an unknown model."""
+    from hpcvision.models import model_spec
+
+    if not cfg.checkpoint_dir:
+        raise UserError("--checkpoint-dir is required")
+    try:
+        return model_spec(cfg.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _build_model_and_optimizer(cfg, aux: bool, loss_scaling: bool, global_batch: int, steps_per_epoch: int,
+                               total_steps: int):
+    """(model, optimizer, step, epoch, learning rate): the trained state, built in the strategy's scope."""
+    import tensorflow as tf
+
+    from hpcvision.models import build_model
+
+    model = build_model(cfg.model, cfg.num_classes, cfg.image_size, aux=aux)
+    first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="step")
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="epoch")
+    peak_rate = optim.scaled_learning_rate(cfg.learning_rate, global_batch)
+
+    def learning_rate():
+        return optim.learning_rate_at(step, peak=peak_rate, steps_per_epoch=steps_per_epoch,
+                                      total_steps=total_steps, warmup_epochs=cfg.warmup_epochs,
+                                      schedule=cfg.schedule, step_epochs=cfg.step_epochs)
+
+    optimizer = optim.make_optimizer(cfg.optimizer, learning_rate, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay, loss_scaling=loss_scaling)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer, step, epoch, learning_rate
+
+
+def make_steps(run: Run) -> Steps:
+    """The train step, the eval step and (multi-worker) the batch-norm sync, as tf.functions."""
+    moving_stats = [v for v in run.model.non_trainable_variables if v.dtype.startswith("float")]
+    sync = None
+    if run.role.kind == "multi-worker" and moving_stats:
+        sync = _make_batch_norm_sync(run.strategy, moving_stats)
+    return Steps(_make_train_step(run), _make_eval_step(run), sync)
+
+
+def _make_train_step(run: Run):
+    """One synchronous step on every replica: (iterator, flags) -> the per-step vector summed over replicas."""
+    import tensorflow as tf
+
+    cfg, model, optimizer = run.cfg, run.model, run.optimizer
+
+    def replica_step(images, labels, flags):
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            losses, logits = optim.per_example_loss(outputs, labels, num_classes=run.info.num_classes,
+                                                    label_smoothing=cfg.label_smoothing,
+                                                    aux_weight=cfg.aux_loss_weight)
+            loss = tf.nn.compute_average_loss(losses, global_batch_size=run.global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss) if run.loss_scaling else loss
+        optimizer.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
+        return tf.concat([_batch_sums(losses, logits, labels, tf), flags], axis=0)
+
+    if cfg.xla:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_step(iterator, flags):
+        images, labels = next(iterator)
+        sums = run.strategy.reduce("SUM", run.strategy.run(replica_step, args=(images, labels, flags)), axis=None)
+        run.step.assign_add(1)
+        return sums
+
+    return train_step
+
+
+def _make_eval_step(run: Run):
+    """(images, labels) -> [loss sum, top-1 hits, top-5 hits, examples] of the model in inference mode."""
+    import tensorflow as tf
+
+    @tf.function
+    def eval_step(images, labels):
+        losses, logits = optim.per_example_loss(run.model(images, training=False), labels,
+                                                num_classes=run.info.num_classes, label_smoothing=0.0,
+                                                aux_weight=0.0)
+        return _batch_sums(losses, logits, labels, tf)
+
+    return eval_step
+
+
+def _make_batch_norm_sync(strategy, moving_stats):
+    """A tf.function that sets each of `moving_stats` to its mean over all replicas."""
+    import tensorflow as tf
 
     @tf.function
     def sync_moving_stats():
@@ -138,149 +282,153 @@ def train(cfg) -> int:
 
         strategy.run(average)
 
-    def save(step_value: int) -> None:
-        if role.kind == "multi-worker" and moving_stats:
-            sync_moving_stats()
-        epoch.assign(step_value // steps_per_epoch)
-        if role.is_chief:
-            path = manager.save(checkpoint_number=step_value)
-            log.info("checkpoint %s written (step %d)", path, step_value)
-        else:  # MWMS: every worker must take part in the save; only the chief's copy is kept
-            scratch = tempfile.mkdtemp(prefix="hpcvision-ckpt-")
-            tf.train.CheckpointManager(checkpoint, scratch, max_to_keep=1).save(checkpoint_number=step_value)
-            shutil.rmtree(scratch, ignore_errors=True)
+    return sync_moving_stats
 
-    def replica_step(images, labels, flags):
-        with tf.GradientTape() as tape:
-            outputs = model(images, training=True)
-            losses, logits = optim.per_example_loss(outputs, labels, num_classes=info.num_classes,
-                                                    label_smoothing=cfg.label_smoothing,
-                                                    aux_weight=cfg.aux_loss_weight)
-            loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-        optimizer.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
-        return tf.concat([_batch_sums(losses, logits, labels, tf), flags], axis=0)
 
-    if cfg.xla:
-        replica_step = tf.function(replica_step, jit_compile=True)
+@dataclasses.dataclass
+class _Window:
+    """Per-step sums since the last progress line (with parameter servers: the steps' remote values)."""
 
-    @tf.function
-    def train_step(iterator, flags):
-        images, labels = next(iterator)
-        sums = strategy.reduce("SUM", strategy.run(replica_step, args=(images, labels, flags)), axis=None)
-        step.assign_add(1)
-        return sums
+    sums: Any = dataclasses.field(default_factory=lambda: _zeros())
+    start: float = dataclasses.field(default_factory=time.monotonic)
+    pending: list = dataclasses.field(default_factory=list)
 
-    @tf.function
-    def eval_step(images, labels):
-        losses, logits = optim.per_example_loss(model(images, training=False), labels,
-                                                num_classes=info.num_classes, label_smoothing=0.0, aux_weight=0.0)
-        return _batch_sums(losses, logits, labels, tf)
 
-    coordinator = None
-    if parameter_server:
-        coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+def train_until_done_or_stopped(run: Run, steps: Steps, stop: StopRequest) -> tuple[int, str | None]:
+    """Step from the restored step to the last, saving and evaluating on schedule; (step, stop reason)."""
+    cfg = run.cfg
+    eval_every = max(1, round(cfg.eval_every_epochs * run.steps_per_epoch)) if cfg.eval_every_epochs > 0 else 0
+    step_value, last_save = run.start_step, time.monotonic()
+    window, reason = _Window(), None
+    while step_value < run.total_steps and reason is None:
+        epoch_index, offset = divmod(step_value, run.steps_per_epoch)
+        iterator = _make_iterator(run, epoch_index, offset)
+        for _ in range(min(run.steps_per_epoch - offset, run.total_steps - step_value)):
+            timed_save = cfg.checkpoint_every_minutes > 0 and \
+                time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
+            reason, timed_save = _take_step(run, steps, iterator, stop.reason(), timed_save, window,
+                                            trace=step_value == run.start_step)
+            step_value += 1
+            if step_value % cfg.log_every == 0 or step_value == run.total_steps or reason:
+                window = _report_window(run, step_value, window)
+            if cfg.histogram_every and step_value % cfg.histogram_every == 0:
+                run.summaries.weights(run.model, step_value)
+            every_steps = cfg.checkpoint_every_steps and step_value % cfg.checkpoint_every_steps == 0
+            if (every_steps or timed_save) and not reason and step_value < run.total_steps:
+                _join_workers(run)
+                save(run, steps, step_value)
+                last_save = time.monotonic()
+            if eval_every and step_value % eval_every == 0 and step_value < run.total_steps and not reason:
+                _join_workers(run)
+                evaluate(run, steps, step_value)
+            if reason:
+                break
+    return step_value, reason
 
-    def make_iterator(epoch_index: int, skip: int):
-        if parameter_server:  # async workers: each reads all files in its own random order
-            fn = inputs.train_dataset_fn(cfg, cfg.image_size, info.num_classes, epoch=epoch_index, skip=0,
-                                         seeded=False)
-            return iter(coordinator.create_per_worker_dataset(lambda: fn(None)))
-        fn = inputs.train_dataset_fn(cfg, cfg.image_size, info.num_classes, epoch=epoch_index, skip=skip)
-        return iter(strategy.distribute_datasets_from_function(fn))
 
-    def evaluate(step_value: int) -> None:
-        if not (cfg.eval and info.has_validation):
-            return
-        if role.kind == "multi-worker" and moving_stats:
-            sync_moving_stats()
-        sharded = role.kind == "multi-worker"
-        dataset = inputs.eval_dataset(cfg, cfg.image_size, num_workers=role.num_workers if sharded else 1,
-                                      worker_index=role.worker_index if sharded else 0)
-        totals = tf.zeros([4])
-        for images, labels in dataset:
-            totals += eval_step(images, labels)
-        if sharded:
-            totals = _sum_over_workers(strategy, totals, role.num_workers, tf)
-        loss, top1, top5, count = (float(v) for v in totals.numpy())
-        count = max(count, 1.0)
-        log.info("eval step %d: loss %.4f top-1 %.4f top-5 %.4f (%d images)", step_value, loss / count,
-                 top1 / count, top5 / count, count)
-        summaries.scalars(step_value, {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}, "eval")
-        summaries.flush()
+def _take_step(run: Run, steps: Steps, iterator, local_stop: str | None, timed_save: bool, window: _Window, *,
+               trace: bool) -> tuple[str | None, bool]:
+    """Run one step (with parameter servers: schedule it); (stop reason, save agreed by all workers)."""
+    import tensorflow as tf
 
-    summaries = Summaries(checkpoint_dir / "logs" if role.is_chief else None)
-    samples = inputs.sample_inputs(cfg, cfg.image_size) if role.is_chief else None
-    if samples is not None:
-        summaries.sample_inputs(*samples, step=start_step)
-    stop = StopRequest(job_deadline(cfg.deadline), cfg.deadline_margin_s)
-    eval_every = max(1, round(cfg.eval_every_epochs * steps_per_epoch)) if cfg.eval_every_epochs > 0 else 0
-    step_value, last_save = start_step, time.monotonic()
-    window, window_start, pending = _zeros(), time.monotonic(), []
-    reason = None
-    traced = False
+    if trace:  # the first step's graph goes to TensorBoard
+        run.summaries.trace_on()
+    if run.coordinator is not None:
+        window.pending.append(run.coordinator.schedule(steps.train, args=(iterator, tf.zeros([2]))))
+        reason = local_stop
+    else:
+        sums = steps.train(iterator, tf.constant([float(local_stop is not None), float(timed_save)]))
+        sums = sums.numpy()
+        window.sums += sums
+        timed_save = sums[SAVE] > 0
+        reason = local_stop or ("a peer's stop request" if sums[STOP] > 0 else None)
+    if trace:
+        run.summaries.trace_export(run.start_step + 1)
+    return reason, timed_save
 
-    with stop:
-        while step_value < total_steps and reason is None:
-            epoch_index, offset = divmod(step_value, steps_per_epoch)
-            iterator = make_iterator(epoch_index, offset)
-            for _ in range(min(steps_per_epoch - offset, total_steps - step_value)):
-                timed_save = cfg.checkpoint_every_minutes > 0 and \
-                    time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
-                local_stop = stop.reason()
-                if not traced:
-                    summaries.trace_on()
-                if parameter_server:
-                    pending.append(coordinator.schedule(train_step, args=(iterator, tf.zeros([2]))))
-                    reason = local_stop
-                else:
-                    sums = train_step(iterator, tf.constant([float(local_stop is not None), float(timed_save)]))
-                    sums = sums.numpy()
-                    window += sums
-                    timed_save = sums[SAVE] > 0
-                    reason = local_stop or ("a peer's stop request" if sums[STOP] > 0 else None)
-                if not traced:
-                    summaries.trace_export(step_value + 1)
-                    traced = True
-                step_value += 1
-                if step_value % cfg.log_every == 0 or step_value == total_steps or reason:
-                    if parameter_server:
-                        window = sum((remote.fetch() for remote in pending), _zeros())
-                        pending = []
-                    _report(step_value, total_steps, steps_per_epoch, window, time.monotonic() - window_start,
-                            global_batch, role, summaries, float(learning_rate()))
-                    window, window_start = _zeros(), time.monotonic()
-                if cfg.histogram_every and step_value % cfg.histogram_every == 0:
-                    summaries.weights(model, step_value)
-                every_steps = cfg.checkpoint_every_steps and step_value % cfg.checkpoint_every_steps == 0
-                if (every_steps or timed_save) and not reason and step_value < total_steps:
-                    if coordinator:
-                        coordinator.join()
-                    save(step_value)
-                    last_save = time.monotonic()
-                if eval_every and step_value % eval_every == 0 and step_value < total_steps and not reason:
-                    if coordinator:
-                        coordinator.join()
-                    evaluate(step_value)
-                if reason:
-                    break
 
-        if coordinator:
-            coordinator.join()
-            step_value = int(step.numpy())  # the workers' increments, all of them (assign_add is atomic)
-        if step_value > start_step or not restored:
-            save(step_value)
-        if reason:
-            log.info("stopping at step %d of %d (%s); the same command resumes from the checkpoint", step_value,
-                     total_steps, reason)
-        else:
-            evaluate(step_value)
-            summaries.weights(model, step_value)
-            log.info("finished at step %d; weights sha256 %s", step_value, weights_digest(model))
-    summaries.flush()
-    return cfg.incomplete_exit_code if reason and step_value < total_steps else 0
+def _report_window(run: Run, step_value: int, window: _Window) -> _Window:
+    """Log and summarise the steps in `window`; a fresh window."""
+    if run.coordinator is not None:
+        window.sums = sum((remote.fetch() for remote in window.pending), _zeros())
+        window.pending = []
+    _report(run, step_value, window.sums, time.monotonic() - window.start)
+    return _Window()
+
+
+def _join_workers(run: Run) -> None:
+    """With parameter servers: wait until every scheduled step has run (before saving or evaluating)."""
+    if run.coordinator is not None:
+        run.coordinator.join()
+
+
+def _make_iterator(run: Run, epoch_index: int, skip: int):
+    """The distributed input of epoch `epoch_index`, `skip` steps in (resume)."""
+    cfg = run.cfg
+    if run.coordinator is not None:  # async workers: each reads all files in its own random order
+        fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, epoch=epoch_index, skip=0,
+                                     seeded=False)
+        return iter(run.coordinator.create_per_worker_dataset(lambda: fn(None)))
+    fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, epoch=epoch_index, skip=skip)
+    return iter(run.strategy.distribute_datasets_from_function(fn))
+
+
+def save(run: Run, steps: Steps, step_value: int) -> None:
+    """Write checkpoint `ckpt-<step_value>` (chief); other multi-worker workers join in to a scratch dir."""
+    import tensorflow as tf
+
+    if steps.sync_batch_norm is not None:
+        steps.sync_batch_norm()
+    run.epoch.assign(step_value // run.steps_per_epoch)
+    if run.role.is_chief:
+        path = run.manager.save(checkpoint_number=step_value)
+        log.info("checkpoint %s written (step %d)", path, step_value)
+    else:  # MWMS: every worker must take part in the save; only the chief's copy is kept
+        scratch = tempfile.mkdtemp(prefix="hpcvision-ckpt-")
+        tf.train.CheckpointManager(run.checkpoint, scratch, max_to_keep=1).save(checkpoint_number=step_value)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def evaluate(run: Run, steps: Steps, step_value: int) -> None:
+    """Loss, top-1 and top-5 on the validation shards (split over multi-workers), logged and summarised."""
+    import tensorflow as tf
+
+    cfg, role = run.cfg, run.role
+    if not (cfg.eval and run.info.has_validation):
+        return
+    if steps.sync_batch_norm is not None:
+        steps.sync_batch_norm()
+    sharded = role.kind == "multi-worker"
+    dataset = inputs.eval_dataset(cfg, cfg.image_size, num_workers=role.num_workers if sharded else 1,
+                                  worker_index=role.worker_index if sharded else 0)
+    totals = tf.zeros([4])
+    for images, labels in dataset:
+        totals += steps.evaluate(images, labels)
+    if sharded:
+        totals = _sum_over_workers(run.strategy, totals, role.num_workers, tf)
+    loss, top1, top5, count = (float(v) for v in totals.numpy())
+    count = max(count, 1.0)
+    log.info("eval step %d: loss %.4f top-1 %.4f top-5 %.4f (%d images)", step_value, loss / count,
+             top1 / count, top5 / count, count)
+    run.summaries.scalars(step_value, {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}, "eval")
+    run.summaries.flush()
+
+
+def finish(run: Run, steps: Steps, step_value: int, reason: str | None) -> int:
+    """Final save, then a final eval and the weights' digest, or how to resume; the last step."""
+    if run.coordinator is not None:
+        run.coordinator.join()
+        step_value = int(run.step.numpy())  # the workers' increments, all of them (assign_add is atomic)
+    if step_value > run.start_step or not run.restored:
+        save(run, steps, step_value)
+    if reason:
+        log.info("stopping at step %d of %d (%s); the same command resumes from the checkpoint", step_value,
+                 run.total_steps, reason)
+    else:
+        evaluate(run, steps, step_value)
+        run.summaries.weights(run.model, step_value)
+        log.info("finished at step %d; weights sha256 %s", step_value, weights_digest(run.model))
+    return step_value
 
 
 def _batch_sums(losses, logits, labels, tf):
@@ -305,20 +453,22 @@ def _sum_over_workers(strategy, totals, num_workers: int, tf):
     return strategy.reduce("SUM", strategy.run(contribution, args=(totals,)), axis=None)
 
 
-def _report(step_value, total_steps, steps_per_epoch, window, seconds, global_batch, role, summaries,
-            rate) -> None:
-    """Progress line and scalar summaries for the steps since the last report."""
+def _report(run: Run, step_value: int, window, seconds: float) -> None:
+    """Progress line and scalar summaries for the steps since the last report (`window`: their sums)."""
+    rate = float(run.learning_rate())
     count = max(float(window[COUNT]), 1.0)
-    steps = max(count / global_batch, 1.0)
+    steps = max(count / run.global_batch, 1.0)
     images_per_s = count / max(seconds, 1e-9)
     loss, top1, top5 = window[LOSS] / count, window[TOP1] / count, window[TOP5] / count
-    eta = (total_steps - step_value) * seconds / steps
-    if role.is_chief:
+    eta = (run.total_steps - step_value) * seconds / steps
+    if run.role.is_chief:
         log.info("step %d/%d epoch %.2f loss %.4f top-1 %.3f top-5 %.3f lr %.4g %.1f img/s ETA %s", step_value,
-                 total_steps, step_value / steps_per_epoch, loss, top1, top5, rate, images_per_s, _clock(eta))
-    summaries.scalars(step_value, {
+                 run.total_steps, step_value / run.steps_per_epoch, loss, top1, top5, rate, images_per_s,
+                 _clock(eta))
+    run.summaries.scalars(step_value, {
         "loss": loss, "top1": top1, "top5": top5, "learning_rate": rate,
-        "images_per_sec/global": images_per_s, "images_per_sec/worker": images_per_s / max(role.num_workers, 1),
+        "images_per_sec/global": images_per_s,
+        "images_per_sec/worker": images_per_s / max(run.role.num_workers, 1),
     })
 
 
