@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcvision.cluster.launch import free_ports  # the same helper `hpcvision launch` uses
 from hpcvision.errors import UserError
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
@@ -58,20 +59,6 @@ def make_data(n: int, m: float, b: float, noise: float, seed: int) -> tuple[np.n
 
 TF_CONFIG is the JSON every TensorFlow process reads to learn the whole cluster and its own place in it.
 """
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def make_cluster(workers: int) -> dict[str, list[str]]:
