@@ -21,12 +21,11 @@ and results.json (test accuracy, per-epoch loss and accuracy, which data and mod
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 
+from hpcvision.data.sample import read_idx
 from hpcvision.errors import UserError
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
@@ -39,25 +38,8 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 IDX is a tiny format: a big-endian magic number (0x0000 0803 = unsigned bytes, 3 dimensions), the
 size of each dimension as a 32-bit integer, then the raw bytes. Labels are the 1-dimensional case.
+`read_idx` (shared with `hpcvision data sample`, in hpcvision/data/sample.py) checks exactly that.
 """
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a (gzipped) IDX file of unsigned bytes into an array of its stated shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise UserError(f"{path}: header says {shape} = {int(np.prod(shape))} values, file has {data.size}")
-    return data.reshape(shape)
 
 
 def load_fashion_mnist(directory: Path):
