@@ -13,7 +13,6 @@ Prints each one's training img/s and validation top-1, and the ratios recipe / b
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import math
 import time
@@ -29,14 +28,12 @@ IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 def load_fashion_mnist(folder: Path, limit: int | None) -> tuple[np.ndarray, ...]:
     """(train images, train labels, test images, test labels) as uint8 28x28 / int arrays."""
 
-    def idx(name: str, offset: int) -> np.ndarray:
-        with gzip.open(folder / name) as handle:
-            return np.frombuffer(handle.read(), np.uint8, offset=offset)
+    from hpcvision.data.sample import read_idx
 
-    x_train = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:limit]
-    y_train = idx("train-labels-idx1-ubyte.gz", 8)[:limit]
-    x_test = idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:limit]
-    y_test = idx("t10k-labels-idx1-ubyte.gz", 8)[:limit]
+    x_train = read_idx(folder / "train-images-idx3-ubyte.gz")[:limit]
+    y_train = read_idx(folder / "train-labels-idx1-ubyte.gz")[:limit]
+    x_test = read_idx(folder / "t10k-images-idx3-ubyte.gz")[:limit]
+    y_test = read_idx(folder / "t10k-labels-idx1-ubyte.gz")[:limit]
     return x_train, y_train.astype("int32"), x_test, y_test.astype("int32")
 
 
