@@ -232,6 +232,19 @@ def test_slurm_ntasks_mismatch_is_a_user_error():
         discover(env)
 
 
+def test_slurm_non_integer_localid_is_a_user_error():
+    env = slurm_env("n[1-2]", "1(x2)", 2, SLURM_PROCID="0", SLURM_LOCALID="x")
+    with pytest.raises(UserError, match="SLURM_LOCALID='x' is not an integer"):
+        discover(env)
+
+
+def test_mpi_non_integer_local_size_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: None)
+    env = {**BASE, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "two"}
+    with pytest.raises(UserError, match="OMPI_COMM_WORLD_LOCAL_SIZE='two' is not an integer"):
+        resolve_tf_config(0, env)
+
+
 def test_slurm_batch_script_outside_srun_is_one_process():
     env = slurm_env("a[1-2]", "2(x2)", 4, SLURM_PROCID="0")
     del env["SLURM_STEP_NUM_TASKS"], env["SLURM_STEP_NODELIST"], env["SLURM_STEP_TASKS_PER_NODE"]

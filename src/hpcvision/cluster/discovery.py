@@ -311,7 +311,7 @@ def _from_slurm(env: Mapping[str, str]) -> Discovery:
     rank = _int(env, "SLURM_PROCID")
     _check_rank(rank, tasks, "SLURM_PROCID")
     discovery = Discovery("slurm", rank, tasks, job_id=env.get("SLURM_JOB_ID"))
-    if "SLURM_LOCALID" in env and int(env["SLURM_LOCALID"]) != tasks[rank].local_index:
+    if "SLURM_LOCALID" in env and _int(env, "SLURM_LOCALID") != tasks[rank].local_index:
         discovery.notes.append(
             "SLURM_LOCALID differs from block distribution; use srun --distribution=block (the default)"
         )
@@ -350,8 +350,8 @@ def _from_mpi(env: Mapping[str, str]) -> Discovery:
     rank, size = process_rank(env)
     gathered = _mpi_allgather_hosts(env)
     if gathered is None:
-        local_size = env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or env.get("MPI_LOCALNRANKS")
-        if local_size is None or int(local_size) != size:
+        local_var = next((v for v in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS") if env.get(v)), None)
+        if local_var is None or _int(env, local_var) != size:
             raise UserError(
                 "mpirun across hosts but no node list (PBS_NODEFILE/SLURM_*) and mpi4py is not "
                 "installed: pip install 'hpcvision[mpi]'"
