@@ -26,7 +26,6 @@ STAGE_COMMANDS = {"extract": ("data", "extract"), "build": ("data", "build"), "t
 # `hpcvision train` exits with this code when it stopped (checkpoint saved) before the walltime with
 # epochs/steps still to do. Job scripts made with --resubmit then queue the next part.
 EXIT_MORE_TO_DO = 3
-SUFFIX = {"pbs": ".pbs", "slurm": ".sbatch"}
 
 JOB_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}")
 # What may appear in a #PBS/#SBATCH value: no spaces, quotes, newlines or shell syntax.
