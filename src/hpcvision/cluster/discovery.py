@@ -42,6 +42,7 @@ MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORL
 DEFAULT_BASE_PORT = 2222
 # Ports of one job on one host: base .. base + PORTS_PER_JOB - 1 (one per local task).
 PORTS_PER_JOB = 64
+MAX_BASE_PORT = 65535 - PORTS_PER_JOB
 SOURCES = ("auto", "tf_config", "slurm", "pbs", "mpi", "local")
 
 
@@ -428,8 +429,8 @@ def base_port(environ: Mapping[str, str] | None = None, job_id: str | None = Non
     env = os.environ if environ is None else environ
     if env.get("HPCVISION_BASE_PORT"):
         port = _int(env, "HPCVISION_BASE_PORT")
-        if not 1024 <= port <= 65535 - PORTS_PER_JOB:
-            raise UserError(f"HPCVISION_BASE_PORT={port}: choose 1024..{65535 - PORTS_PER_JOB}")
+        if not 1024 <= port <= MAX_BASE_PORT:
+            raise UserError(f"HPCVISION_BASE_PORT={port}: choose 1024..{MAX_BASE_PORT}")
         return port
     digits = re.match(r"\d+", job_id or "")
     if digits:

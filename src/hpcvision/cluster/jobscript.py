@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hpcvision.cluster.discovery import MAX_BASE_PORT
 from hpcvision.cluster.walltime import parse_duration
 from hpcvision.errors import UserError
 
@@ -99,8 +100,8 @@ def validate(spec: JobSpec) -> None:
     for line in spec.setup:
         if "\n" in line or "\r" in line:
             raise UserError(f"--setup {line!r}: one line per --setup (repeat the flag)")
-    if spec.port is not None and not 1024 <= spec.port <= 65000:
-        raise UserError(f"--port {spec.port}: choose 1024..65000")
+    if spec.port is not None and not 1024 <= spec.port <= MAX_BASE_PORT:
+        raise UserError(f"--port {spec.port}: choose 1024..{MAX_BASE_PORT}")
     if spec.launcher not in LAUNCHERS:
         raise UserError(f"--launcher {spec.launcher!r}: choose one of {', '.join(LAUNCHERS)}")
     if spec.launcher == "srun" and spec.scheduler == "pbs":
