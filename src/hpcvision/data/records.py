@@ -84,11 +84,6 @@ def _entry(key: str, kind: int, values: Sequence[Any]) -> bytes:
     return _field(1, _field(1, key.encode()) + _field(2, _feature(kind, values)))
 
 
-def encode_features(features: dict[str, tuple[int, Sequence[Any]]]) -> bytes:
-    """Serialise {key: (kind, values)} as a tf.train.Example, keys in sorted order."""
-    return _field(1, b"".join([_entry(key, kind, values) for key, (kind, values) in sorted(features.items())]))
-
-
 def _bytes_entry_header(key: str, value: bytes) -> bytes:
     """Everything of the entry {key: BytesList[value]} that precedes `value` (so `value` is not copied)."""
     length = len(value)
@@ -281,12 +276,6 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def frame_record(data: bytes) -> bytes:
-    """One record with its TFRecord framing."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
-
-
 class RecordWriter:
     """Writes an uncompressed TFRecord file, byte-identical to tf.io.TFRecordWriter's output.
 
@@ -336,7 +325,7 @@ class CorruptRecord(Exception):
         self.reason = reason
 
 
-def read_records(path: str | Path, check_crc: bool = True) -> Iterator[bytes]:
+def read_records(path: str | Path) -> Iterator[bytes]:
     """Yield the records of a TFRecord file; CorruptRecord (with the record index) on a bad frame/CRC."""
     with open(path, "rb") as f:
         index = 0
@@ -347,14 +336,14 @@ def read_records(path: str | Path, check_crc: bool = True) -> Iterator[bytes]:
             if len(header) < 12:
                 raise CorruptRecord(index, f"truncated header ({len(header)} of 12 bytes)")
             length_bytes, length_crc = header[:8], struct.unpack("<I", header[8:])[0]
-            if check_crc and masked_crc32c(length_bytes) != length_crc:
+            if masked_crc32c(length_bytes) != length_crc:
                 raise CorruptRecord(index, "length CRC mismatch")
             (length,) = struct.unpack("<Q", length_bytes)
             data = f.read(length)
             footer = f.read(4)
             if len(data) < length or len(footer) < 4:
                 raise CorruptRecord(index, "truncated record data")
-            if check_crc and masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+            if masked_crc32c(data) != struct.unpack("<I", footer)[0]:
                 raise CorruptRecord(index, "data CRC mismatch")
             yield data
             index += 1
