@@ -48,6 +48,14 @@ def test_small_rejects_too_small_images():
         build_model("small", num_classes=10, image_size=16)
 
 
+def test_bad_model_or_size_is_one_line_on_the_cli(run_cli, tmp_path):
+    # The registry's errors are UserErrors too, so `train` prints one line, not a traceback.
+    for model, size, message in (("small", "16", "small needs image_size >= 24"), ("nope", "32", "unknown model 'nope'")):
+        code, _, err = run_cli("train", "--model", model, "--image-size", size, "--synthetic", "--num-classes", "10",
+                               "--steps", "1", "--checkpoint-dir", tmp_path / model)
+        assert code == 2 and f"hpcvision: error: {message}" in err and "Traceback" not in err
+
+
 def test_small_fits_a_toy_batch():
     import keras
 

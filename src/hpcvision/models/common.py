@@ -5,16 +5,22 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from hpcvision.errors import UserError
+
 # PyTorch's BN momentum 0.1 is Keras' 0.9: the running statistics follow training closely enough
 # for from-scratch runs of a few epochs (Keras' default 0.99 lags behind for thousands of steps).
 BN_MOMENTUM = 0.9
 CONV_INIT = "he_normal"
 
 
+class ModelError(UserError, ValueError):
+    """An unknown model or a size it cannot take: one line on the command line, a ValueError to callers."""
+
+
 def check_image_size(model: str, image_size: int, minimum: int) -> None:
-    """Raise ValueError when `image_size` is too small for the network's fixed-size stages."""
+    """Raise ModelError when `image_size` is too small for the network's fixed-size stages."""
     if image_size < minimum:
-        raise ValueError(f"{model} needs image_size >= {minimum} pixels (got {image_size})")
+        raise ModelError(f"{model} needs image_size >= {minimum} pixels (got {image_size})")
 
 
 def conv_bn(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import keras
 
+from hpcvision.models.common import ModelError
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -46,12 +48,12 @@ def model_names() -> list[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
-    """The spec registered under `name`; ValueError naming the choices if unknown."""
+    """The spec registered under `name`; ModelError (a ValueError) naming the choices if unknown."""
     _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model '{name}' (choose from {', '.join(sorted(_REGISTRY))})") from None
+        raise ModelError(f"unknown model '{name}' (choose from {', '.join(sorted(_REGISTRY))})") from None
 
 
 def build_model(name: str, num_classes: int, image_size: int | None = None, *, aux: bool = False) -> keras.Model:
