@@ -31,12 +31,10 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one `--field-name` option per dataclass field; options not given stay unset."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if field.name in skip:
-            continue
         flag = "--" + field.name.replace("_", "-")
         scalar, is_list = _flag_type(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else None
