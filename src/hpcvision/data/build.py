@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcvision.cluster.discovery import process_rank
 from hpcvision.data import records
 from hpcvision.data.annotations import VocBoxes, normalise, read_voc
+from hpcvision.data.extract import resolve_rank
 from hpcvision.data.images import ImageProblem, prepare_image
 from hpcvision.data.lists import ListedImage, read_file_list, read_metadata, read_synsets
 from hpcvision.errors import UserError
@@ -123,12 +123,7 @@ def _check_config(config: BuildConfig) -> tuple[int, int]:
         raise UserError(f"--workers {config.workers}: must be at least 1")
     if not config.name or "/" in config.name or config.name.startswith("."):
         raise UserError(f"--name {config.name!r}: must be a plain file name prefix")
-    env_rank, env_ranks = process_rank()
-    rank = env_rank if config.rank is None else config.rank
-    ranks = env_ranks if config.ranks is None else config.ranks
-    if ranks < 1 or not 0 <= rank < ranks:
-        raise UserError(f"--rank {rank} --ranks {ranks}: need 0 <= rank < ranks")
-    return rank, ranks
+    return resolve_rank(config.rank, config.ranks)
 
 
 def _stamp(path: Path | None) -> list[int] | None:

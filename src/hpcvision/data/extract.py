@@ -301,7 +301,7 @@ def resolve_rank(rank: int | None, ranks: int | None) -> tuple[int, int]:
     if ranks < 1:
         raise UserError(f"--ranks must be at least 1, got {ranks}")
     if not 0 <= rank < ranks:
-        raise UserError(f"--rank must be in 0..{ranks - 1} for --ranks {ranks}, got {rank}")
+        raise UserError(f"--rank {rank} --ranks {ranks}: --rank must be in 0..{ranks - 1}")
     return rank, ranks
 
 
