@@ -118,3 +118,15 @@ def test_missing_manifest_or_shard(run_cli, copy, tmp_path):
     (copy / "train-00001-of-00003").unlink()
     code, _, stderr = run_cli("data", "verify", copy)
     assert code == 2 and "train-00001-of-00003" in stderr and "missing" in stderr
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ([1], "not a JSON object"),
+    ({"shards": 3, "num_examples": 1, "labels": []}, "'shards' is not a list"),
+    ({"shards": [{"file": "a"}], "num_examples": 0, "labels": []}, "'shards' is not a list"),
+    ({"shards": [], "num_examples": 0, "labels": [{"wnid": "n1"}]}, "'labels' is not a list"),
+])
+def test_malformed_manifest_is_one_line_error(run_cli, tmp_path, manifest, message):
+    (tmp_path / "train-manifest.json").write_text(json.dumps(manifest))
+    code, _, stderr = run_cli("data", "verify", tmp_path)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1

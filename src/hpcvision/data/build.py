@@ -405,10 +405,16 @@ def read_manifest(out: str | Path, name: str, required: tuple[str, ...] = ("shar
         raise UserError(f"{path}: no manifest (build the '{name}' shards with `hpcvision data build`)") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: manifest is not a JSON object")
     for key in required:
         if key not in manifest:
             raise UserError(f"{path}: manifest has no '{key}'")
-    for shard in manifest.get("shards", []):
+    shards = manifest.get("shards", [])
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str)
+                                               and isinstance(s.get("count"), int) for s in shards):
+        raise UserError(f"{path}: manifest 'shards' is not a list of {{\"file\", \"count\"}} entries")
+    for shard in shards:
         shard["path"] = str(Path(out) / shard["file"])
     manifest.setdefault("label_offset", 1)
     if "num_classes" not in manifest and "labels" in manifest:

@@ -61,7 +61,11 @@ def _check_pixels(features: dict) -> str | None:
 def verify(folder: Path, name: str = "train", decode: bool = False) -> int:
     """Check every shard named in the manifest; 0 if all is well, UserError on the first problem."""
     manifest = read_manifest(folder, name, required=("shards", "labels", "num_examples"))
-    labels = {entry["label"]: (entry["wnid"], entry["text"]) for entry in manifest["labels"]}
+    try:
+        labels = {entry["label"]: (entry["wnid"], entry["text"]) for entry in manifest["labels"]}
+    except (KeyError, TypeError):
+        raise UserError(f"{folder / (name + '-manifest.json')}: manifest 'labels' is not a list of "
+                        "{label, wnid, text} entries") from None
     total = 0
     start = time.monotonic()
     with progress(manifest["num_examples"], f"verify {name}", unit="rec") as bar:
