@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from hpcvision.data import records
-from hpcvision.data.build import read_manifest
+from hpcvision.data.build import manifest_path, read_manifest
 from hpcvision.errors import UserError
 from hpcvision.progress import progress
 
@@ -64,7 +64,7 @@ def verify(folder: Path, name: str = "train", decode: bool = False) -> int:
     try:
         labels = {entry["label"]: (entry["wnid"], entry["text"]) for entry in manifest["labels"]}
     except (KeyError, TypeError):
-        raise UserError(f"{folder / (name + '-manifest.json')}: manifest 'labels' is not a list of "
+        raise UserError(f"{manifest_path(folder, name)}: manifest 'labels' is not a list of "
                         "{label, wnid, text} entries") from None
     total = 0
     start = time.monotonic()
@@ -90,7 +90,7 @@ def verify(folder: Path, name: str = "train", decode: bool = False) -> int:
         raise UserError(f"{folder}: {total} records in all shards, manifest says {manifest['num_examples']}")
     listed, skipped = manifest.get("listed"), manifest.get("skipped")
     if listed is not None and skipped is not None and listed != total + skipped:
-        raise UserError(f"{folder / (name + '-manifest.json')}: listed {listed} != written {total} + skipped {skipped}")
+        raise UserError(f"{manifest_path(folder, name)}: listed {listed} != written {total} + skipped {skipped}")
     print(f"verified {total} records in {len(manifest['shards'])} shards of {folder}/{name} "
           f"({'CRCs, schema, labels, JPEG decode' if decode else 'CRCs, schema, labels'}) "
           f"in {time.monotonic() - start:.1f} s")
