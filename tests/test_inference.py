@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from hpcvision.cluster.launch import free_ports  # noqa: E402
 from hpcvision.config import save_config  # noqa: E402
 from hpcvision.models import register_model, registry  # noqa: E402
 
@@ -248,14 +248,8 @@ def test_missing_checkpoint_dir_is_one_line(run_cli, tmp_path):
     assert code == 2 and stderr.strip().startswith("hpcvision: error:") and len(stderr.strip().splitlines()) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tensorboard_serves_on_loopback(hpcvision_exe, run_dir):
-    port = _free_port()
+    port = free_ports(1)[0]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([*hpcvision_exe, "tensorboard", str(run_dir["ckpt"]), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

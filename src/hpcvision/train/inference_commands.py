@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -126,13 +125,9 @@ def run_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_tensorboard(args: argparse.Namespace) -> int:
+    from hpcvision.cluster.launch import free_ports
+
     try:
         from tensorboard import program
     except ImportError:
@@ -142,7 +137,7 @@ def run_tensorboard(args: argparse.Namespace) -> int:
         raise UserError(f"{logdir}: not a directory")
     board = program.TensorBoard()
     # Loopback only: a login node is shared; reach it with `ssh -L PORT:127.0.0.1:PORT host`.
-    board.configure(logdir=str(logdir), host="127.0.0.1", port=args.port or _free_port())
+    board.configure(logdir=str(logdir), host="127.0.0.1", port=args.port or free_ports(1)[0])
     try:
         url = board.launch()
     except program.TensorBoardPortInUseError as exc:
