@@ -18,11 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from hpcvision.errors import UserError
+from hpcvision.train.checkpoint import load_labels
 
 log = logging.getLogger(__name__)
 
 EXPORT_INFO = "export.json"
-LABELS_FILE = "labels.json"
 
 
 @dataclass
@@ -132,9 +132,9 @@ def from_export(model_path: str | Path) -> Classifier:
     path = Path(model_path)
     try:
         info = json.loads((path / EXPORT_INFO).read_text())
-        labels = json.loads((path / LABELS_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not an hpcvision export ({exc})") from None
+    labels = load_labels(path)
     try:
         saved = tf.saved_model.load(str(path))
     except (OSError, ValueError, tf.errors.OpError) as exc:
