@@ -179,13 +179,18 @@ def _shard_files(files: list[str], input_context) -> tuple[list[str], bool]:
     return files, True
 
 
-def _synthetic_dataset(batch_size: int, image_size: int, num_classes: int, seed: int | None, repeat: bool):
-    """One fixed random batch, repeated: input-free figures for benchmarks."""
-    rng = tf.random.Generator.from_seed(seed or 0)
-    images = rng.normal([batch_size, image_size, image_size, 3])
-    labels = rng.uniform([batch_size], 0, num_classes, dtype=tf.int32)
+def synthetic_dataset(batch_size: int, image_size: int, num_classes: int, *, seed: int | None = None,
+                      pipeline_id: int = 0, repeat: bool = True) -> tf.data.Dataset:
+    """One fixed random batch per input pipeline, repeated: no input cost, and a model can still fit it.
+
+    Stateless ops (no tf.random.Generator variable), so it builds inside a strategy's dataset function
+    and a parameter-server worker's traced one alike.
+    """
+    pair = [int(seed or 0), pipeline_id]
+    images = tf.random.stateless_normal([batch_size, image_size, image_size, 3], seed=pair)
+    labels = tf.random.stateless_uniform([batch_size], seed=pair, maxval=num_classes, dtype=tf.int32)
     dataset = tf.data.Dataset.from_tensors((images, labels))
-    return (dataset.repeat() if repeat else dataset).prefetch(AUTOTUNE)
+    return dataset.repeat() if repeat else dataset
 
 
 def make_dataset(
@@ -235,7 +240,8 @@ def make_dataset(
         classes = num_classes or (manifest or {}).get("num_classes")
         if not classes:
             raise ValueError("synthetic input needs num_classes (or a manifest that has it)")
-        return _synthetic_dataset(batch_size, image_size, int(classes), element_seed, repeat)
+        return synthetic_dataset(batch_size, image_size, int(classes), seed=seed, pipeline_id=pipeline_id,
+                                 repeat=repeat)
     if manifest is None:
         raise ValueError("make_dataset needs data_dir unless synthetic=True")
     offset = manifest["label_offset"] if label_offset is None else label_offset

@@ -45,16 +45,13 @@ def describe_data(cfg) -> DataInfo:
 
 def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip: int, seeded: bool = True):
     """A `dataset_fn(input_context)` yielding per-replica (images, labels) batches, `skip` batches in."""
-    import tensorflow as tf
 
     def dataset_fn(input_context=None):
-        pipeline_id = input_context.input_pipeline_id if input_context else 0
+        from hpcvision.data.pipeline import config_kwargs, make_dataset, synthetic_dataset
+
         if cfg.synthetic:
-            seed = [int(cfg.seed or 0), pipeline_id]
-            images = tf.random.stateless_normal([cfg.batch_size, image_size, image_size, 3], seed=seed)
-            labels = tf.random.stateless_uniform([cfg.batch_size], seed=seed, maxval=num_classes, dtype=tf.int32)
-            return tf.data.Dataset.from_tensors((images, labels)).repeat()
-        from hpcvision.data.pipeline import config_kwargs, make_dataset
+            pipeline_id = input_context.input_pipeline_id if input_context else 0
+            return synthetic_dataset(cfg.batch_size, image_size, num_classes, seed=cfg.seed, pipeline_id=pipeline_id)
 
         seed = cfg.seed + epoch if (seeded and cfg.seed is not None) else None
         dataset = make_dataset(cfg.data, cfg.train_name, training=True, batch_size=cfg.batch_size,
