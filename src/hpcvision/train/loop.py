@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcvision.cluster.discovery import cuda_visible_devices
+from hpcvision.cluster.discovery import _int, cuda_visible_devices  # _int: the one-line error for bad env
 from hpcvision.cluster.walltime import job_deadline
 from hpcvision.errors import UserError
 from hpcvision.train import checkpoint as ckpt_lib
@@ -501,8 +501,8 @@ def _set_precision(choice: str, tf, keras) -> bool:
 
 def _apply_thread_settings(kind: str) -> None:
     """Honour TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (set per process by `hpcvision launch`)."""
-    intra = int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0") or 0)
-    inter = int(os.environ.get("TF_NUM_INTEROP_THREADS", "0") or 0)
+    intra, inter = (_int(os.environ, name) if os.environ.get(name) else 0
+                    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"))
     if kind == "parameter-server" and inter == 1:
         # One inter-op thread deadlocks the ClusterCoordinator's remote calls (the chief stalls
         # after its first step, measured on TF 2.21): leave the default instead.
