@@ -87,14 +87,15 @@ def process_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     env = os.environ if environ is None else environ
     for rank_var, size_var in LAUNCHER_RANK_VARS:
         if rank_var in env and size_var in env:
-            return _int(env, rank_var), _int(env, size_var)
+            return env_int(env, rank_var), env_int(env, size_var)
     if "PBS_VNODENUM" in env and env.get("PBS_NODEFILE"):
         # pbsdsh starts one task per line of the node file; the line number is the rank.
-        return _int(env, "PBS_VNODENUM"), len(read_nodefile(env["PBS_NODEFILE"]))
+        return env_int(env, "PBS_VNODENUM"), len(read_nodefile(env["PBS_NODEFILE"]))
     return 0, 1
 
 
-def _int(env: Mapping[str, str], name: str) -> int:
+def env_int(env: Mapping[str, str], name: str) -> int:
+    """The integer in environment variable `name`; a one-line UserError if it is not one."""
     try:
         return int(env[name])
     except ValueError:
@@ -295,7 +296,7 @@ def _from_slurm(env: Mapping[str, str]) -> Discovery:
     hosts = expand_nodelist(_slurm_nodelist(env))
     per_node_text = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
     size_var = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
-    size = _int(env, size_var) if size_var in env else None
+    size = env_int(env, size_var) if size_var in env else None
     if per_node_text:
         per_node = expand_tasks_per_node(per_node_text)
     else:
@@ -309,10 +310,10 @@ def _from_slurm(env: Mapping[str, str]) -> Discovery:
     tasks = _block_tasks(list(zip(hosts, per_node, strict=True)), env, uniform)
     if size is not None and size != len(tasks):
         raise UserError(f"Slurm: {size_var}={size} but tasks per node {per_node_text!r} add up to {len(tasks)}")
-    rank = _int(env, "SLURM_PROCID")
+    rank = env_int(env, "SLURM_PROCID")
     _check_rank(rank, tasks, "SLURM_PROCID")
     discovery = Discovery("slurm", rank, tasks, job_id=env.get("SLURM_JOB_ID"))
-    if "SLURM_LOCALID" in env and _int(env, "SLURM_LOCALID") != tasks[rank].local_index:
+    if "SLURM_LOCALID" in env and env_int(env, "SLURM_LOCALID") != tasks[rank].local_index:
         discovery.notes.append(
             "SLURM_LOCALID differs from block distribution; use srun --distribution=block (the default)"
         )
@@ -352,7 +353,7 @@ def _from_mpi(env: Mapping[str, str]) -> Discovery:
     gathered = _mpi_allgather_hosts(env)
     if gathered is None:
         local_var = next((v for v in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS") if env.get(v)), None)
-        if local_var is None or _int(env, local_var) != size:
+        if local_var is None or env_int(env, local_var) != size:
             raise UserError(
                 "mpirun across hosts but no node list (PBS_NODEFILE/SLURM_*) and mpi4py is not "
                 "installed: pip install 'hpcvision[mpi]'"
@@ -428,7 +429,7 @@ def base_port(environ: Mapping[str, str] | None = None, job_id: str | None = Non
     """
     env = os.environ if environ is None else environ
     if env.get("HPCVISION_BASE_PORT"):
-        port = _int(env, "HPCVISION_BASE_PORT")
+        port = env_int(env, "HPCVISION_BASE_PORT")
         if not 1024 <= port <= MAX_BASE_PORT:
             raise UserError(f"HPCVISION_BASE_PORT={port}: choose 1024..{MAX_BASE_PORT}")
         return port

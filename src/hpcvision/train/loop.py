@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcvision.cluster.discovery import _int, cuda_visible_devices  # _int: the one-line error for bad env
+from hpcvision.cluster.discovery import cuda_visible_devices, env_int
 from hpcvision.cluster.walltime import job_deadline
 from hpcvision.errors import UserError
 from hpcvision.train import checkpoint as ckpt_lib
@@ -181,10 +181,7 @@ def _model_spec(cfg):
 
     if not cfg.checkpoint_dir:
         raise UserError("--checkpoint-dir is required")
-    try:
-        return model_spec(cfg.model)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return model_spec(cfg.model)  # ModelError is a UserError: one line for an unknown name
 
 
 def _build_model_and_optimizer(cfg, aux: bool, loss_scaling: bool, global_batch: int, steps_per_epoch: int,
@@ -501,7 +498,7 @@ def _set_precision(choice: str, tf, keras) -> bool:
 
 def _apply_thread_settings(kind: str) -> None:
     """Honour TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (set per process by `hpcvision launch`)."""
-    intra, inter = (_int(os.environ, name) if os.environ.get(name) else 0
+    intra, inter = (env_int(os.environ, name) if os.environ.get(name) else 0
                     for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"))
     if kind == "parameter-server" and inter == 1:
         # One inter-op thread deadlocks the ClusterCoordinator's remote calls (the chief stalls
