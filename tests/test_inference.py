@@ -120,7 +120,7 @@ def run_dir(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def checkpoint_classifier(run_dir):
-    from hpcvision.train.predict import from_checkpoint
+    from hpcvision.infer.predict import from_checkpoint
 
     return from_checkpoint(run_dir["ckpt"])
 
@@ -169,7 +169,7 @@ def test_evaluate_matches_numpy_recomputation(run_cli, run_dir, checkpoint_class
 
 @pytest.fixture(scope="module")
 def exported(run_dir):
-    from hpcvision.train.export import export_model
+    from hpcvision.infer.export import export_model
 
     out = run_dir["root"] / "export"
     export_model(run_dir["ckpt"], out)
@@ -234,7 +234,7 @@ def test_features_are_the_logits_layer_input(run_cli, run_dir, exported):
     assert "broken.jpg" in stderr and "notes.png" in stderr and "2 skipped" in stdout
     embeddings = np.load(out)
     assert embeddings.shape == (4, 16)
-    from hpcvision.train.predict import from_checkpoint
+    from hpcvision.infer.predict import from_checkpoint
 
     classifier = from_checkpoint(run_dir["ckpt"])
     batch = np.stack([classifier.preprocess((run_dir["photos"] / n).read_bytes()) for n in names])

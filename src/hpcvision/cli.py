@@ -14,11 +14,11 @@ from hpcvision import __version__
 from hpcvision.cluster import commands as cluster_commands
 from hpcvision.data import commands as data_commands
 from hpcvision.errors import UserError
+from hpcvision.infer import commands as infer_commands
 from hpcvision.train import commands as train_commands
-from hpcvision.train import inference_commands
 from hpcvision.tutorials import commands as tutorial_commands
 
-STAGES = (data_commands, train_commands, inference_commands, cluster_commands, tutorial_commands)
+STAGES = (data_commands, train_commands, infer_commands, cluster_commands, tutorial_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,1 +1,1 @@
-"""Step 3-4: distribution strategy, training loop, checkpoints, summaries, evaluate, export."""
+"""Step 3: cluster plan -> distribution strategy, training loop, checkpoints, summaries."""

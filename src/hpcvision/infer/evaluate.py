@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from hpcvision.errors import UserError
+from hpcvision.infer.predict import Classifier
 from hpcvision.progress import progress
-from hpcvision.train.predict import Classifier
 
 log = logging.getLogger(__name__)
 

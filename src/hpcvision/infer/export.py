@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from hpcvision.data import pipeline
 from hpcvision.errors import UserError
+from hpcvision.infer.predict import EXPORT_INFO, feature_model, from_checkpoint
 from hpcvision.train.checkpoint import LABELS_FILE
-from hpcvision.train.predict import EXPORT_INFO, feature_model, from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from hpcvision.errors import UserError
+from hpcvision.infer.predict import Classifier, read_and_preprocess
 from hpcvision.progress import progress
-from hpcvision.train.predict import Classifier, read_and_preprocess
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from hpcvision.train.predict import load_classifier
+    from hpcvision.infer.predict import load_classifier
 
     return load_classifier(args.checkpoint_dir, args.model_path)
 
@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from hpcvision.train.evaluate import evaluate
+    from hpcvision.infer.evaluate import evaluate
 
     classifier = _load(args)
     log_dir = Path(args.checkpoint_dir) / "logs" / "eval" if args.checkpoint_dir else None
@@ -89,7 +89,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from hpcvision.train.export import export_model
+    from hpcvision.infer.export import export_model
 
     info = export_model(args.checkpoint_dir, args.out)
     print(f"exported {info['model']} (step {info['step']}) to {args.out}: SavedModel, model.keras, labels.json")
@@ -98,7 +98,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from hpcvision.train.predict import format_prediction, predict_files
+    from hpcvision.infer.predict import format_prediction, predict_files
 
     classifier = _load(args)
     failed = 0
@@ -114,7 +114,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from hpcvision.train.features import write_features
+    from hpcvision.infer.features import write_features
 
     classifier = _load(args)
     written, skipped = write_features(classifier, args.image_dir, args.out, batch_size=args.batch_size)
