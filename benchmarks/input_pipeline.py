@@ -95,8 +95,9 @@ def limit_dataset(directory: Path, resize_to: int | None = None, flip_and_normal
     """
     import tensorflow as tf
 
-    from hpcvision.data.pipeline import _normalize, read_manifest
+    from hpcvision.data.pipeline import _normalize
     from hpcvision.data.records import decode_example, read_records
+    from hpcvision.data.shards import read_manifest
 
     encoded, boxes = [], []
     for shard in read_manifest(directory, "train")["shards"]:

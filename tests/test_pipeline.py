@@ -13,6 +13,7 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 
 from hpcvision.data import pipeline  # noqa: E402
+from hpcvision.data.shards import read_manifest  # noqa: E402
 from hpcvision.errors import UserError  # noqa: E402
 
 
@@ -216,7 +217,7 @@ def built(tmp_path_factory) -> Path:
 
 
 def test_reads_what_data_build_writes(built):
-    manifest = pipeline.read_manifest(built, "train")
+    manifest = read_manifest(built, "train")
     dataset = pipeline.make_dataset(built, "train", training=False, batch_size=16, image_size=32)
     labels = _labels(dataset)
     assert len(labels) == manifest["num_examples"] == 60
@@ -247,7 +248,7 @@ def test_batched_parse_keeps_each_records_own_boxes(tmp_path):
     boxes = [[], [(0.1, 0.2, 0.3, 0.4)], [(0.0, 0.0, 1.0, 1.0), (0.5, 0.5, 0.6, 0.7)], []]
     records = [_example(_jpeg(np.zeros((8, 8, 3))), i + 1, b) for i, b in enumerate(boxes)]
     data = write_shards(tmp_path, "train", records, 1, classes=4)
-    path = pipeline.read_manifest(data, "train")["shards"][0]["path"]
+    path = read_manifest(data, "train")["shards"][0]["path"]
     batched = tf.data.TFRecordDataset(path).batch(3).map(pipeline._parse_batch).unbatch()
     for features, expected in zip(batched, boxes, strict=True):
         got = pipeline._boxes(features).numpy()

@@ -2,7 +2,7 @@
 
 Plan: the listed images are shuffled with `seed` (so a rerun gives identical shards), cut into
 `shards` contiguous runs, and shard s belongs to rank `s % ranks`; a rank's shards are spread over its
-worker processes. Each writer owns whole shards: it writes `<shard>.tmp-<pid>`, renames it into
+worker processes. Each writer owns whole shards: it writes a hidden temporary, renames it into
 place, then writes the sidecar `<shard>.json` (count, bytes, skipped rows, fingerprint of what went
 in). A rerun skips a shard whose sidecar matches the plan and whose size matches the sidecar. Whoever
 completes the last shard (or rank 0 after waiting) merges the sidecars into `<name>-manifest.json`,
@@ -32,12 +32,22 @@ from hpcvision.data.annotations import VocBoxes, normalise, read_voc
 from hpcvision.data.extract import resolve_rank
 from hpcvision.data.images import ImageProblem, prepare_image
 from hpcvision.data.lists import ListedImage, read_file_list, read_metadata, read_synsets
+from hpcvision.data.shards import (
+    FORMAT_VERSION,
+    manifest_path,
+    read_json,
+    report_paths,
+    shard_path,
+    sidecar_path,
+    write_json,
+    write_tsv,
+)
 from hpcvision.errors import UserError
+from hpcvision.files import atomic_path, remove_temporaries
 from hpcvision.progress import progress
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 NO_ANNOTATION = "no annotation"
 PROGRESS_EVERY = 32  # images between progress messages from a worker process
 
@@ -102,15 +112,6 @@ class Plan:
         return _digest([s.fingerprint for s in self.shards] + [list(r) for r in self.list_skipped])
 
 
-def shard_path(out: Path, name: str, index: int, total: int) -> Path:
-    """`OUT/<name>-00003-of-00008`, the inception naming."""
-    return out / f"{name}-{index:05d}-of-{total:05d}"
-
-
-def sidecar_path(path: str | Path) -> Path:
-    return Path(f"{path}.json")
-
-
 def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
@@ -164,26 +165,13 @@ def make_plan(config: BuildConfig) -> Plan:
 
 def read_sidecar(task: ShardTask) -> dict | None:
     """The shard's sidecar if the shard on disk is complete for this plan, else None."""
+    sidecar = read_json(sidecar_path(task.path))
     try:
-        sidecar = json.loads(sidecar_path(task.path).read_text())
-        complete = (sidecar.get("fingerprint") == task.fingerprint
+        complete = (sidecar is not None and sidecar.get("fingerprint") == task.fingerprint
                     and os.path.getsize(task.path) == sidecar.get("bytes"))
-    except (OSError, ValueError, AttributeError):
+    except OSError:
         return None
     return sidecar if complete else None
-
-
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _remove_leftovers(task: ShardTask) -> None:
-    """Partial files of this shard from an interrupted run (this writer owns the shard)."""
-    folder, stem = Path(task.path).parent, Path(task.path).name
-    for leftover in folder.glob(f"{stem}.tmp-*"):
-        leftover.unlink(missing_ok=True)
 
 
 # --- the writer (runs in this process or in a worker process) -----------------------------------
@@ -259,9 +247,9 @@ class ShardWriter:
         position = {item: i for i, item in enumerate(items)}
         pending: dict[int, object] = {}
         next_index, count, unreported = 0, 0, 0
-        _remove_leftovers(self.task)
-        tmp = f"{self.task.path}.tmp-{os.getpid()}"
-        with records.RecordWriter(tmp) as writer:
+        # Leftovers of an interrupted run: this writer owns the shard, so its temporaries are its own.
+        remove_temporaries(Path(self.task.path).parent, Path(self.task.path).name)
+        with atomic_path(self.task.path) as tmp, records.RecordWriter(str(tmp)) as writer:
             # fetch yields in archive order; records go out in the shuffled order of the plan
             for fetched in images.fetch(items) if items else ():
                 pending[position[fetched.item]] = fetched
@@ -276,15 +264,13 @@ class ShardWriter:
                     if unreported >= PROGRESS_EVERY:
                         report(unreported)
                         unreported = 0
-        if next_index != len(items):
-            Path(tmp).unlink(missing_ok=True)
-            raise RuntimeError(f"{self.task.path}: image source returned {next_index} of {len(items)} images")
+            if next_index != len(items):
+                raise RuntimeError(f"{self.task.path}: image source returned {next_index} of {len(items)} images")
         report(unreported)
-        os.replace(tmp, self.task.path)
         sidecar = {"file": Path(self.task.path).name, "count": count, "bytes": os.path.getsize(self.task.path),
                    "fingerprint": self.task.fingerprint, "skipped": self.skipped, "warnings": self.warnings,
                    "stats": dict(self.stats)}
-        _write_json(sidecar_path(self.task.path), sidecar)
+        write_json(sidecar_path(self.task.path), sidecar)
         return sidecar
 
 
@@ -392,36 +378,6 @@ def _drain(progress_queue, bar, timeout: float) -> None:
 
 # --- the manifest --------------------------------------------------------------------------------
 
-def manifest_path(out: Path, name: str) -> Path:
-    return out / f"{name}-manifest.json"
-
-
-def read_manifest(out: str | Path, name: str, required: tuple[str, ...] = ("shards", "num_examples")) -> dict:
-    """The manifest `build` wrote, shard paths made absolute; UserError naming the file if unusable."""
-    path = manifest_path(Path(out), name)
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no manifest (build the '{name}' shards with `hpcvision data build`)") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read manifest: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path}: manifest is not a JSON object")
-    for key in required:
-        if key not in manifest:
-            raise UserError(f"{path}: manifest has no '{key}'")
-    shards = manifest.get("shards", [])
-    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str)
-                                               and isinstance(s.get("count"), int) for s in shards):
-        raise UserError(f"{path}: manifest 'shards' is not a list of {{\"file\", \"count\"}} entries")
-    for shard in shards:
-        shard["path"] = str(Path(out) / shard["file"])
-    manifest.setdefault("label_offset", 1)
-    if "num_classes" not in manifest and "labels" in manifest:
-        manifest["num_classes"] = len(manifest["labels"])
-    return manifest
-
-
 def collect_sidecars(plan: Plan) -> list[dict] | None:
     """Every shard's sidecar, or None while some shard is not complete."""
     sidecars = []
@@ -433,13 +389,6 @@ def collect_sidecars(plan: Plan) -> list[dict] | None:
     return sidecars
 
 
-def _write_tsv(path: Path, header: str, rows: list[list[str]]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    clean = ("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row) for row in rows)
-    tmp.write_text(header + "\n" + "".join(f"{line}\n" for line in clean))
-    os.replace(tmp, path)
-
-
 def write_manifest(plan: Plan, sidecars: list[dict]) -> dict:
     """Merge the sidecars into the manifest, skipped.tsv and warnings.tsv (atomic replaces)."""
     config = plan.config
@@ -449,6 +398,7 @@ def write_manifest(plan: Plan, sidecars: list[dict]) -> dict:
     for s in sidecars:
         stats.update(s["stats"])
     written = sum(s["count"] for s in sidecars)
+    skipped_file, warnings_file = report_paths(config.name)
     if written + len(skipped) != plan.listed:
         raise RuntimeError(f"counts do not reconcile: listed {plan.listed} != written {written} + skipped {len(skipped)}")
     manifest = {
@@ -469,8 +419,8 @@ def write_manifest(plan: Plan, sidecars: list[dict]) -> dict:
         "boxes": stats["boxes"],
         "boxes_clamped": stats["boxes_clamped"],
         "warnings": len(warnings),
-        "skipped_file": f"{config.name}-skipped.tsv",
-        "warnings_file": f"{config.name}-warnings.tsv",
+        "skipped_file": skipped_file,
+        "warnings_file": warnings_file,
         "seed": config.seed,
         "source": {"images": str(config.images), "annotations": str(config.annotations) if config.annotations else None,
                    "list": str(config.file_list), "synsets": str(config.synsets),
@@ -478,18 +428,16 @@ def write_manifest(plan: Plan, sidecars: list[dict]) -> dict:
                    "val_labels": str(config.val_labels) if config.val_labels else None},
         "fingerprint": plan.fingerprint,
     }
-    _write_tsv(config.out / manifest["skipped_file"], "file\treason", skipped)
-    _write_tsv(config.out / manifest["warnings_file"], "file\twarning", warnings)
-    _write_json(manifest_path(config.out, config.name), manifest)
+    write_tsv(config.out / manifest["skipped_file"], "file\treason", skipped)
+    write_tsv(config.out / manifest["warnings_file"], "file\twarning", warnings)
+    write_json(manifest_path(config.out, config.name), manifest)
     return manifest
 
 
 def _drop_stale_manifest(plan: Plan) -> None:
     path = manifest_path(plan.config.out, plan.config.name)
-    try:
-        stale = json.loads(path.read_text()).get("fingerprint") != plan.fingerprint
-    except (OSError, ValueError, AttributeError):
-        stale = path.exists()
+    manifest = read_json(path)
+    stale = path.exists() if manifest is None else manifest.get("fingerprint") != plan.fingerprint
     if stale:
         path.unlink(missing_ok=True)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from hpcvision.data.build import read_manifest  # noqa: F401 (part of this module's API)
+from hpcvision.data.shards import manifest_path, read_manifest
 from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def make_dataset(
     all_files = [shard["path"] for shard in manifest["shards"]]
     counts = {shard["path"]: int(shard.get("count", 0)) for shard in manifest["shards"]}
     if not all_files:
-        raise UserError(f"{data_dir}/{name}-manifest.json: lists no shards")
+        raise UserError(f"{manifest_path(data_dir, name)}: lists no shards")
     files, shard_records = _shard_files(all_files, input_context)
     records = sum(counts[f] for f in files)
     if shard_records:

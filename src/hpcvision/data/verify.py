@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from hpcvision.data import records
-from hpcvision.data.build import manifest_path, read_manifest
+from hpcvision.data.shards import manifest_path, read_manifest
 from hpcvision.errors import UserError
 from hpcvision.progress import progress
 

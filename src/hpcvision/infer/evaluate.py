@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcvision.data.shards import manifest_path, read_manifest
 from hpcvision.errors import UserError
 from hpcvision.infer.predict import Classifier
 from hpcvision.progress import progress
@@ -130,8 +131,8 @@ def evaluate(
     """Evaluate over every record of `DIR/<name>-*`; writes OUT/metrics.json and the confusion PNGs."""
     from hpcvision.data import pipeline
 
-    manifest = pipeline.read_manifest(data_dir, name)
-    source = str(Path(data_dir) / f"{name}-manifest.json")
+    manifest = read_manifest(data_dir, name)
+    source = str(manifest_path(data_dir, name))
     _check_labels(classifier, manifest, source)
     dataset = pipeline.make_dataset(
         data_dir, name, training=False, batch_size=batch_size, image_size=classifier.image_size,

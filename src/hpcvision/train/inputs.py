@@ -7,7 +7,6 @@ measures the train step alone, and a model can still fit it (the loss falls), wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from hpcvision.errors import UserError
 from hpcvision.train.checkpoint import labels_from_manifest, synthetic_labels
@@ -32,14 +31,14 @@ def describe_data(cfg) -> DataInfo:
         return DataInfo(cfg.num_classes, examples, synthetic_labels(cfg.num_classes), False)
     if not cfg.data:
         raise UserError("--data DIR is required (or --synthetic --num-classes N)")
-    from hpcvision.data.pipeline import read_manifest
+    from hpcvision.data.shards import has_manifest, read_manifest
 
     manifest = read_manifest(cfg.data, cfg.train_name)
     num_classes = int(manifest["num_classes"])
     if cfg.num_classes and cfg.num_classes != num_classes:
         raise UserError(f"{cfg.data}: manifest has {num_classes} classes, --num-classes says {cfg.num_classes}")
     examples = cfg.examples_per_epoch or int(manifest["num_examples"])
-    has_validation = Path(cfg.data, f"{cfg.val_name}-manifest.json").is_file()
+    has_validation = has_manifest(cfg.data, cfg.val_name)
     return DataInfo(num_classes, examples, labels_from_manifest(manifest), has_validation)
 
 
