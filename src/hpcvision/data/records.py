@@ -1,8 +1,8 @@
 """The record format: `tf.train.Example` with the keys of inception's `build_imagenet_data.py`.
 
 Writers (`encode_example`, `RecordWriter`) need no TensorFlow: the Example protobuf and the TFRecord
-framing are encoded here, so `data build` workers start in milliseconds instead of seconds. Readers
-in the training pipeline use `FEATURE_SPEC` / `parse_example` (TensorFlow, imported on first use).
+framing are encoded here, so `data build` workers start in milliseconds instead of seconds. The
+training pipeline parses records with `feature_spec()` (TensorFlow, imported on first use);
 `decode_example` reads a record back without TensorFlow (for `data verify`).
 
 Keys, in the inception schema (bbox lists have one entry per box, relative [0, 1]):
@@ -251,8 +251,8 @@ _CRC32C = _crc32c_function()
 _TABLE: list[int] = []
 
 
-def _crc32c_python(data: bytes) -> int:
-    """Slow fallback (Castagnoli polynomial, reflected) for machines without the `crc32c` package."""
+def crc32c_python(data: bytes) -> int:
+    """CRC-32C in pure Python (Castagnoli polynomial, reflected): the fallback without the `crc32c` package."""
     if not _TABLE:
         for i in range(256):
             crc = i
@@ -267,7 +267,7 @@ def _crc32c_python(data: bytes) -> int:
 
 def crc32c(data: bytes) -> int:
     """CRC-32C of `data` (hardware-accelerated with the `crc32c` package, else pure Python)."""
-    return _CRC32C(data) if _CRC32C is not None else _crc32c_python(data)
+    return _CRC32C(data) if _CRC32C is not None else crc32c_python(data)
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -360,26 +360,3 @@ def feature_spec() -> dict:
     spec.update({key: tf.io.VarLenFeature(tf.float32) for key in BBOX_KEYS})
     spec.update({key: tf.io.VarLenFeature(tf.int64) for key in INT_LIST_KEYS})
     return spec
-
-
-def parse_example(serialized) -> dict:
-    """Parse one serialised record (a scalar string tensor) into dense tensors, keyed like the schema.
-
-    The box lists come back as dense 1-D tensors (length = number of boxes, possibly 0); `boxes`
-    holds them stacked as [N, 4] in (ymin, xmin, ymax, xmax) order, as tf.image expects.
-    """
-    import tensorflow as tf
-
-    parsed = tf.io.parse_single_example(serialized, feature_spec())
-    out = {key: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value
-           for key, value in parsed.items()}
-    out["boxes"] = tf.stack([out["image/object/bbox/ymin"], out["image/object/bbox/xmin"],
-                             out["image/object/bbox/ymax"], out["image/object/bbox/xmax"]], axis=-1)
-    return out
-
-
-def __getattr__(name: str) -> Any:
-    # FEATURE_SPEC is built on first access so importing this module never imports TensorFlow.
-    if name == "FEATURE_SPEC":
-        return feature_spec()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
