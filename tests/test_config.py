@@ -1,5 +1,6 @@
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,27 @@ def test_save_round_trip(tmp_path):
     cfg = Example(steps=7, sizes=[5])
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(Example, None, tmp_path / "saved.yaml") == cfg
+
+
+@dataclass
+class Paths:
+    source: Path = field(metadata={"positional": True, "metavar": "SRC", "help": "where from"})
+    out: Path = field(metadata={"help": "where to", "metavar": "DIR"})
+    file_list: Path | None = field(default=None, metadata={"flag": "--list", "help": "which (default: all)"})
+    workers: int = field(default=1, metadata={"help": "processes"})
+
+
+def test_required_positional_renamed_and_path_options():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Paths)
+    cfg = load_config(Paths, parser.parse_args(["a", "--out", "b", "--list", "c.txt"]))
+    assert cfg == Paths(source=Path("a"), out=Path("b"), file_list=Path("c.txt"))
+    assert load_config(Paths, parser.parse_args(["a", "--out", "b"])).file_list is None
+    with pytest.raises(SystemExit):  # --out has no default: it is required
+        parser.parse_args(["a"])
+    with pytest.raises(SystemExit):  # the flag is --list, not --file-list
+        parser.parse_args(["a", "--out", "b", "--file-list", "c"])
+    usage = parser.format_help()
+    assert "SRC" in usage and "--out DIR" in usage and "--list FILE_LIST" in usage
+    assert "which (default: all)" in usage and "(default: None)" not in usage
+    assert "processes (default: 1)" in usage and "where to (default" not in usage

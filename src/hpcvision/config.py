@@ -32,21 +32,35 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one `--field-name` option per dataclass field; options not given stay unset."""
+    """Add one `--field-name` option per dataclass field; options not given stay unset.
+
+    Field metadata may also set `flag` (another option name), `metavar` and `positional`; a field
+    without a default is a required option.
+    """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
         scalar, is_list = _flag_type(hints[field.name])
-        default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = field.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(field, required)}
+        kwargs.update({key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata})
+        if field.metadata.get("positional"):
+            parser.add_argument(field.name, type=scalar, nargs="+" if is_list else None, **kwargs)
+            continue
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        kwargs.update(dest=field.name, required=required)
         if scalar is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
         parser.add_argument(flag, type=scalar, nargs="+" if is_list else None, **kwargs)
+
+
+def _help(field: dataclasses.Field, required: bool) -> str:
+    """The field's help, with its default unless it is required or the help already names one."""
+    help_text = field.metadata.get("help", "")
+    if required or "(default:" in help_text:
+        return help_text
+    default = field.default if field.default is not dataclasses.MISSING else None
+    return f"{help_text} (default: {default})" if help_text else f"default: {default}"
 
 
 def _check_type(cls: type, name: str, value: Any, source: str) -> Any:
