@@ -2,6 +2,7 @@
 
 Stable entry points:
 - `process_rank()`: (rank, ranks) for `data extract/build` defaults (environment only, no MPI calls);
+- `resolve_rank(rank, ranks)`: the same with `--rank/--ranks` overriding it (the one rank rule of the data stages);
 - `resolve_tf_config(num_ps)`: the TF_CONFIG dict for this process, or None for one process;
 - `discover()`: everything found (scheduler, one `Task` per rank, this rank), for `cluster show`.
 
@@ -92,6 +93,18 @@ def process_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
         # pbsdsh starts one task per line of the node file; the line number is the rank.
         return env_int(env, "PBS_VNODENUM"), len(read_nodefile(env["PBS_NODEFILE"]))
     return 0, 1
+
+
+def resolve_rank(rank: int | None = None, ranks: int | None = None) -> tuple[int, int]:
+    """`process_rank()` with explicit --rank/--ranks winning over the environment; UserError if they do not fit."""
+    env_rank, env_ranks = process_rank()
+    rank = env_rank if rank is None else rank
+    ranks = env_ranks if ranks is None else ranks
+    if ranks < 1:
+        raise UserError(f"--ranks must be at least 1, got {ranks}")
+    if not 0 <= rank < ranks:
+        raise UserError(f"--rank {rank} --ranks {ranks}: --rank must be in 0..{ranks - 1}")
+    return rank, ranks
 
 
 def env_int(env: Mapping[str, str], name: str) -> int:
