@@ -1,10 +1,10 @@
-"""File lists, synset lists and metadata: accepted formats and every bad line."""
+"""File lists, synset lists, metadata and validation labels: accepted formats and every bad line."""
 
 from __future__ import annotations
 
 import pytest
 
-from hpcvision.data.lists import ListedImage, read_file_list, read_metadata, read_synsets
+from hpcvision.data.lists import ListedImage, read_file_list, read_metadata, read_synsets, read_val_labels
 from hpcvision.errors import UserError
 
 
@@ -106,3 +106,22 @@ def test_metadata(tmp_path):
 def test_bad_metadata(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
         read_metadata(write(tmp_path, "m.txt", text))
+
+
+def test_validation_labels_in_both_forms(tmp_path):
+    pairs = write(tmp_path, "pairs.txt", "\ufeffILSVRC2012_val_00000001.JPEG n01\nsub/ILSVRC2012_val_00000002.jpeg n02\n\n")
+    assert read_val_labels(pairs) == {"ILSVRC2012_val_00000001": "n01", "ILSVRC2012_val_00000002": "n02"}
+    ordered = write(tmp_path, "ordered.txt", "n05\nn06\n")
+    assert read_val_labels(ordered) == {"ILSVRC2012_val_00000001": "n05", "ILSVRC2012_val_00000002": "n06"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("a b c\n", r"labels.txt:1: expected '<filename> <wnid>'"), ("x.JPEG ../n01\n", r"labels.txt:1: bad synset id"),
+     ("\n\n", "no validation labels")],
+)
+def test_bad_validation_labels(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        read_val_labels(write(tmp_path, "labels.txt", text))
+    with pytest.raises(UserError, match="cannot read validation labels"):
+        read_val_labels(tmp_path / "absent.txt")

@@ -1,12 +1,14 @@
-"""The text files that drive the data stage: image lists, the synset list, synset metadata.
+"""The text files that drive the data stage: image lists, the synset list, synset metadata, val labels.
 
 Image list lines follow the course format `<wnid> <wnid>_<n>` (the name may carry `.JPEG`); the flat
-ILSVRC-2012 validation layout uses `<wnid> ILSVRC2012_val_00000001`. Problems with single lines are
+ILSVRC-2012 validation layout uses `<wnid> ILSVRC2012_val_00000001`, and its labels file gives each
+image's wnid (`<filename> <wnid>`, or one wnid a line in image order). Problems with single lines are
 collected (`FileList.skipped`) so a caller can report them; an unreadable file is a `UserError`.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -18,7 +20,9 @@ from hpcvision.errors import UserError
 # tokens: no separators, no leading dot (which also rules out "." and "..").
 WNID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-IMAGE_SUFFIXES = (".jpeg",)
+# The images' file suffix in every layout (archives, extracted folders, record file names).
+IMAGE_SUFFIX = ".JPEG"
+IMAGE_SUFFIXES = (IMAGE_SUFFIX.lower(),)  # stripped from listed names, in any case
 
 
 @dataclass(frozen=True)
@@ -143,3 +147,29 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         lines[wnid] = number
         words[wnid] = text_words
     return words
+
+
+def read_val_labels(path: str | Path) -> dict[str, str]:
+    """Validation labels: `<filename> <wnid>` lines, or one wnid a line for val_00000001, 2, ... in order."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read validation labels: {exc}") from None
+    labels: dict[str, str] = {}
+    for number, raw in enumerate(lines, start=1):
+        fields = raw.split()
+        if not fields:
+            continue
+        if len(fields) == 1:  # inception's imagenet_2012_validation_synset_labels.txt
+            name, wnid = f"ILSVRC2012_val_{number:08d}", fields[0]
+        elif len(fields) == 2:
+            name, wnid = strip_image_suffix(posixpath.basename(fields[0])), fields[1]
+        else:
+            raise UserError(f"{path}:{number}: expected '<filename> <wnid>', got {raw.strip()!r}")
+        if not WNID_RE.match(wnid):
+            raise UserError(f"{path}:{number}: bad synset id {wnid!r}")
+        labels[name] = wnid
+    if not labels:
+        raise UserError(f"{path}: no validation labels")
+    return labels
