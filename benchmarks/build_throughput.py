@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hpcvision.data.archive import open_images
 from hpcvision.data.build import BuildConfig, build
 from hpcvision.data.lists import read_file_list
 from hpcvision.data.records import RecordWriter, encode_example
+from hpcvision.data.sources import open_images
 
 SYNSETS = 10
 

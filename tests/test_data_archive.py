@@ -17,8 +17,9 @@ from data_archives import (
     write_images_tar,
 )
 
-from hpcvision.data.archive import NO_ANNOTATION, ScanCache, TarScan, open_annotations, open_images
 from hpcvision.data.lists import ListedImage
+from hpcvision.data.sources import NO_ANNOTATION, open_annotations, open_images
+from hpcvision.data.tarscan import Found, ScanCache, TarScan
 from hpcvision.errors import UserError
 
 
@@ -282,7 +283,7 @@ def test_prepare_indexes_the_needed_synset_tars_on_disk(tmp_path, images):
 
 def test_scan_cache_keeps_recent_indexes_within_its_entry_budget():
     cache = ScanCache(max_entries=25, max_in_memory_tars=1)
-    scan = {w: TarScan({f"{w}_{i}": [i, 1] for i in range(10)}, None) for w in ("a", "b", "c")}
+    scan = {w: TarScan({f"{w}_{i}": Found(i, 1) for i in range(10)}, None) for w in ("a", "b", "c")}
     cache.put("a", scan["a"])
     cache.put("b", scan["b"])
     assert cache.get("a") is scan["a"]  # now most recent: b is the oldest
@@ -318,3 +319,28 @@ def test_gzipped_annotations_are_decompressed_once(tmp_path, images):
     assert fetch_all(in_memory, items_of(images)) == expected
     assert fetch_all(pickle.loads(pickle.dumps(cached)), items_of(images)) == expected
     assert fetch_all(open_annotations(path, index_dir=tmp_path / "idx"), items_of(images)) == expected
+
+
+def test_an_unwritable_index_folder_only_costs_speed(tmp_path, images):
+    """Indexes, and the annotation archives kept while reading a gzip, fall back to memory."""
+    blocked = tmp_path / "idx"
+    blocked.write_text("a file where the index folder should be")
+    tgz = write_annotations_tgz(tmp_path / "Annotation.tar.gz", images)
+    expected = {(i.wnid, i.name): voc_xml(i.wnid, i.name) for i in items_of(images)}
+    assert fetch_all(open_annotations(tgz, index_dir=blocked), items_of(images)) == expected
+    source = open_images(write_images_tar(tmp_path / "Images.tar", images), index_dir=blocked)
+    assert fetch_all(source, items_of(images)) == expected_bytes(images)
+
+
+def test_the_cached_index_keeps_the_reasons(tmp_path, images):
+    inner = tar_bytes({"n05_1.JPEG": jpeg_bytes(1), "../n05_2.JPEG": b"escape"})
+    extra = {"n05.tar": inner, "n08.tar": b"x" * 2000, "../n06.tar": tar_bytes({"n06_1.JPEG": jpeg_bytes(2)})}
+    path = write_images_tar(tmp_path / "Images.tar", images, extra=extra)
+    wanted = [ListedImage("n05", "n05_1", 1), ListedImage("n05", "n05_2", 2), ListedImage("n08", "n08_1", 3),
+              ListedImage("n06", "n06_1", 4), ListedImage("n01", "n01_1", 5)]
+    first = fetch_all(open_images(path, index_dir=tmp_path / "idx"), wanted)
+    assert sorted(p.name for p in (tmp_path / "idx").glob("*/inner/*.json")) == ["n01.json", "n05.json", "n08.json"]
+    assert fetch_all(open_images(path, index_dir=tmp_path / "idx"), wanted) == first
+    assert first[("n05", "n05_2")] == "unsafe member path '../n05_2.JPEG'"
+    assert first[("n06", "n06_1")] == "unsafe member path '../n06.tar'"
+    assert first[("n08", "n08_1")].startswith("synset tar n08.tar unreadable")

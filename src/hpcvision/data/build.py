@@ -31,7 +31,7 @@ from hpcvision.data import records
 from hpcvision.data.annotations import VocBoxes, normalise, read_voc
 from hpcvision.data.extract import resolve_rank
 from hpcvision.data.images import ImageProblem, prepare_image
-from hpcvision.data.lists import ListedImage, read_file_list, read_metadata, read_synsets
+from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_file_list, read_metadata, read_synsets
 from hpcvision.data.shards import (
     FORMAT_VERSION,
     manifest_path,
@@ -42,13 +42,13 @@ from hpcvision.data.shards import (
     write_json,
     write_tsv,
 )
+from hpcvision.data.sources import NO_ANNOTATION
 from hpcvision.errors import UserError
 from hpcvision.files import atomic_path, remove_temporaries
 from hpcvision.progress import progress
 
 log = logging.getLogger(__name__)
 
-NO_ANNOTATION = "no annotation"
 PROGRESS_EVERY = 32  # images between progress messages from a worker process
 
 
@@ -183,7 +183,7 @@ def open_sources(spec: SourceSpec) -> tuple:
     """(image source, annotation source or None), opened once per process."""
     key = (spec.images, spec.annotations, spec.val_labels, spec.index_dir)
     if key not in _SOURCES:
-        from hpcvision.data.archive import open_annotations, open_images
+        from hpcvision.data.sources import open_annotations, open_images
 
         images = open_images(spec.images, val_labels=spec.val_labels, index_dir=spec.index_dir)
         annotations = open_annotations(spec.annotations, index_dir=spec.index_dir) if spec.annotations else None
@@ -193,7 +193,7 @@ def open_sources(spec: SourceSpec) -> tuple:
 
 
 def _file_of(item: ListedImage) -> str:
-    return f"{item.wnid}/{item.name}.JPEG"
+    return f"{item.wnid}/{item.name}{IMAGE_SUFFIX}"
 
 
 class ShardWriter:
@@ -236,7 +236,7 @@ class ShardWriter:
         self.stats["boxes"] += len(boxes)
         self.stats["images_with_boxes"] += bool(boxes)
         label, text = self.spec.labels[item.wnid]
-        return records.encode_example(encoded=image.jpeg, filename=f"{item.name}.JPEG", height=image.height,
+        return records.encode_example(encoded=image.jpeg, filename=f"{item.name}{IMAGE_SUFFIX}", height=image.height,
                                       width=image.width, label=label, synset=item.wnid, text=text, boxes=boxes)
 
     def write(self, report: Callable[[int], None]) -> dict:

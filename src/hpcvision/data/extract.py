@@ -21,17 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcvision.data.archive import (
-    IMAGE_SUFFIX,
-    XML_SUFFIX,
-    AnnotationSource,
-    ImageSource,
-    open_annotations,
-    open_images,
-    temporary_name,
-)
-from hpcvision.data.lists import ListedImage, read_file_list, read_synsets
+from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_file_list, read_synsets
+from hpcvision.data.sources import XML_SUFFIX, Source, open_annotations, open_images
 from hpcvision.errors import UserError
+from hpcvision.files import temporary_path
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +83,7 @@ class SynsetResult:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write under a temporary name, then rename: a reader never sees a partial file."""
-    tmp = path.with_name(temporary_name(path.name))
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -124,7 +117,7 @@ def already_present(path: Path, size: int | None) -> bool:
 
 
 def copy_members(
-    source: ImageSource, items: list[ListedImage], folder: Path, suffix: str
+    source: Source, items: list[ListedImage], folder: Path, suffix: str
 ) -> tuple[list[ListedImage], int, list[tuple[ListedImage, str]]]:
     """Copy `items` from `source` to `folder/<wnid>/<name><suffix>`; (done items, newly written, problems)."""
     for wnid in {item.wnid for item in items}:
@@ -153,7 +146,7 @@ def copy_members(
 
 
 def extract_synset(
-    images: ImageSource, annotations: AnnotationSource | None, out: Path, items: list[ListedImage]
+    images: Source, annotations: Source | None, out: Path, items: list[ListedImage]
 ) -> SynsetResult:
     """Extract one synset's listed images (and their XML) under `out`."""
     result = SynsetResult(images=len(items))
@@ -171,7 +164,7 @@ def extract_synset(
 _WORKER: dict = {}
 
 
-def _init_worker(images: ImageSource, annotations: AnnotationSource | None, out: Path) -> None:
+def _init_worker(images: Source, annotations: Source | None, out: Path) -> None:
     _WORKER.update(images=images, annotations=annotations, out=out)
 
 
@@ -180,8 +173,8 @@ def _run_task(items: list[ListedImage]) -> SynsetResult:
 
 
 def run_tasks(
-    images: ImageSource,
-    annotations: AnnotationSource | None,
+    images: Source,
+    annotations: Source | None,
     out: Path,
     items: list[ListedImage],
     workers: int,
