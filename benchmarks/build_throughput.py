@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hpcvision.data.build import BuildConfig, build
+from hpcvision.data.build import build
+from hpcvision.data.config import BuildConfig
 from hpcvision.data.lists import read_file_list
 from hpcvision.data.records import RecordWriter, encode_example
 from hpcvision.data.sources import open_images

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hpcvision.files import temporary_path
+
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 WORDS = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus",
          "n01484850": "great white shark"}
@@ -203,10 +205,10 @@ def test_build_from_tar_writes_the_inception_schema_and_handles_bad_inputs(run_c
 
 def test_build_from_folders_equals_build_from_archives_and_workers_do_not_matter(run_cli, dataset, tmp_path,
                                                                                  hpcvision_exe, monkeypatch):
-    from hpcvision.data import build
+    from hpcvision.data import workers
 
     assert run_cli(*dataset.args(tmp_path / "tar"))[0] == 0
-    monkeypatch.setattr(build, "pool_start_method", lambda: "spawn")
+    monkeypatch.setattr(workers, "start_method", lambda: "spawn")
     assert run_cli(*dataset.args(tmp_path / "dir", tar=False, extra=["--workers", "2"]))[0] == 0
     # a fresh CLI process has no threads and no TensorFlow: its workers are forked
     forked = subprocess.run([*hpcvision_exe, *map(str, dataset.args(tmp_path / "fork", extra=["--workers", "3"]))],
@@ -245,12 +247,14 @@ def test_resume_rewrites_only_incomplete_shards_and_ignores_leftovers(run_cli, d
     shards = _shards(out)
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards}
     manifest_before = (out / "train-manifest.json").read_text()
-    # shard 1 was cut short after its sidecar was written; shard 2 never got its sidecar;
-    # a crashed writer left a partial file behind
+    # shard 1 was cut short after its sidecar was written; shard 2 never got its sidecar, and a
+    # crashed writer of shard 2 left a partial temporary behind; shard 3 is complete
     shards[1].write_bytes(before[shards[1].name][1][:100])
     Path(f"{shards[2]}.json").unlink()
-    leftover = out / f"{shards[3].name}.tmp-99999"
+    leftover = temporary_path(shards[2])
     leftover.write_bytes(b"partial")
+    other = temporary_path(shards[3])
+    other.write_bytes(b"partial")
     os.utime(shards[0], ns=(1, 1))
     os.utime(shards[3], ns=(1, 1))
     code, stdout, _ = run_cli(*dataset.args(out, shards=4))
@@ -260,8 +264,9 @@ def test_resume_rewrites_only_incomplete_shards_and_ignores_leftovers(run_cli, d
     assert after[shards[0].name][0] == 1 and after[shards[3].name][0] == 1  # not rewritten
     assert {k: v[1] for k, v in after.items()} == {k: v[1] for k, v in before.items()}
     assert (out / "train-manifest.json").read_text() == manifest_before
-    assert not leftover.exists() or leftover.read_bytes() == b"partial"
-    assert not list(out.glob("*.tmp-*")) or [p.name for p in out.glob("*.tmp-*")] == [leftover.name]
+    # the writer of shard 2 owns its temporaries and removed them; a build touches no shard it does not write
+    assert not leftover.exists()
+    assert [p.name for p in out.glob(".*.tmp-*")] == [other.name] and other.read_bytes() == b"partial"
 
 
 def test_ranks_write_disjoint_shards_and_the_last_writes_the_manifest(run_cli, dataset, tmp_path):

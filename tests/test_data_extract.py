@@ -21,6 +21,7 @@ from data_archives import (
 
 from hpcvision.data.extract import rank_slice, split_by_synset
 from hpcvision.data.lists import ListedImage
+from hpcvision.files import temporary_path
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -137,7 +138,7 @@ def test_rerun_resumes_and_rewrites_only_wrong_files(tmp_path, run_cli, images):
     assert run_cli(*args)[0] == 0
     damaged = out / "images/n01/n01_1.JPEG"
     damaged.write_bytes(b"partial")
-    stale = out / "images/n03/.n03_1.JPEG.tmp999-abcd"  # what a killed run leaves behind
+    stale = temporary_path(out / "images/n03/n03_1.JPEG")  # what a killed run leaves behind
     stale.write_bytes(b"half")
     keep = out / "images/n02/n02_1.JPEG"
     before = keep.stat().st_mtime_ns, keep.stat().st_ino

@@ -14,22 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import queue
-import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from hpcvision.cluster.discovery import resolve_rank
 from hpcvision.data import records
 from hpcvision.data.annotations import VocBoxes, normalise, read_voc
-from hpcvision.data.extract import resolve_rank
+from hpcvision.data.config import BuildConfig, index_dir
 from hpcvision.data.images import ImageProblem, prepare_image
 from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_file_list, read_metadata, read_synsets
 from hpcvision.data.shards import (
@@ -42,36 +38,15 @@ from hpcvision.data.shards import (
     write_json,
     write_tsv,
 )
-from hpcvision.data.sources import NO_ANNOTATION
-from hpcvision.errors import UserError
+from hpcvision.data.sources import NO_ANNOTATION, Source, open_annotations, open_images
+from hpcvision.data.workers import Report, Workers
+from hpcvision.errors import CountMismatch, UserError
 from hpcvision.files import atomic_path, remove_temporaries
 from hpcvision.progress import progress
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 32  # images between progress messages from a worker process
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything `data build` needs; paths as given on the command line."""
-
-    images: Path
-    file_list: Path
-    synsets: Path
-    out: Path
-    annotations: Path | None = None
-    val_labels: Path | None = None
-    metadata: Path | None = None
-    name: str = "train"
-    shards: int = 8
-    label_offset: int = 1
-    seed: int = 12345
-    workers: int = 1
-    rank: int | None = None
-    ranks: int | None = None
-    index_dir: Path | None = None
-    wait: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -86,13 +61,11 @@ class ShardTask:
 
 
 @dataclass(frozen=True)
-class SourceSpec:
-    """How a writer process opens the archives and labels its records (picklable)."""
+class Sources:
+    """What a writer needs besides its shards: the opened archives and the label map (picklable)."""
 
-    images: str
-    annotations: str | None
-    val_labels: str | None
-    index_dir: str
+    images: Source
+    annotations: Source | None
     labels: dict[str, tuple[int, str]]  # wnid -> (stored label, text)
 
 
@@ -176,20 +149,12 @@ def read_sidecar(task: ShardTask) -> dict | None:
 
 # --- the writer (runs in this process or in a worker process) -----------------------------------
 
-_SOURCES: dict[tuple, tuple] = {}
-
-
-def open_sources(spec: SourceSpec) -> tuple:
-    """(image source, annotation source or None), opened once per process."""
-    key = (spec.images, spec.annotations, spec.val_labels, spec.index_dir)
-    if key not in _SOURCES:
-        from hpcvision.data.sources import open_annotations, open_images
-
-        images = open_images(spec.images, val_labels=spec.val_labels, index_dir=spec.index_dir)
-        annotations = open_annotations(spec.annotations, index_dir=spec.index_dir) if spec.annotations else None
-        _SOURCES.clear()
-        _SOURCES[key] = (images, annotations)
-    return _SOURCES[key]
+def open_sources(config: BuildConfig, labels: dict[str, tuple[int, str]]) -> Sources:
+    """Open the archives once (building their indexes); UserError with one line if one is unreadable."""
+    folder = index_dir(config.index_dir, config.out)
+    images = open_images(config.images, val_labels=config.val_labels, index_dir=folder)
+    annotations = open_annotations(config.annotations, index_dir=folder) if config.annotations else None
+    return Sources(images, annotations, labels)
 
 
 def _file_of(item: ListedImage) -> str:
@@ -199,8 +164,8 @@ def _file_of(item: ListedImage) -> str:
 class ShardWriter:
     """Turns fetched images into one shard's records, collecting what was skipped or fixed."""
 
-    def __init__(self, spec: SourceSpec, task: ShardTask):
-        self.spec, self.task = spec, task
+    def __init__(self, sources: Sources, task: ShardTask):
+        self.sources, self.task = sources, task
         self.skipped: list[list[str]] = []
         self.warnings: list[list[str]] = []
         self.stats: Counter = Counter()
@@ -235,48 +200,52 @@ class ShardWriter:
         boxes = self._boxes(item, voc, image.width, image.height)
         self.stats["boxes"] += len(boxes)
         self.stats["images_with_boxes"] += bool(boxes)
-        label, text = self.spec.labels[item.wnid]
+        label, text = self.sources.labels[item.wnid]
         return records.encode_example(encoded=image.jpeg, filename=f"{item.name}{IMAGE_SUFFIX}", height=image.height,
                                       width=image.width, label=label, synset=item.wnid, text=text, boxes=boxes)
 
-    def write(self, report: Callable[[int], None]) -> dict:
+    def write(self, report: Report) -> dict:
         """Write the shard atomically, then its sidecar; returns the sidecar."""
-        images, _annotations = open_sources(self.spec)
+        path = Path(self.task.path)
+        # Leftovers of an interrupted run: this writer owns the shard, so its temporaries are its own.
+        remove_temporaries(path.parent, path.name)
+        with atomic_path(path) as tmp, records.RecordWriter(str(tmp)) as writer:
+            count = self._write_records(writer, report)
+        sidecar = {"file": path.name, "count": count, "bytes": os.path.getsize(path),
+                   "fingerprint": self.task.fingerprint, "skipped": self.skipped, "warnings": self.warnings,
+                   "stats": dict(self.stats)}
+        write_json(sidecar_path(path), sidecar)
+        return sidecar
+
+    def _write_records(self, writer: records.RecordWriter, report: Report) -> int:
+        """Every listed image's record in the plan's order; how many were written (the rest skipped)."""
         items = self.task.items
         voc = self.task.voc or (None,) * len(items)
         position = {item: i for i, item in enumerate(items)}
         pending: dict[int, object] = {}
         next_index, count, unreported = 0, 0, 0
-        # Leftovers of an interrupted run: this writer owns the shard, so its temporaries are its own.
-        remove_temporaries(Path(self.task.path).parent, Path(self.task.path).name)
-        with atomic_path(self.task.path) as tmp, records.RecordWriter(str(tmp)) as writer:
-            # fetch yields in archive order; records go out in the shuffled order of the plan
-            for fetched in images.fetch(items) if items else ():
-                pending[position[fetched.item]] = fetched
-                while next_index in pending:
-                    current = pending.pop(next_index)
-                    record = self.record(current, voc[next_index])
-                    if record is not None:
-                        writer.write(record)
-                        count += 1
-                    next_index += 1
-                    unreported += 1
-                    if unreported >= PROGRESS_EVERY:
-                        report(unreported)
-                        unreported = 0
-            if next_index != len(items):
-                raise RuntimeError(f"{self.task.path}: image source returned {next_index} of {len(items)} images")
-        report(unreported)
-        sidecar = {"file": Path(self.task.path).name, "count": count, "bytes": os.path.getsize(self.task.path),
-                   "fingerprint": self.task.fingerprint, "skipped": self.skipped, "warnings": self.warnings,
-                   "stats": dict(self.stats)}
-        write_json(sidecar_path(self.task.path), sidecar)
-        return sidecar
+        # fetch yields in archive order; records go out in the shuffled order of the plan
+        for fetched in self.sources.images.fetch(items) if items else ():
+            pending[position[fetched.item]] = fetched
+            while next_index in pending:
+                record = self.record(pending.pop(next_index), voc[next_index])
+                if record is not None:
+                    writer.write(record)
+                    count += 1
+                next_index += 1
+                unreported += 1
+                if unreported >= PROGRESS_EVERY:
+                    report(unreported)
+                    unreported = 0
+        if next_index != len(items):
+            raise CountMismatch(f"{self.task.path}: image source returned {next_index} of {len(items)} images")
+        if unreported:
+            report(unreported)
+        return count
 
 
-def read_voc_group(spec: SourceSpec, items: list[ListedImage]) -> dict[ListedImage, VocBoxes]:
+def read_voc_group(annotations: Source, items: list[ListedImage], _report: Report) -> dict[ListedImage, VocBoxes]:
     """Each item's annotation (items without one are left out); runs in a worker or here."""
-    _images, annotations = open_sources(spec)
     found: dict[ListedImage, VocBoxes] = {}
     for fetched in annotations.fetch(items):
         if fetched.data is not None:
@@ -302,78 +271,30 @@ def attach_annotations(tasks: list[ShardTask], found: dict[ListedImage, VocBoxes
     return [replace(task, voc=tuple(found.get(item) for item in task.items)) for task in tasks]
 
 
-_PROGRESS_QUEUE = None
+def write_share(sources: Sources, tasks: list[ShardTask], report: Report) -> None:
+    """Write `tasks` one after the other (in a worker process, or here)."""
+    for task in tasks:
+        ShardWriter(sources, task).write(report)
 
 
-def _init_worker(progress_queue) -> None:
-    global _PROGRESS_QUEUE
-    _PROGRESS_QUEUE = progress_queue
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _write_in_worker(spec: SourceSpec, task: ShardTask) -> dict:
-    return ShardWriter(spec, task).write(lambda n: _PROGRESS_QUEUE.put(n) if n else None)
-
-
-def pool_start_method() -> str:
-    """"fork" when this process is single-threaded and has no TensorFlow loaded, else "spawn".
-
-    Forked writers start in milliseconds with everything imported; a spawned one takes ~0.5-1 s,
-    as long as a few thousand records take to write. Forking a multi-threaded process (TensorFlow's
-    thread pools, e.g. in a test run) can deadlock the child, so then spawn is used.
-    """
-    # tqdm's monitor thread only sleeps and never runs in the children, which report through a queue
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != "tqdm_monitor"]
-    if sys.platform == "linux" and not others and "tensorflow" not in sys.modules:
-        return "fork"
-    return "spawn"
-
-
-def write_shards(spec: SourceSpec, tasks: list[ShardTask], workers: int, desc: str) -> None:
+def write_shards(sources: Sources, tasks: list[ShardTask], workers: int, desc: str) -> None:
     """Read the annotations once (per synset), then write `tasks` with `workers` processes (1: here).
 
     Reading XML per shard instead would re-read every synset's annotation archive once per shard.
+    Each process writes every `workers`-th shard with its own copy of the sources, whose caches
+    (synset-tar indexes) then serve all of its shards.
     """
     if not tasks:
         return
-    workers = min(workers, len(tasks))
-    with_xml = spec.annotations is not None
-    if with_xml:
-        log.info("reading the annotations of %d images from %s", sum(len(t.items) for t in tasks), spec.annotations)
-    if workers == 1:
-        if with_xml:
-            found = {}
-            for group in annotation_groups(tasks, 1):
-                found.update(read_voc_group(spec, group))
-            tasks = attach_annotations(tasks, found)
-        with progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
-            for task in tasks:
-                ShardWriter(spec, task).write(bar.update)
-        return
-    ctx = multiprocessing.get_context(pool_start_method())
-    progress_queue = ctx.Queue()
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(progress_queue,)) as pool:
-        if with_xml:
-            found = {}
-            for part in pool.starmap(read_voc_group, [(spec, g) for g in annotation_groups(tasks, workers)]):
+    count = min(workers, len(tasks))
+    with Workers(count) as pool:
+        if sources.annotations is not None:
+            found: dict[ListedImage, VocBoxes] = {}
+            for part in pool.map(read_voc_group, sources.annotations, annotation_groups(tasks, count)):
                 found.update(part)
             tasks = attach_annotations(tasks, found)
         with progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
-            results = [pool.apply_async(_write_in_worker, (spec, task)) for task in tasks]
-            while not all(r.ready() for r in results):
-                _drain(progress_queue, bar, timeout=0.2)
-            _drain(progress_queue, bar, timeout=0)
-            for r in results:
-                r.get()  # re-raises a worker's error (a UserError keeps its one-line message)
-
-
-def _drain(progress_queue, bar, timeout: float) -> None:
-    try:
-        bar.update(progress_queue.get(timeout=timeout) if timeout else progress_queue.get_nowait())
-        while True:
-            bar.update(progress_queue.get_nowait())
-    except queue.Empty:
-        pass
+            pool.map(write_share, sources, [tasks[k::count] for k in range(count)], bar.update)
 
 
 # --- the manifest --------------------------------------------------------------------------------
@@ -400,7 +321,7 @@ def write_manifest(plan: Plan, sidecars: list[dict]) -> dict:
     written = sum(s["count"] for s in sidecars)
     skipped_file, warnings_file = report_paths(config.name)
     if written + len(skipped) != plan.listed:
-        raise RuntimeError(f"counts do not reconcile: listed {plan.listed} != written {written} + skipped {len(skipped)}")
+        raise CountMismatch(f"{config.out}: counts do not reconcile: listed {plan.listed} != written {written} + skipped {len(skipped)}")
     manifest = {
         "name": config.name,
         "format_version": FORMAT_VERSION,
@@ -477,36 +398,47 @@ def build(config: BuildConfig) -> int:
         config.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{config.out}: cannot create output folder: {exc.strerror or exc}") from None
-    index_dir = config.index_dir or config.out / ".hpcvision-index"
-    spec = SourceSpec(str(config.images), str(config.annotations) if config.annotations else None,
-                      str(config.val_labels) if config.val_labels else None, str(index_dir), plan.labels)
-    open_sources(spec)  # fails early with one line if an archive is unreadable; builds the index once
+    sources = open_sources(config, plan.labels)  # fails early with one line if unreadable; builds the index once
     _drop_stale_manifest(plan)
     mine = [t for t in plan.shards if t.index % ranks == rank]
-    todo = [t for t in mine if read_sidecar(t) is None]
-    if len(todo) < len(mine):
-        print(f"{len(mine) - len(todo)} of this rank's {len(mine)} shards already complete: not rewritten")
-    start = time.monotonic()
-    who = f" rank {rank}/{ranks}" if ranks > 1 else ""
-    write_shards(spec, todo, config.workers, f"build {config.name}{who}")
-    images = sum(len(t.items) for t in todo)
-    if todo:
-        elapsed = time.monotonic() - start
-        log.info("rank %d wrote %d shards (%d images) in %.1f s, %.0f images/s", rank, len(todo), images,
-                 elapsed, images / max(elapsed, 1e-9))
+    _write_mine(plan, sources, mine, rank, ranks)
     sidecars = collect_sidecars(plan)
     if sidecars is None and rank == 0 and ranks > 1:
         sidecars = _wait_for_others(plan, config.wait)
     if sidecars is None:
-        missing = [Path(t.path).name for t in plan.shards if read_sidecar(t) is None]
-        if rank == 0 and ranks > 1:
-            raise UserError(f"{config.out}: {len(missing)} shards still missing after waiting {config.wait:.0f} s "
-                            f"(e.g. {missing[0]}): rerun the build to complete them")
-        print(f"rank {rank}/{ranks}: {len(mine)} shards complete; {len(missing)} shards of other ranks pending, "
-              f"the last rank to finish writes {manifest_path(config.out, config.name)}")
+        _pending(plan, mine, rank, ranks)
         return 0
     _summary(write_manifest(plan, sidecars), config.out)
     return 0
+
+
+def _write_mine(plan: Plan, sources: Sources, mine: list[ShardTask], rank: int, ranks: int) -> None:
+    """Write this rank's shards that are not complete yet, and log the rate."""
+    config = plan.config
+    todo = [t for t in mine if read_sidecar(t) is None]
+    if len(todo) < len(mine):
+        print(f"{len(mine) - len(todo)} of this rank's {len(mine)} shards already complete: not rewritten")
+    images = sum(len(t.items) for t in todo)
+    if todo and config.annotations:
+        log.info("reading the annotations of %d images from %s", images, config.annotations)
+    start = time.monotonic()
+    who = f" rank {rank}/{ranks}" if ranks > 1 else ""
+    write_shards(sources, todo, config.workers, f"build {config.name}{who}")
+    if todo:
+        elapsed = time.monotonic() - start
+        log.info("rank %d wrote %d shards (%d images) in %.1f s, %.0f images/s", rank, len(todo), images,
+                 elapsed, images / max(elapsed, 1e-9))
+
+
+def _pending(plan: Plan, mine: list[ShardTask], rank: int, ranks: int) -> None:
+    """Shards of other ranks are still missing: UserError on rank 0 (it has waited), else say so."""
+    config = plan.config
+    missing = [Path(t.path).name for t in plan.shards if read_sidecar(t) is None]
+    if rank == 0 and ranks > 1:
+        raise UserError(f"{config.out}: {len(missing)} shards still missing after waiting {config.wait:.0f} s "
+                        f"(e.g. {missing[0]}): rerun the build to complete them")
+    print(f"rank {rank}/{ranks}: {len(mine)} shards complete; {len(missing)} shards of other ranks pending, "
+          f"the last rank to finish writes {manifest_path(config.out, config.name)}")
 
 
 def _wait_for_others(plan: Plan, wait: float) -> list[dict] | None:

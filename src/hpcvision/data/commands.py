@@ -9,6 +9,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from hpcvision.config import add_config_arguments, load_config
+from hpcvision.data.config import BuildConfig, ExtractConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -24,10 +27,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_verify(commands)
 
 
-def _add_extract(commands: argparse._SubParsersAction) -> None:
-    from hpcvision.data.extract import add_extract_parser
+# --- extract ---------------------------------------------------------------------------------------
 
-    add_extract_parser(commands)
+def _add_extract(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "extract", help="copy the listed images (and their XML) out of Images.tar / Annotation.tar.gz",
+        description="Extract exactly the images of --list to OUT/images/<wnid>/<name>.JPEG and their "
+        "XML to OUT/annotations/<wnid>/<name>.xml, reading nested tars in place (no synset tar is "
+        "unpacked to disk). Reruns skip files already extracted. Images not written are listed in "
+        "OUT/extract-report-rank<i>.tsv.")
+    add_config_arguments(p, ExtractConfig)
+    p.set_defaults(func=run_extract)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision data extract`."""
+    from hpcvision.data.extract import extract
+
+    return extract(load_config(ExtractConfig, args))
 
 
 # --- sample ----------------------------------------------------------------------------------------
@@ -76,44 +93,15 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         description="Write OUT/<name>-%%05d-of-%%05d TFRecord shards of tf.train.Example (the keys of "
         "inception's build_imagenet_data.py), OUT/<name>-manifest.json and OUT/<name>-skipped.tsv. "
         "Reruns skip shards already complete.")
-    p.add_argument("--images", type=Path, required=True, metavar="DIR|TAR",
-                   help="DIR/<wnid>/<name>.JPEG, Images.tar / ILSVRC2012_img_train.tar, or ILSVRC2012_img_val.tar")
-    p.add_argument("--annotations", type=Path, default=None, metavar="DIR|TAR",
-                   help="DIR/<wnid>/<name>.xml or Annotation.tar.gz (optional: without it, no boxes)")
-    p.add_argument("--val-labels", type=Path, default=None, metavar="FILE",
-                   help="'<filename> <wnid>' lines, for the flat ILSVRC2012_img_val.tar")
-    p.add_argument("--list", type=Path, required=True, dest="file_list", metavar="FILE",
-                   help="images to write, '<wnid> <wnid>_<n>' a line")
-    p.add_argument("--synsets", type=Path, required=True, metavar="FILE", help="one wnid a line, in label order")
-    p.add_argument("--metadata", type=Path, default=None, metavar="FILE",
-                   help="'<wnid>\\t<words>' lines for image/class/text (default: the wnid)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    p.add_argument("--name", default="train", help="shard name prefix (default: train)")
-    p.add_argument("--shards", type=int, default=8, help="number of shards (default: 8)")
-    p.add_argument("--label-offset", type=int, default=1, choices=(0, 1),
-                   help="stored label = synset index + offset; 1 keeps 0 for background as inception (default: 1)")
-    p.add_argument("--seed", type=int, default=12345, help="shuffle seed; same seed, same shards (default: 12345)")
-    p.add_argument("--workers", type=int, default=1, help="writer processes on this machine (default: 1)")
-    p.add_argument("--rank", type=int, default=None,
-                   help="this rank's index (default: from mpirun/srun environment, else 0)")
-    p.add_argument("--ranks", type=int, default=None, help="number of ranks (default: from the environment, else 1)")
-    p.add_argument("--index-dir", type=Path, default=None, metavar="DIR",
-                   help="where archive indexes are cached (default: OUT/.hpcvision-index)")
-    p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
-                   help="with several ranks, how long rank 0 waits for the others before writing "
-                   "the manifest (default: 600)")
+    add_config_arguments(p, BuildConfig)
     p.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from hpcvision.data.build import BuildConfig, build
+    """Handler of `hpcvision data build`."""
+    from hpcvision.data.build import build
 
-    config = BuildConfig(
-        images=args.images, annotations=args.annotations, val_labels=args.val_labels,
-        file_list=args.file_list, synsets=args.synsets, metadata=args.metadata, out=args.out,
-        name=args.name, shards=args.shards, label_offset=args.label_offset, seed=args.seed,
-        workers=args.workers, rank=args.rank, ranks=args.ranks, index_dir=args.index_dir, wait=args.wait)
-    return build(config)
+    return build(load_config(BuildConfig, args))
 
 
 # --- verify ----------------------------------------------------------------------------------------

@@ -9,10 +9,7 @@ Every listed image not written goes to `OUT/extract-report-rank<i>.tsv` with the
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
-import multiprocessing
 import os
 import stat
 import time
@@ -21,14 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcvision.cluster.discovery import resolve_rank
+from hpcvision.data.config import ExtractConfig, index_dir
 from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_file_list, read_synsets
+from hpcvision.data.shards import write_tsv
 from hpcvision.data.sources import XML_SUFFIX, Source, open_annotations, open_images
-from hpcvision.errors import UserError
-from hpcvision.files import temporary_path
+from hpcvision.data.workers import Report, Workers
+from hpcvision.errors import CountMismatch, UserError
+from hpcvision.files import remove_temporaries, write_atomic
+from hpcvision.progress import progress
 
 log = logging.getLogger(__name__)
 
-INDEX_FOLDER = ".hpcvision-index"
+REPORT_HEADER = "file\treason"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,30 +83,6 @@ class SynsetResult:
     xml_missing: list[tuple[str, str]] = field(default_factory=list)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename: a reader never sees a partial file."""
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete partial files an interrupted run left in a synset folder (only one process owns it)."""
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if entry.name.startswith(".") and ".tmp" in entry.name and entry.is_file(follow_symlinks=False):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-
-
 def already_present(path: Path, size: int | None) -> bool:
     """True when `path` is a regular file of the expected size (a previous run wrote it)."""
     if size is None:
@@ -121,7 +99,7 @@ def copy_members(
 ) -> tuple[list[ListedImage], int, list[tuple[ListedImage, str]]]:
     """Copy `items` from `source` to `folder/<wnid>/<name><suffix>`; (done items, newly written, problems)."""
     for wnid in {item.wnid for item in items}:
-        remove_stale_temporaries(folder / wnid)
+        remove_temporaries(folder / wnid)  # only this process extracts this synset
     sizes = source.sizes(items)
     done: list[ListedImage] = []
     todo: list[ListedImage] = []
@@ -160,42 +138,37 @@ def extract_synset(
     return result
 
 
-# Worker processes get the (picklable) sources once, then synset tasks.
-_WORKER: dict = {}
+@dataclass(frozen=True)
+class ExtractJob:
+    """What every task of one run shares: the opened sources and the output folder (picklable)."""
+
+    images: Source
+    annotations: Source | None
+    out: Path
 
 
-def _init_worker(images: Source, annotations: Source | None, out: Path) -> None:
-    _WORKER.update(images=images, annotations=annotations, out=out)
+def extract_share(job: ExtractJob, items: list[ListedImage], report: Report) -> dict[str, SynsetResult]:
+    """Extract `items` synset by synset, largest first; each synset's result by wnid."""
+    results = {}
+    for group in synset_groups(items):
+        results[group[0].wnid] = extract_synset(job.images, job.annotations, job.out, group)
+        report(len(group))
+    return results
 
 
-def _run_task(items: list[ListedImage]) -> SynsetResult:
-    return extract_synset(_WORKER["images"], _WORKER["annotations"], _WORKER["out"], items)
+def run_tasks(job: ExtractJob, items: list[ListedImage], workers: int) -> SynsetResult:
+    """Extract `items` in this process or in `workers` processes, each given whole synsets.
 
-
-def run_tasks(
-    images: Source,
-    annotations: Source | None,
-    out: Path,
-    items: list[ListedImage],
-    workers: int,
-) -> SynsetResult:
-    """Extract `items`, synset by synset, in this process or `workers` spawned processes."""
-    from hpcvision.progress import progress
-
+    The per-synset results are merged in one fixed order, so the reports do not depend on `workers`.
+    """
+    groups = synset_groups(items)
+    count = max(1, min(workers, len(groups)))
+    with progress(len(items), "extract", unit="img") as bar, Workers(count) as pool:
+        parts = pool.map(extract_share, job, split_by_synset(items, count), bar.update)
+    by_wnid = {wnid: result for part in parts for wnid, result in part.items()}
     total = SynsetResult()
-    tasks = synset_groups(items)
-    with progress(len(items), "extract", unit="img") as bar:
-        if workers <= 1 or len(tasks) <= 1:
-            results = (extract_synset(images, annotations, out, task) for task in tasks)
-            for result in results:
-                merge(total, result)
-                bar.update(result.images)
-        else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(min(workers, len(tasks)), _init_worker, (images, annotations, out)) as pool:
-                for result in pool.imap_unordered(_run_task, tasks):
-                    merge(total, result)
-                    bar.update(result.images)
+    for group in groups:
+        merge(total, by_wnid[group[0].wnid])
     return total
 
 
@@ -213,151 +186,65 @@ def merge(total: SynsetResult, part: SynsetResult) -> None:
 # The command
 
 
-def add_extract_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `extract` (options and handler) to the `hpcvision data` subcommands."""
-    parser = subparsers.add_parser(
-        "extract",
-        help="copy the listed images (and their XML) out of Images.tar / Annotation.tar.gz",
-        description="Extract exactly the images of --list to OUT/images/<wnid>/<name>.JPEG and their "
-        "XML to OUT/annotations/<wnid>/<name>.xml, reading nested tars in place (no synset tar is "
-        "unpacked to disk). Reruns skip files already extracted. Images not written are listed in "
-        "OUT/extract-report-rank<i>.tsv.",
-    )
-    parser.add_argument(
-        "--images",
-        required=True,
-        type=Path,
-        metavar="ARCHIVE",
-        help="Images.tar or ILSVRC2012_img_train.tar (tar of <wnid>.tar), "
-        "ILSVRC2012_img_val.tar (flat; needs --val-labels), or a folder <wnid>/<name>.JPEG",
-    )
-    parser.add_argument(
-        "--annotations",
-        type=Path,
-        metavar="ARCHIVE",
-        help="Annotation.tar.gz (tar of <wnid>.tar.gz) or a folder <wnid>/<name>.xml",
-    )
-    parser.add_argument(
-        "--list",
-        required=True,
-        type=Path,
-        dest="list_file",
-        metavar="FILE",
-        help="images to extract, one '<wnid> <name>' a line (the course's list format)",
-    )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--synsets",
-        type=Path,
-        metavar="FILE",
-        help="synsets.txt: list lines of other synsets are skipped as unknown",
-    )
-    parser.add_argument(
-        "--val-labels",
-        type=Path,
-        metavar="FILE",
-        help="labels of a flat validation tar: '<filename> <wnid>' a line, or one wnid a line in image order",
-    )
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="local processes (default: 1)")
-    parser.add_argument(
-        "--rank",
-        type=int,
-        default=None,
-        metavar="I",
-        help="this process's rank (default: from mpirun/srun/PBS environment, else 0)",
-    )
-    parser.add_argument(
-        "--ranks",
-        type=int,
-        default=None,
-        metavar="N",
-        help="number of ranks sharing the list (default: from the environment, else 1)",
-    )
-    parser.add_argument(
-        "--index-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help=f"where the archive index is cached (default: OUT/{INDEX_FOLDER})",
-    )
-    parser.set_defaults(func=run_extract)
-    return parser
-
-
-def resolve_rank(rank: int | None, ranks: int | None) -> tuple[int, int]:
-    """Explicit --rank/--ranks win over the launcher's environment; UserError if they do not fit."""
-    from hpcvision.cluster.discovery import process_rank
-
-    env_rank, env_ranks = process_rank()
-    rank = env_rank if rank is None else rank
-    ranks = env_ranks if ranks is None else ranks
-    if ranks < 1:
-        raise UserError(f"--ranks must be at least 1, got {ranks}")
-    if not 0 <= rank < ranks:
-        raise UserError(f"--rank {rank} --ranks {ranks}: --rank must be in 0..{ranks - 1}")
+def _check_config(config: ExtractConfig) -> tuple[int, int]:
+    """(rank, ranks) after validating the arguments; UserError naming the bad one."""
+    rank, ranks = resolve_rank(config.rank, config.ranks)
+    if config.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {config.workers}")
+    if config.out.exists() and not config.out.is_dir():
+        raise UserError(f"{config.out}: --out exists and is not a folder")
     return rank, ranks
 
 
-def write_report(path: Path, rows: list[tuple[str, str]]) -> None:
-    """A (file, reason) TSV with a header line, written atomically."""
-    lines = ["file\treason"] + [f"{name}\t{reason}" for name, reason in rows]
-    write_atomic(path, ("\n".join(lines) + "\n").encode())
+def open_job(config: ExtractConfig) -> ExtractJob:
+    """Open the image (and annotation) sources; UserError with one line if one is unreadable."""
+    folder = index_dir(config.index_dir, config.out)
+    images = open_images(config.images, val_labels=config.val_labels, index_dir=folder)
+    annotations = open_annotations(config.annotations, index_dir=folder) if config.annotations else None
+    return ExtractJob(images, annotations, config.out)
 
 
-def run_extract(args: argparse.Namespace) -> int:
-    """Handler of `hpcvision data extract`."""
+def extract(config: ExtractConfig) -> int:
+    """Run `data extract` for this rank; 0 when every listed image is written or reported."""
     start = time.monotonic()
-    rank, ranks = resolve_rank(args.rank, args.ranks)
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --out exists and is not a folder")
-    synsets = read_synsets(args.synsets) if args.synsets else None
-    files = read_file_list(args.list_file, synsets)
-    index_dir = args.index_dir or out / INDEX_FOLDER
-    images = open_images(args.images, val_labels=args.val_labels, index_dir=index_dir)
-    annotations = open_annotations(args.annotations, index_dir=index_dir) if args.annotations else None
-
+    rank, ranks = _check_config(config)
+    synsets = read_synsets(config.synsets) if config.synsets else None
+    files = read_file_list(config.list_file, synsets)
+    job = open_job(config)
     mine = rank_slice(files.images, rank, ranks)
     list_skips = files.skipped if rank == 0 else []  # list-level problems are reported once, by rank 0
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    if annotations is not None:
-        (out / "annotations").mkdir(parents=True, exist_ok=True)
-    log.info(
-        "rank %d/%d: %d of %d listed images, %d worker(s), from %s",
-        rank,
-        ranks,
-        len(mine),
-        files.listed,
-        args.workers,
-        args.images,
-    )
+    (job.out / "images").mkdir(parents=True, exist_ok=True)
+    if job.annotations is not None:
+        (job.out / "annotations").mkdir(parents=True, exist_ok=True)
+    log.info("rank %d/%d: %d of %d listed images, %d worker(s), from %s",
+             rank, ranks, len(mine), files.listed, config.workers, config.images)
     try:
-        result = run_tasks(images, annotations, out, mine, args.workers)
+        result = run_tasks(job, mine, config.workers)
     except OSError as exc:  # disk full, quota, permissions: nothing to skip, the run cannot go on
-        raise UserError(f"{out}: cannot write: {exc}") from None
+        raise UserError(f"{job.out}: cannot write: {exc}") from None
+    listed = len(mine) + len(list_skips)
+    _report(job, result, list_skips, listed, f"rank {rank} of {ranks}: " if ranks > 1 else "", rank, start)
+    return 0
 
+
+def _report(job: ExtractJob, result: SynsetResult, list_skips: list[tuple[str, str]], listed: int,
+            scope: str, rank: int, start: float) -> None:
+    """Write this rank's reports and print the reconciled counts; CountMismatch if they do not add up."""
+    out = job.out
     skipped = list_skips + result.skipped
     report = out / f"extract-report-rank{rank}.tsv"
-    write_report(report, skipped)
-    listed = len(mine) + len(list_skips)
+    write_tsv(report, REPORT_HEADER, [list(row) for row in skipped])
     written = result.written + result.present
-    assert listed == written + len(skipped), (listed, written, len(skipped))
-    scope = f"rank {rank} of {ranks}: " if ranks > 1 else ""
-    print(
-        f"{scope}listed {listed} = written {written} + skipped {len(skipped)}"
-        f"  ({result.present} already present; {time.monotonic() - start:.1f} s)"
-    )
+    if listed != written + len(skipped):
+        raise CountMismatch(f"{out}: listed {listed} != written {written} + skipped {len(skipped)}")
+    print(f"{scope}listed {listed} = written {written} + skipped {len(skipped)}"
+          f"  ({result.present} already present; {time.monotonic() - start:.1f} s)")
     print(f"images: {out / 'images'}/<wnid>/<name>.JPEG")
-    if annotations is not None:
+    if job.annotations is not None:
         xml_report = out / f"extract-annotations-missing-rank{rank}.tsv"
-        write_report(xml_report, result.xml_missing)
-        print(
-            f"annotations: {out / 'annotations'}/<wnid>/<name>.xml ({result.xml_written} present, "
-            f"{len(result.xml_missing)} images without XML: {xml_report})"
-        )
+        write_tsv(xml_report, REPORT_HEADER, [list(row) for row in result.xml_missing])
+        print(f"annotations: {out / 'annotations'}/<wnid>/<name>.xml ({result.xml_written} present, "
+              f"{len(result.xml_missing)} images without XML: {xml_report})")
     print(f"report of images not written: {report}")
     if skipped:
         log.warning("%d listed image(s) not written; reasons in %s", len(skipped), report)
-    return 0

@@ -1,0 +1,83 @@
+"""`ExtractConfig` and `BuildConfig`: the options of `data extract` and `data build`, declared once.
+
+Their `--flags` are derived from the fields (`hpcvision.config.add_config_arguments`); a field
+without a default is a required option. Paths are kept as given on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INDEX_FOLDER = ".hpcvision-index"  # under OUT, unless --index-dir says otherwise
+
+
+def _opt(default: Any, help_text: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+def _required(help_text: str, **extra: Any) -> Any:
+    return field(metadata={"help": help_text, **extra})
+
+
+def index_dir(given: Path | None, out: Path) -> Path:
+    """Where archive indexes are cached: `given`, else OUT/.hpcvision-index."""
+    return given or out / INDEX_FOLDER
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `data extract` needs."""
+
+    images: Path = _required(
+        "Images.tar or ILSVRC2012_img_train.tar (tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat; needs "
+        "--val-labels), or a folder <wnid>/<name>.JPEG", metavar="ARCHIVE")
+    list_file: Path = _required("images to extract, one '<wnid> <name>' a line (the course's list format)",
+                                flag="--list", metavar="FILE")
+    out: Path = _required("output folder", metavar="DIR")
+    annotations: Path | None = _opt(
+        None, "Annotation.tar.gz (tar of <wnid>.tar.gz) or a folder <wnid>/<name>.xml (default: none)",
+        metavar="ARCHIVE")
+    synsets: Path | None = _opt(None, "synsets.txt: list lines of other synsets are skipped as unknown "
+                                "(default: every synset is known)", metavar="FILE")
+    val_labels: Path | None = _opt(
+        None, "labels of a flat validation tar: '<filename> <wnid>' a line, or one wnid a line in image order "
+        "(default: none)", metavar="FILE")
+    workers: int = _opt(1, "local processes", metavar="N")
+    rank: int | None = _opt(None, "this process's rank (default: from mpirun/srun/PBS environment, else 0)",
+                            metavar="I")
+    ranks: int | None = _opt(None, "number of ranks sharing the list (default: from the environment, else 1)",
+                             metavar="N")
+    index_dir: Path | None = _opt(None, f"where the archive index is cached (default: OUT/{INDEX_FOLDER})",
+                                  metavar="DIR")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `data build` needs."""
+
+    images: Path = _required(
+        "DIR/<wnid>/<name>.JPEG, Images.tar / ILSVRC2012_img_train.tar, or ILSVRC2012_img_val.tar",
+        metavar="DIR|TAR")
+    file_list: Path = _required("images to write, '<wnid> <wnid>_<n>' a line", flag="--list", metavar="FILE")
+    synsets: Path = _required("one wnid a line, in label order", metavar="FILE")
+    out: Path = _required("output folder", metavar="DIR")
+    annotations: Path | None = _opt(
+        None, "DIR/<wnid>/<name>.xml or Annotation.tar.gz (default: none, so no boxes)", metavar="DIR|TAR")
+    val_labels: Path | None = _opt(None, "'<filename> <wnid>' lines, for the flat ILSVRC2012_img_val.tar",
+                                   metavar="FILE")
+    metadata: Path | None = _opt(None, "'<wnid>\\t<words>' lines for image/class/text (default: the wnid)",
+                                 metavar="FILE")
+    name: str = _opt("train", "shard name prefix")
+    shards: int = _opt(8, "number of shards")
+    label_offset: int = _opt(1, "stored label = synset index + offset; 1 keeps 0 for background as inception",
+                             choices=(0, 1))
+    seed: int = _opt(12345, "shuffle seed; same seed, same shards")
+    workers: int = _opt(1, "writer processes on this machine")
+    rank: int | None = _opt(None, "this rank's index (default: from mpirun/srun environment, else 0)")
+    ranks: int | None = _opt(None, "number of ranks (default: from the environment, else 1)")
+    index_dir: Path | None = _opt(None, f"where archive indexes are cached (default: OUT/{INDEX_FOLDER})",
+                                  metavar="DIR")
+    wait: float = _opt(600.0, "with several ranks, how long rank 0 waits for the others before writing the "
+                       "manifest", metavar="SECONDS")
