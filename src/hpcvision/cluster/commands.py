@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hpcvision.cluster import discovery, jobscript
 from hpcvision.errors import UserError
+from hpcvision.files import write_atomic
 
 STAGE_HELP = {
     "extract": "hpcvision data extract on every task (ranks split the image list)",
@@ -184,10 +185,7 @@ def _run_pipeline(args: argparse.Namespace, stage_args: list[str], out: Path | N
 def _write_script(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        write_atomic(path, text, mode=0o755)
     except OSError as exc:
         raise UserError(f"{path}: cannot write the job script ({exc.strerror})") from None
 
