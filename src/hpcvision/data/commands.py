@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from hpcvision.config import add_config_arguments, load_config
-from hpcvision.data.config import BuildConfig, ExtractConfig
+from hpcvision.data.config import BuildConfig, ExtractConfig, VerifyConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,13 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
         "verify", help="check every shard: record CRCs, Example parsing, counts against the manifest",
         description="Read every record of DIR/<name>-*: framing and CRCs, the Example schema, labels "
         "against the manifest's label map, and the counts. Exits 2 naming shard and record on corruption.")
-    p.add_argument("dir", type=Path, metavar="DIR", help="folder with the shards and <name>-manifest.json")
-    p.add_argument("--name", default="train", help="shard name prefix (default: train)")
-    p.add_argument("--decode", action="store_true", help="also decode every JPEG (slow; default: header check)")
+    add_config_arguments(p, VerifyConfig)
     p.set_defaults(func=run_verify)
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision data verify`."""
     from hpcvision.data.verify import verify
 
-    return verify(args.dir, args.name, decode=args.decode)
+    config = load_config(VerifyConfig, args)
+    return verify(config.folder, config.name, decode=config.decode)

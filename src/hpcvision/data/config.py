@@ -1,4 +1,4 @@
-"""`ExtractConfig` and `BuildConfig`: the options of `data extract` and `data build`, declared once.
+"""`ExtractConfig`, `BuildConfig`, `VerifyConfig`: the options of `data extract/build/verify`, declared once.
 
 Their `--flags` are derived from the fields (`hpcvision.config.add_config_arguments`); a field
 without a default is a required option. Paths are kept as given on the command line.
@@ -81,3 +81,12 @@ class BuildConfig:
                                   metavar="DIR")
     wait: float = _opt(600.0, "with several ranks, how long rank 0 waits for the others before writing the "
                        "manifest", metavar="SECONDS")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Everything `data verify` needs."""
+
+    folder: Path = _required("folder with the shards and <name>-manifest.json", positional=True, metavar="DIR")
+    name: str = _opt("train", "shard name prefix")
+    decode: bool = _opt(False, "also decode every JPEG, slow (default: header check only)")
