@@ -43,16 +43,16 @@ def slurm_env(nodes: int, rank: int) -> dict:
 
 
 def in_process(repeats: int) -> tuple[float, float]:
-    """Seconds per discovery of a 1,024-node x 4-task Slurm job, and per rendered train script."""
-    from hpcvision.cluster.discovery import resolve_tf_config
+    """Seconds per cluster plan of a 1,024-node x 4-task Slurm job, and per rendered train script."""
     from hpcvision.cluster.jobscript import JobSpec, render
+    from hpcvision.cluster.plan import plan_cluster
 
     env = slurm_env(1024, 4095)
     start = time.perf_counter()
     for _ in range(repeats):
-        config = resolve_tf_config(1, env)
+        plan = plan_cluster(1, env)
     per_discovery = (time.perf_counter() - start) / repeats
-    assert len(config["cluster"]["worker"]) == 1024 * 4 - 2
+    assert len(plan.tf_config["cluster"]["worker"]) == 1024 * 4 - 2
     spec = JobSpec(scheduler="slurm", stage="train", nodes=64, tasks_per_node=4, walltime="12:00:00",
                    stage_args=["--data", "/scratch/rec", "--model", "resnet50"])
     start = time.perf_counter()

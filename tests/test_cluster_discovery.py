@@ -1,4 +1,4 @@
-"""Discovery from fake PBS, Slurm, mpirun and TF_CONFIG environments (no processes started)."""
+"""Discovery and the cluster plan from fake PBS, Slurm, mpirun and TF_CONFIG environments (no processes started)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,29 @@ import json
 
 import pytest
 
-from hpcvision.cluster import discovery
-from hpcvision.cluster.discovery import (
-    Task,
-    assign_roles,
-    discover,
-    expand_nodelist,
-    expand_tasks_per_node,
-    process_rank,
-    resolve_tf_config,
-)
+from hpcvision.cluster import plan
+from hpcvision.cluster.discovery import Task, discover, process_rank
+from hpcvision.cluster.formats import expand_nodelist, expand_tasks_per_node, local_gpu_count
+from hpcvision.cluster.plan import assign_roles, plan_cluster
+from hpcvision.cluster.spec import chief_address, chief_of, is_chief, layout
 from hpcvision.errors import UserError
 
 BASE = {"HPCVISION_BASE_PORT": "5000", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def all_ranks(env: dict, size: int, rank_var: str, num_ps: int = 0) -> list[dict]:
-    """resolve_tf_config as each rank of the job sees it."""
-    return [resolve_tf_config(num_ps, {**env, rank_var: str(r)}) for r in range(size)]
+def no_mpi4py(env):
+    """Stands in for the MPI allgather where mpi4py is not installed."""
+    return None
+
+
+def resolve_tf_config(num_ps: int, env: dict, gather_hosts=no_mpi4py) -> dict | None:
+    """The TF_CONFIG of this process's plan (None when it runs alone)."""
+    return plan_cluster(num_ps, env, gather_hosts=gather_hosts).tf_config
+
+
+def all_ranks(env: dict, size: int, rank_var: str, num_ps: int = 0, gather_hosts=no_mpi4py) -> list[dict]:
+    """The TF_CONFIG as each rank of the job sees it."""
+    return [resolve_tf_config(num_ps, {**env, rank_var: str(r)}, gather_hosts) for r in range(size)]
 
 
 def assert_consistent(configs: list[dict]) -> None:
@@ -238,8 +243,7 @@ def test_slurm_non_integer_localid_is_a_user_error():
         discover(env)
 
 
-def test_mpi_non_integer_local_size_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: None)
+def test_mpi_non_integer_local_size_is_a_user_error():
     env = {**BASE, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "two"}
     with pytest.raises(UserError, match="OMPI_COMM_WORLD_LOCAL_SIZE='two' is not an integer"):
         resolve_tf_config(0, env)
@@ -252,11 +256,10 @@ def test_slurm_batch_script_outside_srun_is_one_process():
     assert "not in an srun step" in discover(env).notes[0]
 
 
-def test_mpirun_inside_a_slurm_allocation_trusts_mpi_ranks(monkeypatch):
+def test_mpirun_inside_a_slurm_allocation_trusts_mpi_ranks():
     # Ranks started by mpirun inherit the batch step's SLURM_PROCID=0: mpirun's ranks must win.
-    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: [("a1", 0), ("a1", 0)])
     env = slurm_env("a1", "2", 2, SLURM_PROCID="0", OMPI_COMM_WORLD_RANK="1", OMPI_COMM_WORLD_SIZE="2")
-    found = discover(env)
+    found = discover(env, gather_hosts=lambda env: [("a1", 0), ("a1", 0)])
     assert (found.scheduler, found.rank) == ("mpi", 1)
 
 
@@ -274,24 +277,29 @@ def test_slurm_job_id_derives_the_same_base_port_on_every_rank():
 # ------------------------------------------------------------------------------ MPI, TF_CONFIG, local
 
 
-def test_mpi_allgather_hosts(monkeypatch):
+def test_mpi_allgather_hosts():
     gathered = [("a", 0), ("b", 2), ("a", 0), ("b", 2)]
-    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: gathered)
+    calls = []
+
+    def gather(env):
+        calls.append(env["OMPI_COMM_WORLD_RANK"])
+        return gathered
+
     env = {**BASE, "OMPI_COMM_WORLD_SIZE": "4"}
-    configs = all_ranks(env, 4, "OMPI_COMM_WORLD_RANK", num_ps=1)
+    configs = all_ranks(env, 4, "OMPI_COMM_WORLD_RANK", num_ps=1, gather_hosts=gather)
     assert configs[0]["cluster"] == {"ps": ["a:5000"], "chief": ["a:5001"], "worker": ["b:5000", "b:5001"]}
     assert configs[2]["task"] == {"type": "chief", "index": 0}
     assert_consistent(configs)
+    # A collective: one allgather per process's plan, or the ranks would wait on each other forever.
+    assert calls == ["0", "1", "2", "3"]
 
 
-def test_mpi_without_mpi4py_on_one_host_uses_this_host(monkeypatch):
-    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: None)
+def test_mpi_without_mpi4py_on_one_host_uses_this_host():
     env = {**BASE, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
     assert len(resolve_tf_config(0, env)["cluster"]["worker"]) == 2
 
 
-def test_mpi_without_mpi4py_across_hosts_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(discovery, "_mpi_allgather_hosts", lambda env: None)
+def test_mpi_without_mpi4py_across_hosts_is_a_user_error():
     env = {**BASE, "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
     with pytest.raises(UserError, match="mpi4py"):
         resolve_tf_config(0, env)
@@ -305,10 +313,21 @@ def test_tf_config_wins_over_scheduler(pbs_env):
 
 
 @pytest.mark.parametrize("raw, match", [("{", "not valid JSON"), ('{"cluster": {}}', "'cluster' and 'task'"),
-                                        ('{"cluster": {"worker": []}, "task": {"type": "ps"}}', "names no job")])
+                                        ('{"cluster": {"worker": []}, "task": {"type": "ps"}}', "names no job"),
+                                        ('{"cluster": {"worker": "h:1"}, "task": {"type": "worker"}}', "host:port"),
+                                        ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 1}}',
+                                         "not in the cluster")])
 def test_bad_tf_config_is_a_user_error(raw, match):
     with pytest.raises(UserError, match=match):
         resolve_tf_config(0, {"TF_CONFIG": raw})
+
+
+def test_explicit_tf_config_wins_in_train_a_forced_source_wins_in_show(pbs_env):
+    explicit = {"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}
+    env = {**pbs_env, "OMPI_COMM_WORLD_RANK": "0", "TF_CONFIG": json.dumps(explicit), "HPCVISION_DISCOVERY": "pbs"}
+    assert resolve_tf_config(0, env) == explicit  # `hpcvision launch` children inherit both variables
+    assert plan.describe(0, env)["scheduler"] == "pbs"
+    assert plan.describe(0, {**env, "HPCVISION_DISCOVERY": "auto"})["tf_config"] == explicit
 
 
 def test_alone_means_no_tf_config():
@@ -339,15 +358,36 @@ def test_ps_take_one_slot_per_cpu_host_before_a_second():
     assert roles == [("ps", 0), ("chief", 0), ("ps", 1), ("worker", 0), ("worker", 1)]
 
 
+def test_one_chief_rule():
+    assert layout(2, 0) == [("worker", 0), ("worker", 1)]
+    assert layout(2, 1) == [("chief", 0), ("ps", 0), ("worker", 0), ("worker", 1)]
+    workers_only, with_chief = {"worker": ["a:1", "b:1"]}, {"chief": ["c:1"], "worker": ["a:1"]}
+    assert chief_of(workers_only) == ("worker", 0) and chief_of(with_chief) == ("chief", 0)
+    assert is_chief("worker", 0, workers_only) and not is_chief("worker", 0, with_chief)
+    assert chief_address(with_chief) == "c:1" and chief_address({}) is None
+
+
+def test_plan_of_a_discovered_ps_job(pbs_env):
+    found = plan_cluster(1, {**pbs_env, "OMPI_COMM_WORLD_RANK": "2"})
+    assert found.roles == (("ps", 0), ("worker", 0), ("chief", 0), ("worker", 1))
+    assert (found.task_type, found.task_index, found.is_chief) == ("chief", 0, True)
+    assert found.chief == "n2.cluster:5000" and found.base_port == 5000
+    assert found.tf_config["task"] == {"type": "chief", "index": 0}
+    worker = plan_cluster(1, {**pbs_env, "OMPI_COMM_WORLD_RANK": "1"})
+    assert (worker.task_type, worker.is_chief, worker.chief) == ("worker", False, "n2.cluster:5000")
+    alone = plan_cluster(1, {"CUDA_VISIBLE_DEVICES": ""})
+    assert (alone.tf_config, alone.is_chief, alone.roles, alone.base_port) == (None, True, (("worker", 0),), None)
+
+
 def test_bad_base_port_is_a_user_error():
     with pytest.raises(UserError, match="HPCVISION_BASE_PORT"):
-        discovery.base_port({"HPCVISION_BASE_PORT": "80"})
+        plan.base_port({"HPCVISION_BASE_PORT": "80"})
 
 
 def test_local_gpu_count_respects_cuda_visible_devices():
-    assert discovery.local_gpu_count({"CUDA_VISIBLE_DEVICES": "0,1,3"}) == 3
-    assert discovery.local_gpu_count({"CUDA_VISIBLE_DEVICES": "-1"}) == 0
-    assert discovery.local_gpu_count({"CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert local_gpu_count({"CUDA_VISIBLE_DEVICES": "0,1,3"}) == 3
+    assert local_gpu_count({"CUDA_VISIBLE_DEVICES": "-1"}) == 0
+    assert local_gpu_count({"CUDA_VISIBLE_DEVICES": ""}) == 0
 
 
 # ------------------------------------------------------------------------------ the command
@@ -379,9 +419,9 @@ def test_cluster_show_bad_ps_is_one_line_error(run_cli, monkeypatch, pbs_env):
 def test_visible_gpus_one_task_per_gpu_and_none_for_ps():
     env = slurm_env("cpu01,gpu[01-02]", "1,2(x2)", 5, HPCVISION_GPUS="cpu01=0,gpu01=2,gpu02=2")
     del env["CUDA_VISIBLE_DEVICES"]
-    shown = [discovery.describe(1, {**env, "SLURM_PROCID": str(r)}) for r in range(5)]
+    shown = [plan.describe(1, {**env, "SLURM_PROCID": str(r)}) for r in range(5)]
     assert [s["role"]["type"] for s in shown] == ["ps", "chief", "worker", "worker", "worker"]
     # ps on cpu01: no GPU; the PS chief took gpu01's slot 0 but needs none; workers one GPU each.
     assert [s["cuda_visible_devices"] for s in shown] == ["", "", "1", "0", "1"]
-    bound = discovery.describe(1, {**env, "SLURM_PROCID": "2", "CUDA_VISIBLE_DEVICES": "3"})
+    bound = plan.describe(1, {**env, "SLURM_PROCID": "2", "CUDA_VISIBLE_DEVICES": "3"})
     assert bound["cuda_visible_devices"] is None  # the scheduler's binding is kept

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from hpcvision.cluster.plan import plan_cluster
 from hpcvision.errors import UserError
 from hpcvision.train import checkpoint as ckpt_lib
 from hpcvision.train.strategy import choose_kind, resolve_role, wait_for_chief_exit
@@ -41,10 +42,14 @@ def test_parameter_server_needs_ps_tasks():
         choose_kind("parameter-server", cluster(worker=2), 0)
 
 
-def test_roles_from_tf_config(monkeypatch):
+def test_parameter_servers_without_a_chief_is_a_user_error():
+    with pytest.raises(UserError, match="no 'chief'"):
+        choose_kind("auto", cluster(ps=1, worker=2), 0)
+
+
+def test_roles_from_tf_config():
     def role(tf_config, strategy="auto"):
-        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-        return resolve_role(strategy, 0, 0)
+        return resolve_role(plan_cluster(0, {"TF_CONFIG": json.dumps(tf_config)}), strategy, 0)
 
     mwms = cluster(worker=3)
     mwms["task"] = {"type": "worker", "index": 0}
@@ -61,8 +66,9 @@ def test_roles_from_tf_config(monkeypatch):
     ps["task"] = {"type": "chief", "index": 0}
     chief = role(ps)
     assert chief.is_chief and not chief.runs_server_only and chief.num_workers == 2
-    monkeypatch.delenv("TF_CONFIG")
-    assert resolve_role("auto", 0, 0).name == "local"
+    ps["task"] = {"type": "worker", "index": 1}
+    assert role(ps).chief == ps["cluster"]["chief"][0]  # the address a ps/worker server waits on
+    assert resolve_role(plan_cluster(0, {}), "auto", 0).name == "local"
 
 
 def reference_rate(step, peak, spe, total, warmup_epochs, schedule, step_epochs):

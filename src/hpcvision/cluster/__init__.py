@@ -1,1 +1,1 @@
-"""Step 6: PBS/Slurm/MPI discovery, local launcher, job scripts, walltime."""
+"""Step 6: who am I in the job (scheduler formats, discovery, the cluster plan and TF_CONFIG), local launcher, job scripts, walltime."""

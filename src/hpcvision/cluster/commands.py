@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hpcvision.cluster import discovery, jobscript
+from hpcvision.cluster.plan import describe
 from hpcvision.errors import UserError
 from hpcvision.files import write_atomic
 
@@ -103,7 +104,7 @@ def run_cluster_show(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.port is not None:
         env["HPCVISION_BASE_PORT"] = str(args.port)
-    info = discovery.describe(args.ps, env, args.source)
+    info = describe(args.ps, env, args.source)
     print(json.dumps(info, indent=2))
     return 0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hpcvision.cluster.discovery import MAX_BASE_PORT
+from hpcvision.cluster.plan import MAX_BASE_PORT
 from hpcvision.cluster.walltime import parse_duration
 from hpcvision.errors import UserError
 

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcvision.cluster.discovery import cuda_visible_devices, env_int
+from hpcvision.cluster.discovery import env_int
+from hpcvision.cluster.plan import plan_cluster
 from hpcvision.cluster.walltime import job_deadline
 from hpcvision.errors import UserError
 from hpcvision.train import checkpoint as ckpt_lib
@@ -116,13 +117,14 @@ def train(cfg) -> int:
 
 
 def _join_cluster(cfg) -> Role:
-    """This process's role in the cluster, with GPUs and threads set before TensorFlow starts."""
-    gpus = cuda_visible_devices(cfg.num_ps)
-    if gpus is not None:  # must be set before TensorFlow initialises CUDA
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    """This process's role in the cluster (planned once), with GPUs and threads set before TensorFlow starts."""
+    plan = plan_cluster(cfg.num_ps)
+    plan.log_notes()
+    if plan.visible_gpus is not None:  # must be set before TensorFlow initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = plan.visible_gpus
     import tensorflow as tf
 
-    role = resolve_role(cfg.strategy, cfg.num_ps, len(tf.config.list_physical_devices("GPU")))
+    role = resolve_role(plan, cfg.strategy, len(tf.config.list_physical_devices("GPU")))
     _apply_thread_settings(role.kind)
     return role
 

@@ -1,7 +1,7 @@
 """Which distribution strategy runs this process, and what role it plays in the cluster.
 
-The choice is made in ONE place (`choose_kind`), from the `--strategy` flag and the cluster that
-`hpcvision.cluster.discovery.resolve_tf_config` finds (TF_CONFIG, PBS, Slurm or MPI):
+The choice is made in ONE place (`choose_kind`), from the `--strategy` flag and the process's
+`hpcvision.cluster.plan.ClusterPlan` (TF_CONFIG, PBS, Slurm or MPI, worked out once by `train`):
 
     auto -> parameter-server  if the cluster has "ps" tasks
          -> multi-worker      if it has more than one worker (chief counts as a worker)
@@ -14,14 +14,13 @@ In parameter-server mode only the chief runs the training loop; "ps" and "worker
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass
 
-from hpcvision.cluster.discovery import resolve_tf_config
+from hpcvision.cluster.plan import ClusterPlan
+from hpcvision.cluster.spec import export_tf_config
 from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ class Role:
     num_workers: int  # processes that compute gradients
     is_chief: bool  # writes checkpoints, summaries, run.yaml
     tf_config: dict | None
+    chief: str | None = None  # host:port of the chief task (ps and workers wait for it to finish)
 
     @property
     def name(self) -> str:
@@ -64,6 +64,9 @@ def choose_kind(flag: str, tf_config: dict | None, num_gpus: int) -> str:
     cluster = (tf_config or {}).get("cluster", {})
     workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
     if flag == "auto":
+        if cluster.get("ps") and not cluster.get("chief"):
+            # Every task would serve and none train (ps and workers wait for a chief).
+            raise UserError("the cluster has 'ps' tasks but no 'chief': parameter-server training needs one")
         if cluster.get("ps"):
             return "parameter-server"
         if workers > 1:
@@ -75,21 +78,17 @@ def choose_kind(flag: str, tf_config: dict | None, num_gpus: int) -> str:
     return flag
 
 
-def resolve_role(strategy_flag: str, num_ps: int, num_gpus: int) -> Role:
-    """Read the cluster (TF_CONFIG or scheduler) and decide this process's role."""
-    tf_config = resolve_tf_config(num_ps)
-    kind = choose_kind(strategy_flag, tf_config, num_gpus)
-    if not tf_config or kind in ("one", "mirrored"):
+def resolve_role(plan: ClusterPlan, strategy_flag: str, num_gpus: int) -> Role:
+    """This process's role: the strategy for `--strategy` on this machine, and its place in the plan's cluster."""
+    kind = choose_kind(strategy_flag, plan.tf_config, num_gpus)
+    if not plan.tf_config or kind in ("one", "mirrored"):
         return Role(kind, None, 0, 1, True, None)
-    cluster, task = tf_config["cluster"], tf_config["task"]
-    task_type, task_index = task.get("type"), int(task.get("index", 0))
+    cluster = plan.tf_config["cluster"]
     if kind == "parameter-server":
         num_workers = len(cluster.get("worker", []))
-        is_chief = task_type == "chief"
     else:
         num_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-        is_chief = task_type == "chief" or (task_type == "worker" and task_index == 0 and "chief" not in cluster)
-    return Role(kind, task_type, task_index, num_workers, is_chief, tf_config)
+    return Role(kind, plan.task_type, plan.task_index, num_workers, plan.is_chief, plan.tf_config, plan.chief)
 
 
 def make_strategy(role: Role, collective_timeout_s: float = 600.0):
@@ -97,8 +96,8 @@ def make_strategy(role: Role, collective_timeout_s: float = 600.0):
     import tensorflow as tf
 
     if role.tf_config is not None:
-        # Discovery may have built the cluster from PBS/Slurm/MPI: TF reads it from the environment.
-        os.environ["TF_CONFIG"] = json.dumps(role.tf_config)
+        # The plan may have built the cluster from PBS/Slurm/MPI: TF reads it from the environment.
+        export_tf_config(role.tf_config)
     if role.kind == "one":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
@@ -121,15 +120,14 @@ def serve_until_chief_exits(role: Role) -> int:
     """
     import tensorflow as tf
 
-    os.environ["TF_CONFIG"] = json.dumps(role.tf_config)
+    export_tf_config(role.tf_config)
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     server = tf.distribute.Server(
         resolver.cluster_spec(), job_name=role.task_type, task_index=role.task_index, protocol="grpc", start=True
     )
-    chief = role.tf_config["cluster"]["chief"][0]
-    log.info("%s: serving at %s until the chief %s finishes", role.name, server.target, chief)
-    code = wait_for_chief_exit(chief)
-    log.info("%s: chief %s is gone; server exits", role.name, chief)
+    log.info("%s: serving at %s until the chief %s finishes", role.name, server.target, role.chief)
+    code = wait_for_chief_exit(role.chief)
+    log.info("%s: chief %s is gone; server exits", role.name, role.chief)
     return code
 
 
