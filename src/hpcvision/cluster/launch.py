@@ -8,7 +8,6 @@ sent to launch are forwarded, so a job's walltime signal reaches every trainer.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -18,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from hpcvision.cluster.spec import cluster_spec, export_tf_config, layout, tf_config
 from hpcvision.errors import UserError
 
 GRACE_S = 10.0  # between SIGTERM and SIGKILL when stopping the others
@@ -49,16 +49,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def local_cluster(workers: int, ps: int) -> tuple[dict, list[Task]]:
-    """The cluster spec and tasks: workers only (all-reduce, worker 0 is chief) or chief + ps + workers."""
+    """The cluster spec and tasks (`spec.layout`): workers only (all-reduce) or chief + ps + workers."""
     if workers < 1 or ps < 0:
         raise UserError("launch: --workers must be >= 1 and --ps >= 0")
-    tasks = ([Task("chief", 0)] if ps else []) + [Task("ps", i) for i in range(ps)]
-    tasks += [Task("worker", i) for i in range(workers)]
-    ports = iter(free_ports(len(tasks)))
-    cluster: dict[str, list[str]] = {}
-    for task in tasks:
-        cluster.setdefault(task.role, []).append(f"127.0.0.1:{next(ports)}")
-    return cluster, tasks
+    roles = layout(workers, ps)
+    cluster = cluster_spec(roles, [f"127.0.0.1:{port}" for port in free_ports(len(roles))])
+    return cluster, [Task(role, index) for role, index in roles]
 
 
 def train_command(train_args: list[str]) -> list[str]:
@@ -74,8 +70,8 @@ def launch_local(train_args: list[str], *, workers: int, ps: int = 0, threads: i
     lock = threading.Lock()
     readers = []
     for task in tasks:
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": task.role,
-                                                                                    "index": task.index}}))
+        env = dict(os.environ)
+        export_tf_config(tf_config(cluster, task.role, task.index), env)
         if threads > 0:
             env["TF_NUM_INTRAOP_THREADS"] = str(threads)
         # A session of its own: a terminal's Ctrl-C reaches launch only, which forwards it once.

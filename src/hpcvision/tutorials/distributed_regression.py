@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcvision.cluster.launch import free_ports  # the same helper `hpcvision launch` uses
+from hpcvision.cluster.spec import cluster_spec, layout, tf_config  # and the same cluster rules
 from hpcvision.errors import UserError
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
@@ -57,20 +58,18 @@ def make_data(n: int, m: float, b: float, noise: float, seed: int) -> tuple[np.n
 """
 ## The cluster: free ports on 127.0.0.1 and one TF_CONFIG per process
 
-TF_CONFIG is the JSON every TensorFlow process reads to learn the whole cluster and its own place in it.
+TF_CONFIG is the JSON every TensorFlow process reads to learn the whole cluster and its own place in it:
+`{"cluster": {"chief": [...], "ps": [...], "worker": [...]}, "task": {"type": "worker", "index": 1}}`.
+With parameter servers the chief is a task of its own that hands out the steps: `layout` is that
+rule, the same one `hpcvision launch` and cluster discovery follow.
 """
 
 
 def make_cluster(workers: int) -> dict[str, list[str]]:
     """The cluster spec: one chief, one ps and `workers` workers, each on its own loopback port."""
-    ports = free_ports(2 + workers)
-    address = [f"127.0.0.1:{p}" for p in ports]
-    return {"chief": address[:1], "ps": address[1:2], "worker": address[2:]}
-
-
-def tf_config(cluster: dict, task_type: str, task_index: int) -> str:
-    """The TF_CONFIG of one process."""
-    return json.dumps({"cluster": cluster, "task": {"type": task_type, "index": task_index}})
+    tasks = layout(workers, ps=1)  # [("chief", 0), ("ps", 0), ("worker", 0), ("worker", 1), ...]
+    ports = free_ports(len(tasks))
+    return cluster_spec(tasks, [f"127.0.0.1:{p}" for p in ports])
 
 
 """
@@ -239,9 +238,11 @@ def run_cluster(settings: dict, log_dir: Path, workers: int, timeout: float) -> 
         for job in ("ps", "worker"):
             for index in range(len(cluster[job])):
                 name = f"{job}-{index}"
-                processes[name] = start_task([SERVER_CODE], tf_config(cluster, job, index), log_dir / f"{name}.log")
+                config = json.dumps(tf_config(cluster, job, index))
+                processes[name] = start_task([SERVER_CODE], config, log_dir / f"{name}.log")
         chief_log = log_dir / "chief-0.log"
-        processes["chief-0"] = start_task([CHIEF_CODE, str(settings_path)], tf_config(cluster, "chief", 0), chief_log)
+        config = json.dumps(tf_config(cluster, "chief", 0))
+        processes["chief-0"] = start_task([CHIEF_CODE, str(settings_path)], config, chief_log)
         print("started " + ", ".join(f"{name} (pid {p.pid})" for name, p in processes.items()))
         deadline = time.monotonic() + timeout
         while processes["chief-0"].poll() is None:
