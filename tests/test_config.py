@@ -75,3 +75,72 @@ def test_required_positional_renamed_and_path_options():
     assert "SRC" in usage and "--out DIR" in usage and "--list FILE_LIST" in usage
     assert "which (default: all)" in usage and "(default: None)" not in usage
     assert "processes (default: 1)" in usage and "where to (default" not in usage
+
+
+@dataclass
+class Crop:
+    kind: str = field(default="a", metadata={"choices": ["a", "b"], "help": "crop kind"})
+    size: int = 8
+    span: tuple[float, float] = (0.1, 1.0)
+    fraction: float | None = None
+
+
+@dataclass
+class WithSection:
+    steps: int = 10
+    crop: Crop = field(default_factory=Crop, metadata={"help": "how to crop"})
+    xla: bool = False
+
+
+def parse_sectioned(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_arguments(parser, WithSection)
+    return parser.parse_args(argv)
+
+
+def test_a_section_is_a_yaml_mapping_with_flat_flags(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("steps: 5\ncrop:\n  kind: b\n  size: 3\n  span: [0.2, 1]\n")
+    assert load_config(WithSection, None, yaml_file) == WithSection(steps=5, crop=Crop(kind="b", size=3, span=(0.2, 1.0)))
+    args = parse_sectioned(["--config", str(yaml_file), "--size", "4", "--fraction", "0.5"])
+    cfg = load_config(WithSection, args, args.config)
+    assert cfg.crop == Crop(kind="b", size=4, span=(0.2, 1.0), fraction=0.5) and cfg.steps == 5
+    assert load_config(WithSection, parse_sectioned(["--span", "0.3", "0.4"])).crop.span == (0.3, 0.4)
+    assert load_config(WithSection, parse_sectioned([])) == WithSection()
+    with pytest.raises(SystemExit):
+        parse_sectioned(["--crop.size", "4"])  # flags stay flat
+
+
+def test_section_errors_name_the_section(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, message in [
+        ("crop:\n  sise: 3\n", r"bad.yaml: unknown option 'crop.sise' \(known in crop: fraction, kind, size, span\)"),
+        ("crop:\n  size: big\n", "bad.yaml: 'crop.size' must be int, got 'big'"),
+        ("crop:\n  size: null\n", "bad.yaml: 'crop.size' must be int, got null"),
+        ("crop:\n  span: 0.5\n", "bad.yaml: 'crop.span' must be a list"),
+        ("crop: [1, 2]\n", "bad.yaml: 'crop' must be a mapping of option: value"),
+        ("crop:\n  kind: c\n", "'kind' must be one of a, b"),
+        ("size: 3\ncrop:\n  size: 4\n", "bad.yaml: 'size' is given twice, at top level and in 'crop:'"),
+        ("nope: 1\n", r"unknown option 'nope' \(known: crop, steps, xla\)"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_config(WithSection, None, bad)
+
+
+def test_a_sections_options_are_also_read_flat(tmp_path):
+    """As run.yaml files written before the section existed have them; there null meant the default."""
+    old = tmp_path / "old.yaml"
+    old.write_text("steps: 3\nkind: b\nsize: null\nspan: [0.5, 0.6]\nfraction: null\n")
+    assert load_config(WithSection, None, old) == WithSection(steps=3, crop=Crop(kind="b", span=(0.5, 0.6)))
+    args = parse_sectioned(["--config", str(old), "--kind", "a"])
+    assert load_config(WithSection, args, args.config).crop == Crop(kind="a", span=(0.5, 0.6))
+
+
+def test_sections_save_as_mappings_and_round_trip(tmp_path):
+    cfg = WithSection(steps=2, crop=Crop(kind="b", span=(0.25, 0.5), fraction=0.75))
+    save_config(cfg, tmp_path / "saved.yaml")
+    text = (tmp_path / "saved.yaml").read_text()
+    assert "crop:\n  kind: b\n  size: 8\n  span:\n  - 0.25\n  - 0.5\n  fraction: 0.75\nxla: false\n" in text
+    assert load_config(WithSection, None, tmp_path / "saved.yaml") == cfg

@@ -2,6 +2,10 @@
 
 Each stage defines a dataclass; `add_config_arguments` turns its fields into `--flags` and
 `load_config` merges the three layers. Field metadata may carry `help` and `choices`.
+
+A field whose type is itself a dataclass is a section: a mapping of its own in YAML (`input:` in a
+run.yaml), while its flags stay flat (`--augment`, not `--input.augment`). Its options are also
+accepted flat at the top of a YAML file, as run.yaml files written before the section existed have them.
 """
 
 from __future__ import annotations
@@ -20,13 +24,37 @@ from hpcvision.errors import UserError
 T = TypeVar("T")
 
 
+def option(default: Any, help_text: str, **metadata: Any) -> Any:
+    """A dataclass field with a default, its `--help` text and any other metadata (`choices`, `flag`...)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
+def check_choices(config: Any) -> None:
+    """UserError unless every field of `config` whose metadata lists `choices` holds one of them."""
+    for field in dataclasses.fields(config):
+        choices, value = field.metadata.get("choices"), getattr(config, field.name)
+        if choices and value is not None and value not in choices:
+            raise UserError(f"option '{field.name}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _section(annotation: Any) -> type | None:
+    """The dataclass of a section field (one whose type is a dataclass), else None."""
+    return annotation if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) else None
+
+
+def _strip_none(annotation: Any) -> Any:
+    """`X` of an optional `X | None`; any other annotation as it is."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
 def _flag_type(annotation: Any) -> tuple[Any, bool]:
     """The scalar type argparse converts with, and whether the field is a list."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _flag_type(args[0])
-    if origin in (list, tuple):
+    annotation = _strip_none(annotation)
+    if typing.get_origin(annotation) in (list, tuple):
+        args = typing.get_args(annotation)
         return (args[0] if args else str), True
     return annotation, False
 
@@ -37,8 +65,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     Field metadata may also set `flag` (another option name), `metavar` and `positional`; a field
     without a default is a required option.
     """
+    _add_arguments(parser, cls, "")
+
+
+def _add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, prefix: str) -> None:
+    """The options of `cls`; a section's go in a help group, under dests prefixed `section.`."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        section = _section(hints[field.name])
+        if section is not None:
+            title = f"{field.name} options (the '{field.name}:' section of a config file)"
+            # One level of help groups: argparse deprecates a group inside a group.
+            group = parser.add_argument_group(title, field.metadata.get("help")) if not prefix else parser
+            _add_arguments(group, section, f"{prefix}{field.name}.")
+            continue
         scalar, is_list = _flag_type(hints[field.name])
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(field, required)}
@@ -47,10 +87,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(field.name, type=scalar, nargs="+" if is_list else None, **kwargs)
             continue
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
-        kwargs.update(dest=field.name, required=required)
+        kwargs.update(dest=prefix + field.name, required=required)
         if scalar is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
+        if prefix and "choices" not in kwargs:
+            kwargs.setdefault("metavar", field.name.upper())  # not the dotted dest of a section's option
         parser.add_argument(flag, type=scalar, nargs="+" if is_list else None, **kwargs)
 
 
@@ -59,52 +101,128 @@ def _help(field: dataclasses.Field, required: bool) -> str:
     help_text = field.metadata.get("help", "")
     if required or "(default:" in help_text:
         return help_text
-    default = field.default if field.default is not dataclasses.MISSING else None
+    default = _show(_default(field))
     return f"{help_text} (default: {default})" if help_text else f"default: {default}"
 
 
-def _check_type(cls: type, name: str, value: Any, source: str) -> Any:
-    scalar, is_list = _flag_type(typing.get_type_hints(cls)[name])
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default if field.default is not dataclasses.MISSING else None
+
+
+def _show(value: Any) -> str:
+    """A default as one types it on the command line: lists as space-separated values."""
+    if isinstance(value, list | tuple):
+        return " ".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    return str(value)
+
+
+def _check_type(cls: type, name: str, value: Any, source: str, where: str = "") -> Any:
+    """`value` of field `name` read from a file, converted to the field's type; UserError naming it if wrong."""
+    annotation = typing.get_type_hints(cls)[name]
+    scalar, is_list = _flag_type(annotation)
     if value is None:
+        if type(None) not in typing.get_args(annotation):
+            raise UserError(f"{source}: '{where}{name}' must be {scalar.__name__}, got null")
         return value
     items = value if is_list else [value]
     if is_list and not isinstance(value, list):
-        raise UserError(f"{source}: '{name}' must be a list, got {value!r}")
+        raise UserError(f"{source}: '{where}{name}' must be a list, got {value!r}")
     for item in items:
         ok = isinstance(item, scalar) or (scalar is float and isinstance(item, int) and not isinstance(item, bool))
         if scalar is int and isinstance(item, bool):
             ok = False
         if not ok:
-            raise UserError(f"{source}: '{name}' must be {scalar.__name__}, got {item!r}")
+            raise UserError(f"{source}: '{where}{name}' must be {scalar.__name__}, got {item!r}")
     return [scalar(i) for i in items] if is_list else scalar(value)
+
+
+def _sections(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: s for f in dataclasses.fields(cls) if (s := _section(hints[f.name])) is not None}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read config: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: config must be a mapping of option: value")
+    return data
+
+
+def _file_values(cls: type, data: dict[str, Any], source: str, where: str = "") -> dict[str, Any]:
+    """The options of `cls` in a YAML mapping, checked and typed; a section's as a dict of their own."""
+    names, sections = {f.name for f in dataclasses.fields(cls)}, _sections(cls)
+    owners = {f.name: section for section, sub in sections.items() for f in dataclasses.fields(sub)}
+    values: dict[str, Any] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        owner = owners.get(name)
+        if name in sections:
+            if not isinstance(value, dict | None):
+                raise UserError(f"{source}: '{where}{name}' must be a mapping of option: value, got {value!r}")
+            values[name] = _file_values(sections[name], value or {}, source, f"{where}{name}.")
+        elif name in names:
+            values[name] = _check_type(cls, name, value, source, where)
+        elif owner is not None:
+            # A section's option at top level, as run.yaml files written before the section have them;
+            # there null meant "the default".
+            if value is not None:
+                flat.setdefault(owner, {})[name] = _check_type(sections[owner], name, value, source, where)
+        else:
+            scope = f" in {where[:-1]}" if where else ""
+            raise UserError(f"{source}: unknown option '{where}{key}' (known{scope}: {', '.join(sorted(names))})")
+    for owner, items in flat.items():
+        for name in items:
+            if name in values.get(owner, {}):
+                raise UserError(f"{source}: '{name}' is given twice, at top level and in '{owner}:'")
+        values.setdefault(owner, {}).update(items)
+    return values
+
+
+def _flag_values(cls: type, args: argparse.Namespace, values: dict[str, Any], prefix: str = "") -> None:
+    """Update `values` with the options given as flags (dests `prefix + name`, as _add_arguments names them)."""
+    sections = _sections(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in sections:
+            _flag_values(sections[field.name], args, values.setdefault(field.name, {}), f"{prefix}{field.name}.")
+        elif hasattr(args, prefix + field.name):
+            values[field.name] = getattr(args, prefix + field.name)
+
+
+def _build(cls: type[T], values: dict[str, Any]) -> T:
+    hints, sections = typing.get_type_hints(cls), _sections(cls)
+    kwargs = {}
+    for name, value in values.items():
+        if name in sections:
+            value = _build(sections[name], value)
+        elif isinstance(value, list) and typing.get_origin(_strip_none(hints[name])) is tuple:
+            value = tuple(value)  # YAML and nargs="+" give lists
+        kwargs[name] = value
+    config = cls(**kwargs)
+    check_choices(config)
+    return config
 
 
 def load_config(cls: type[T], args: argparse.Namespace | None = None, yaml_path: str | Path | None = None) -> T:
     """Build `cls` from its defaults, then the YAML file, then the flags set in `args`."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    if yaml_path:
-        path = Path(yaml_path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"{path}: cannot read config: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: config must be a mapping of option: value")
-        for key, value in data.items():
-            name = str(key).replace("-", "_")
-            if name not in names:
-                raise UserError(f"{path}: unknown option '{key}' (known: {', '.join(sorted(names))})")
-            values[name] = _check_type(cls, name, value, str(path))
+    values = _file_values(cls, _read_yaml(Path(yaml_path)), str(yaml_path)) if yaml_path else {}
     if args is not None:
-        values.update({name: getattr(args, name) for name in names if hasattr(args, name)})
-    for field in dataclasses.fields(cls):
-        choices = field.metadata.get("choices")
-        if choices and values.get(field.name) is not None and values[field.name] not in choices:
-            raise UserError(f"option '{field.name}' must be one of {', '.join(map(str, choices))}")
-    return cls(**values)
+        _flag_values(cls, args, values)
+    return _build(cls, values)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: what yaml.safe_dump writes."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return [_plain(item) for item in value] if isinstance(value, list | tuple) else value
 
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML, so a run records exactly what it ran with."""
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
