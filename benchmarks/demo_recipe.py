@@ -87,6 +87,7 @@ def augment(recipe: dict, images, labels):
     """Flip, plus the pad-and-crop of `augment: pad_crop` when the recipe pads."""
     import tensorflow as tf
 
+    recipe = recipe.get("input", recipe)  # a config's preprocessing options are its `input:` section
     pad = recipe.get("pad")
     size = images.shape[0]
     if recipe.get("augment") == "pad_crop":

@@ -91,11 +91,11 @@ def limit_dataset(directory: Path, resize_to: int | None = None, flip_and_normal
     """The fused crop-decode alone over the same records, read into memory first.
 
     `resize_to` adds the float bilinear resize; `flip_and_normalize` also the random flip of the crop and
-    the ImageNet normalisation (the pipeline's own `_normalize`), i.e. the per-image floor of make_dataset.
+    the ImageNet normalisation (the presets' own `normalize_image`), i.e. the per-image floor of make_dataset.
     """
     import tensorflow as tf
 
-    from hpcvision.data.pipeline import _normalize
+    from hpcvision.data.presets import normalize_image
     from hpcvision.data.records import decode_example, read_records
     from hpcvision.data.shards import read_manifest
 
@@ -122,7 +122,7 @@ def limit_dataset(directory: Path, resize_to: int | None = None, flip_and_normal
         image = tf.image.resize(tf.cast(image, tf.float32), [resize_to, resize_to])
         if flip_and_normalize:
             image.set_shape([resize_to, resize_to, 3])
-            image = _normalize(image, "imagenet")
+            image = normalize_image(image, "imagenet")
         return image
 
     records = tf.data.Dataset.from_tensor_slices((encoded, np.array(boxes, np.float32))).repeat()

@@ -144,3 +144,101 @@ def test_sections_save_as_mappings_and_round_trip(tmp_path):
     text = (tmp_path / "saved.yaml").read_text()
     assert "crop:\n  kind: b\n  size: 8\n  span:\n  - 0.25\n  - 0.5\n  fraction: 0.75\nxla: false\n" in text
     assert load_config(WithSection, None, tmp_path / "saved.yaml") == cfg
+
+
+# run.yaml as hpcvision wrote it before preprocessing options had their `input:` section.
+OLD_RUN_YAML = """\
+data: rec
+train_name: train
+val_name: validation
+model: small
+checkpoint_dir: run
+epochs: 1.0
+steps: null
+batch_size: 32
+image_size: 28
+strategy: auto
+num_ps: 0
+optimizer: sgd
+momentum: 0.9
+learning_rate: 0.1
+warmup_epochs: 0.0
+schedule: cosine
+step_epochs:
+- 30.0
+- 60.0
+- 80.0
+label_smoothing: 0.1
+weight_decay: 0.0001
+aux_loss_weight: 0.3
+mixed_precision: 'off'
+augment: pad_crop
+normalize: unit
+flip: null
+pad: 2
+area_range: null
+aspect_ratio_range: null
+min_object_covered: null
+min_crop_size: null
+central_fraction: null
+xla: false
+seed: 1
+synthetic: false
+num_classes: null
+examples_per_epoch: null
+checkpoint_every_steps: 1000
+checkpoint_every_minutes: 30.0
+keep_checkpoints: 5
+log_every: 50
+histogram_every: 1000
+eval_every_epochs: 1.0
+eval: true
+deadline: null
+deadline_margin_s: 300.0
+incomplete_exit_code: 0
+collective_timeout_s: 600.0
+"""
+
+
+def test_train_config_reads_an_old_flat_run_yaml(tmp_path):
+    from hpcvision.data.input_config import InputConfig
+    from hpcvision.train.checkpoint import load_run_config
+    from hpcvision.train.config import TrainConfig
+
+    (tmp_path / "run.yaml").write_text(OLD_RUN_YAML)
+    cfg = load_run_config(tmp_path)
+    assert cfg.input == InputConfig(augment="pad_crop", normalize="unit", pad=2)
+    assert (cfg.model, cfg.image_size, cfg.seed) == ("small", 28, 1)
+    save_config(cfg, tmp_path / "new.yaml")  # a resumed run writes the new shape; it reads back the same
+    assert "\ninput:\n  augment: pad_crop\n  normalize: unit\n  flip: true\n  pad: 2\n" in (tmp_path / "new.yaml").read_text()
+    assert load_config(TrainConfig, None, tmp_path / "new.yaml") == cfg
+
+
+def test_train_flags_fill_the_input_section(tmp_path):
+    from hpcvision.data.input_config import InputConfig
+    from hpcvision.train.config import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_arguments(parser, TrainConfig)
+    args = parser.parse_args([
+        "--augment", "none", "--normalize", "unit", "--no-flip", "--pad", "3", "--area-range", "0.2", "0.9",
+        "--aspect-ratio-range", "0.5", "2", "--min-object-covered", "0.4", "--min-crop-size", "6",
+        "--central-fraction", "0.9", "--model", "small",
+    ])
+    cfg = load_config(TrainConfig, args, None)
+    assert cfg.input == InputConfig(augment="none", normalize="unit", flip=False, pad=3, area_range=(0.2, 0.9),
+                                    aspect_ratio_range=(0.5, 2.0), min_object_covered=0.4, min_crop_size=6,
+                                    central_fraction=0.9)
+    assert cfg.model == "small" and TrainConfig().input == InputConfig()
+
+
+def test_demo_config_loads():
+    from pathlib import Path
+
+    from hpcvision.train.config import TrainConfig
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cfg = load_config(TrainConfig, None, demo)
+    assert cfg.input.augment == "none" and cfg.input.eval_central_fraction() == 1.0
+    assert (cfg.model, cfg.image_size, cfg.seed) == ("small", 28, 1)

@@ -133,6 +133,7 @@ def test_checkpoint_classifier_uses_the_newest_complete_checkpoint(checkpoint_cl
 
 def test_evaluate_matches_numpy_recomputation(run_cli, run_dir, checkpoint_classifier):
     from hpcvision.data import pipeline
+    from hpcvision.data.input_config import InputConfig
 
     out = run_dir["root"] / "eval"
     code, stdout, stderr = run_cli("evaluate", "--checkpoint-dir", run_dir["ckpt"], "--data", run_dir["data"],
@@ -140,8 +141,8 @@ def test_evaluate_matches_numpy_recomputation(run_cli, run_dir, checkpoint_class
     assert code == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())
     # Independent reference: the same images through the model, ranked with plain NumPy.
-    dataset = pipeline.make_dataset(run_dir["data"], "validation", training=False, batch_size=29,
-                                    image_size=IMAGE_SIZE, central_fraction=0.875)
+    dataset = pipeline.make_dataset(run_dir["data"], "validation", InputConfig(central_fraction=0.875),
+                                    training=False, batch_size=29, image_size=IMAGE_SIZE)
     images, labels = next(iter(dataset))
     logits, labels = run_dir["model"](images).numpy(), labels.numpy()
     ranked = np.argsort(-logits, axis=1)
@@ -188,10 +189,10 @@ def test_export_reload_gives_the_checkpoint_predictions(exported, run_dir, check
         assert [c["wnid"].encode() for c, _ in top] == served["wnids"].numpy()[row].tolist()
         assert [c["text"].encode() for c, _ in top] == served["names"].numpy()[row].tolist()
         np.testing.assert_allclose([p for _, p in top], served["probabilities"].numpy()[row], atol=1e-5)
-    # The pixel signature: resize + normalise only, as pipeline.preprocess_pixels does.
+    # The pixel signature: resize + normalise only, as presets.preprocess_pixels does.
     pixels = np.random.default_rng(2).uniform(0, 255, (2, 40, 30, 3)).astype("float32")
     by_pixels = saved.signatures["serving_pixels"](tf.constant(pixels))
-    from hpcvision.data.pipeline import preprocess_pixels
+    from hpcvision.data.presets import preprocess_pixels
 
     probs = tf.nn.softmax(run_dir["model"](preprocess_pixels(pixels, IMAGE_SIZE))).numpy()
     np.testing.assert_allclose(np.sort(probs, axis=1)[:, ::-1][:, :5], by_pixels["probabilities"].numpy(), atol=1e-5)
@@ -285,3 +286,28 @@ def test_evaluate_an_export_gives_the_checkpoint_metrics(run_cli, run_dir, expor
     assert results[0]["per_class"] == results[1]["per_class"]
     assert (results[0]["top1"], results[0]["top5"]) == (results[1]["top1"], results[1]["top5"])
     assert results[1]["checkpoint_step"] == 10
+
+
+def test_a_run_yaml_written_before_the_input_section_still_loads(run_dir, tmp_path):
+    """Old run.yaml files keep preprocessing options flat, null meaning the default; they still serve."""
+    import shutil
+
+    import yaml
+
+    from hpcvision.infer.predict import from_checkpoint
+
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir["ckpt"], old)
+    config = yaml.safe_load((old / "run.yaml").read_text())
+    del config["input"]
+    config.update({"augment": "pad_crop", "normalize": "unit", "flip": None, "pad": None, "area_range": None,
+                   "aspect_ratio_range": None, "min_object_covered": None, "min_crop_size": None,
+                   "central_fraction": None})
+    (old / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    classifier = from_checkpoint(old)
+    assert (classifier.normalize, classifier.central_fraction, classifier.step) == ("unit", 1.0, 10)
+    photo = (run_dir["photos"] / "img0.jpg").read_bytes()
+    from hpcvision.data.presets import preprocess_for_eval
+
+    expected = preprocess_for_eval(tf.constant(photo), IMAGE_SIZE, normalize="unit", central_fraction=1.0)
+    np.testing.assert_array_equal(classifier.preprocess(photo).numpy(), expected.numpy())

@@ -12,7 +12,8 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from hpcvision.data import pipeline  # noqa: E402
+from hpcvision.data import pipeline, presets  # noqa: E402
+from hpcvision.data.input_config import InputConfig  # noqa: E402
 from hpcvision.data.shards import read_manifest  # noqa: E402
 from hpcvision.errors import UserError  # noqa: E402
 
@@ -117,7 +118,7 @@ def test_same_seed_same_batches(numbered, augment):
     def batches(seed):
         return _take(
             pipeline.make_dataset(
-                numbered, "train", training=True, batch_size=4, image_size=16, seed=seed, augment=augment
+                numbered, "train", InputConfig(augment=augment), training=True, batch_size=4, image_size=16, seed=seed
             ),
             5,
         )
@@ -137,9 +138,8 @@ def _corner_box_records(n: int) -> list[bytes]:
 
 
 def _top_left_pixels(data: Path, **kwargs) -> np.ndarray:
-    dataset = pipeline.make_dataset(
-        data, "train", training=True, batch_size=32, image_size=32, seed=5, flip=False, normalize="unit", **kwargs
-    )
+    config = InputConfig(flip=False, normalize="unit", **kwargs)
+    dataset = pipeline.make_dataset(data, "train", config, training=True, batch_size=32, image_size=32, seed=5)
     images = next(iter(dataset))[0].numpy()
     return images[:, 1, 1].mean(axis=-1)
 
@@ -156,10 +156,9 @@ def test_crops_cover_the_box_when_asked(tmp_path):
 def test_tiny_images_keep_a_minimum_crop_size():
     encoded = tf.constant(_jpeg(np.full((28, 28, 3), 128)))
     for s in range(20):
-        image = pipeline._inception_crop(
-            encoded, tf.zeros([0, 4]), tf.constant([s, 0]), area_range=(0.01, 0.02),
-            aspect_ratio_range=(0.75, 1.33), min_object_covered=0.0, min_crop_size=12,
-        )
+        image = presets.inception_crop(encoded, tf.zeros([0, 4]), tf.constant([s, 0]), InputConfig(
+            area_range=(0.01, 0.02), aspect_ratio_range=(0.75, 1.33), min_object_covered=0.0, min_crop_size=12,
+        ))
         assert image.shape[0] >= 12 and image.shape[1] >= 12, image.shape
 
 
@@ -168,7 +167,7 @@ def test_imagenet_normalisation_matches_numpy(tmp_path):
     data = write_shards(tmp_path, "validation", [_example(_jpeg(gray), 1, [])], 1, classes=1)
     dataset = pipeline.make_dataset(data, "validation", training=False, batch_size=1, image_size=10)
     image = next(iter(dataset))[0].numpy()[0]
-    expected = (np.array([200, 100, 50]) / 255 - np.array(pipeline.IMAGENET_MEAN)) / np.array(pipeline.IMAGENET_STD)
+    expected = (np.array([200, 100, 50]) / 255 - np.array(presets.IMAGENET_MEAN)) / np.array(presets.IMAGENET_STD)
     np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), expected, atol=0.05)
 
 
@@ -178,9 +177,7 @@ def test_label_offset_override(numbered):
 
 
 def test_synthetic_needs_no_files():
-    dataset = pipeline.make_dataset(
-        None, "train", training=True, batch_size=6, image_size=12, synthetic=True, num_classes=5
-    )
+    dataset = pipeline.synthetic_dataset(6, 12, 5)
     images, labels = next(iter(dataset))
     assert images.shape == (6, 12, 12, 3) and labels.dtype == tf.int32
     assert ((labels.numpy() >= 0) & (labels.numpy() < 5)).all()
@@ -225,7 +222,7 @@ def test_reads_what_data_build_writes(built):
     assert all(labels.count(c) == 6 for c in set(labels))
     for augment in ("inception", "pad_crop"):
         images, batch_labels = next(iter(pipeline.make_dataset(
-            built, "train", training=True, batch_size=8, image_size=28, seed=0, augment=augment
+            built, "train", InputConfig(augment=augment), training=True, batch_size=8, image_size=28, seed=0
         )))
         assert images.shape == (8, 28, 28, 3) and np.isfinite(images.numpy()).all()
         assert batch_labels.numpy().max() < manifest["num_classes"]
@@ -249,8 +246,35 @@ def test_batched_parse_keeps_each_records_own_boxes(tmp_path):
     records = [_example(_jpeg(np.zeros((8, 8, 3))), i + 1, b) for i, b in enumerate(boxes)]
     data = write_shards(tmp_path, "train", records, 1, classes=4)
     path = read_manifest(data, "train")["shards"][0]["path"]
-    batched = tf.data.TFRecordDataset(path).batch(3).map(pipeline._parse_batch).unbatch()
+    batched = tf.data.TFRecordDataset(path).batch(3).map(pipeline.parse_records).unbatch()
     for features, expected in zip(batched, boxes, strict=True):
-        got = pipeline._boxes(features).numpy()
+        got = pipeline.record_boxes(features).numpy()
         want = np.array([(ymin, xmin, ymax, xmax) for xmin, ymin, xmax, ymax in expected]).reshape(-1, 4)
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_bad_options_are_user_errors(numbered):
+    with pytest.raises(UserError, match="'augment' must be one of inception, pad_crop, none"):
+        pipeline.make_dataset(numbered, "train", InputConfig(augment="random"), training=True, batch_size=2,
+                              image_size=8)
+    with pytest.raises(UserError, match="'normalize' must be one of imagenet, unit"):
+        InputConfig(normalize="z-score")
+    with pytest.raises(UserError, match="'area_range' takes two numbers"):
+        InputConfig(area_range=[0.1, 0.5, 1.0])
+
+
+def test_derived_options_have_one_rule():
+    assert InputConfig().pad_pixels(28) == 3 and InputConfig().pad_pixels(4) == 1
+    assert InputConfig(pad=0).pad_pixels(28) == 0
+    assert InputConfig().eval_central_fraction() == 0.875
+    assert InputConfig(augment="pad_crop").eval_central_fraction() == 1.0
+    assert InputConfig(augment="none").eval_central_fraction() == 1.0
+    assert InputConfig(augment="none", central_fraction=0.5).eval_central_fraction() == 0.5
+
+
+@pytest.mark.parametrize("augment", ["inception", "none"])
+def test_serving_preprocesses_a_jpeg_as_evaluation_does(augment):
+    encoded = tf.constant(_jpeg(np.random.default_rng(3).integers(0, 255, (37, 52, 3))))
+    config = InputConfig(augment=augment, normalize="unit")
+    served = presets.preprocess_for_eval(encoded, 20, normalize="unit", central_fraction=config.eval_central_fraction())
+    np.testing.assert_array_equal(served.numpy(), presets.eval_image(encoded, 20, config).numpy())

@@ -129,15 +129,15 @@ def evaluate(
     log_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate over every record of `DIR/<name>-*`; writes OUT/metrics.json and the confusion PNGs."""
-    from hpcvision.data import pipeline
+    from hpcvision.data.input_config import InputConfig
+    from hpcvision.data.pipeline import make_dataset
 
     manifest = read_manifest(data_dir, name)
     source = str(manifest_path(data_dir, name))
     _check_labels(classifier, manifest, source)
-    dataset = pipeline.make_dataset(
-        data_dir, name, training=False, batch_size=batch_size, image_size=classifier.image_size,
-        normalize=classifier.normalize, central_fraction=classifier.central_fraction,
-    )
+    preprocessing = InputConfig(normalize=classifier.normalize, central_fraction=classifier.central_fraction)
+    dataset = make_dataset(data_dir, name, preprocessing, training=False, batch_size=batch_size,
+                           image_size=classifier.image_size)
     tally = Tally(len(classifier.classes))
     with progress(manifest.get("num_examples"), f"evaluate {name}") as bar:
         for images, labels in dataset:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from hpcvision.data import pipeline
+from hpcvision.data import presets
 from hpcvision.errors import UserError
 from hpcvision.infer.predict import EXPORT_INFO, feature_model, from_checkpoint
 from hpcvision.train.checkpoint import LABELS_FILE
@@ -44,7 +44,7 @@ class ServingModule(tf.Module):
         )
 
     def _preprocess(self, encoded):
-        return pipeline.preprocess_for_eval(
+        return presets.preprocess_for_eval(
             encoded, self.image_size, normalize=self.normalize, central_fraction=self.central_fraction
         )
 
@@ -65,7 +65,7 @@ class ServingModule(tf.Module):
 
     def _serve_pixels(self, images):
         """Pixels [N,H,W,3] in 0..255, any size -> resized (no crop), normalised -> top-5."""
-        batch = pipeline.preprocess_pixels(images, self.image_size, normalize=self.normalize)
+        batch = presets.preprocess_pixels(images, self.image_size, normalize=self.normalize)
         return self._top_k(self.model(batch, training=False))
 
 

@@ -97,14 +97,12 @@ def feature_model(model):
 
 def from_checkpoint(checkpoint_dir: str | Path) -> Classifier:
     """The classifier of a training run: newest usable checkpoint, preprocessing from run.yaml."""
-    from hpcvision.data import pipeline
+    from hpcvision.data.presets import preprocess_for_eval
     from hpcvision.train.checkpoint import load_trained_model
 
     model, config, labels = load_trained_model(checkpoint_dir)
     image_size = int(config.image_size or model.inputs[0].shape[1])
-    prep = pipeline.config_kwargs(config)
-    normalize = prep.get("normalize", "imagenet")
-    fraction = pipeline.eval_central_fraction(prep.get("augment", "inception"), prep.get("central_fraction"))
+    normalize, fraction = config.input.normalize, config.input.eval_central_fraction()
     embed = feature_model(model)
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
     return Classifier(
@@ -117,7 +115,7 @@ def from_checkpoint(checkpoint_dir: str | Path) -> Classifier:
         model_name=config.model,
         source=str(checkpoint_dir),
         _preprocess=tf.function(
-            lambda e: pipeline.preprocess_for_eval(e, image_size, normalize=normalize, central_fraction=fraction),
+            lambda e: preprocess_for_eval(e, image_size, normalize=normalize, central_fraction=fraction),
             input_signature=[tf.TensorSpec([], tf.string)],
         ),
         _logits=tf.function(lambda x: model(x, training=False), input_signature=[spec]),

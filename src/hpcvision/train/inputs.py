@@ -46,16 +46,15 @@ def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip
     """A `dataset_fn(input_context)` yielding per-replica (images, labels) batches, `skip` batches in."""
 
     def dataset_fn(input_context=None):
-        from hpcvision.data.pipeline import config_kwargs, make_dataset, synthetic_dataset
+        from hpcvision.data.pipeline import make_dataset, synthetic_dataset
 
         if cfg.synthetic:
             pipeline_id = input_context.input_pipeline_id if input_context else 0
             return synthetic_dataset(cfg.batch_size, image_size, num_classes, seed=cfg.seed, pipeline_id=pipeline_id)
 
         seed = cfg.seed + epoch if (seeded and cfg.seed is not None) else None
-        dataset = make_dataset(cfg.data, cfg.train_name, training=True, batch_size=cfg.batch_size,
-                               image_size=image_size, seed=seed, input_context=input_context, repeat=True,
-                               **config_kwargs(cfg))
+        dataset = make_dataset(cfg.data, cfg.train_name, cfg.input, training=True, batch_size=cfg.batch_size,
+                               image_size=image_size, seed=seed, input_context=input_context, repeat=True)
         return dataset.skip(skip) if skip else dataset
 
     return dataset_fn
@@ -65,20 +64,18 @@ def eval_dataset(cfg, image_size: int, *, num_workers: int, worker_index: int):
     """This worker's share of the validation files, central crop, each example once."""
     import tensorflow as tf
 
-    from hpcvision.data.pipeline import config_kwargs, make_dataset
+    from hpcvision.data.pipeline import make_dataset
 
     context = tf.distribute.InputContext(num_input_pipelines=num_workers, input_pipeline_id=worker_index,
                                          num_replicas_in_sync=num_workers)
-    return make_dataset(cfg.data, cfg.val_name, training=False, batch_size=cfg.batch_size, image_size=image_size,
-                        input_context=context if num_workers > 1 else None, repeat=False, **config_kwargs(cfg))
+    return make_dataset(cfg.data, cfg.val_name, cfg.input, training=False, batch_size=cfg.batch_size,
+                        image_size=image_size, input_context=context if num_workers > 1 else None, repeat=False)
 
 
 def sample_inputs(cfg, image_size: int):
-    """(uint8 images, boxes) of a few training examples for TensorBoard, or None if unavailable."""
+    """(uint8 images, boxes) of a few training examples for TensorBoard, or None for synthetic input."""
     if cfg.synthetic:
         return None
-    try:
-        from hpcvision.data.pipeline import sample_batch_with_boxes
-    except ImportError:
-        return None
+    from hpcvision.data.pipeline import sample_batch_with_boxes
+
     return sample_batch_with_boxes(cfg.data, cfg.train_name, 8, image_size)

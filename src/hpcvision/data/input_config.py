@@ -1,0 +1,54 @@
+"""`InputConfig`: how stored images become model inputs (training crop, flip, normalisation, evaluation crop).
+
+Declared once: `hpcvision train` derives its `--augment`, `--normalize`, ... flags from these fields,
+and a run.yaml keeps them in its `input:` section. The ops live in `hpcvision.data.presets`; this module
+imports no TensorFlow, so parsing the command line stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpcvision.config import check_choices, option
+from hpcvision.errors import UserError
+
+AUGMENTATIONS = ("inception", "pad_crop", "none")
+NORMALIZATIONS = ("imagenet", "unit")
+INCEPTION_EVAL_FRACTION = 0.875  # the central crop that matches inception training (Szegedy et al.)
+
+
+@dataclass
+class InputConfig:
+    """Preprocessing options; `pad` and `central_fraction` left at None are derived (see their methods)."""
+
+    augment: str = option("inception", "training crops: inception (boxes), pad_crop (small images), none",
+                          choices=AUGMENTATIONS)
+    normalize: str = option("imagenet", "pixel scaling: imagenet (mean/std) or unit ([0, 1])",
+                            choices=NORMALIZATIONS)
+    flip: bool = option(True, "random horizontal flips in training (not with augment none)")
+    pad: int | None = option(None, "pad_crop padding in pixels (default: image_size // 8, at least 1)")
+    area_range: tuple[float, float] = option((0.08, 1.0), "inception crop area range, low high")
+    aspect_ratio_range: tuple[float, float] = option((3 / 4, 4 / 3), "inception crop aspect range, low high")
+    min_object_covered: float = option(0.1, "inception crop: fraction of a box kept")
+    min_crop_size: int = option(8, "smallest crop side in pixels")
+    central_fraction: float | None = option(
+        None, "evaluation central crop (default: 0.875 after inception training, else 1.0)")
+    shuffle_buffer: int = option(10_000, "training records shuffled at a time")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("area_range", "aspect_ratio_range"):
+            value = tuple(getattr(self, name))
+            if len(value) != 2:
+                raise UserError(f"option '{name}' takes two numbers (low high), got {list(value)}")
+            setattr(self, name, value)
+
+    def pad_pixels(self, image_size: int) -> int:
+        """The pad_crop padding: `pad`, else an eighth of the image side (at least 1 px)."""
+        return self.pad if self.pad is not None else max(1, image_size // 8)
+
+    def eval_central_fraction(self) -> float:
+        """The evaluation crop: `central_fraction`, else 0.875 after inception training, else the whole image."""
+        if self.central_fraction is not None:
+            return float(self.central_fraction)
+        return INCEPTION_EVAL_FRACTION if self.augment == "inception" else 1.0
