@@ -2,8 +2,8 @@
 
 Writes `OUT/images/<wnid>/<name>.JPEG` and `OUT/annotations/<wnid>/<name>.xml`. Work is split by
 synset: across ranks (`--rank/--ranks`, disjoint slices that together cover the list) and, within a
-rank, across `--workers` processes. Files land under their final name only when complete (temporary
-name + `os.replace`), and a file already present with the member's size is kept, so a rerun resumes.
+rank, across `--workers` processes. Files land under their final name only when complete (a hidden
+temporary, renamed), and a file already present with the member's size is kept, so a rerun resumes.
 Every listed image not written goes to `OUT/extract-report-rank<i>.tsv` with the reason.
 """
 
@@ -222,21 +222,20 @@ def extract(config: ExtractConfig) -> int:
         result = run_tasks(job, mine, config.workers)
     except OSError as exc:  # disk full, quota, permissions: nothing to skip, the run cannot go on
         raise UserError(f"{job.out}: cannot write: {exc}") from None
-    listed = len(mine) + len(list_skips)
-    _report(job, result, list_skips, listed, f"rank {rank} of {ranks}: " if ranks > 1 else "", rank, start)
+    result.skipped[:0] = list_skips
+    _report(job, result, len(mine) + len(list_skips), rank, ranks, start)
     return 0
 
 
-def _report(job: ExtractJob, result: SynsetResult, list_skips: list[tuple[str, str]], listed: int,
-            scope: str, rank: int, start: float) -> None:
+def _report(job: ExtractJob, result: SynsetResult, listed: int, rank: int, ranks: int, start: float) -> None:
     """Write this rank's reports and print the reconciled counts; CountMismatch if they do not add up."""
-    out = job.out
-    skipped = list_skips + result.skipped
+    out, skipped = job.out, result.skipped
     report = out / f"extract-report-rank{rank}.tsv"
     write_tsv(report, REPORT_HEADER, [list(row) for row in skipped])
     written = result.written + result.present
     if listed != written + len(skipped):
         raise CountMismatch(f"{out}: listed {listed} != written {written} + skipped {len(skipped)}")
+    scope = f"rank {rank} of {ranks}: " if ranks > 1 else ""
     print(f"{scope}listed {listed} = written {written} + skipped {len(skipped)}"
           f"  ({result.present} already present; {time.monotonic() - start:.1f} s)")
     print(f"images: {out / 'images'}/<wnid>/<name>.JPEG")
