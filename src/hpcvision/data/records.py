@@ -247,18 +247,22 @@ def _crc32c_function():
         return None
 
 
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
 _CRC32C = _crc32c_function()
-_TABLE: list[int] = []
+_TABLE = _crc32c_table()  # 256 entries, built once at import (well under a millisecond)
 
 
 def crc32c_python(data: bytes) -> int:
     """CRC-32C in pure Python (Castagnoli polynomial, reflected): the fallback without the `crc32c` package."""
-    if not _TABLE:
-        for i in range(256):
-            crc = i
-            for _ in range(8):
-                crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-            _TABLE.append(crc)
     crc = 0xFFFFFFFF
     for byte in data:
         crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
