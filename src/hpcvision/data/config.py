@@ -10,15 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcvision.config import option
+
 INDEX_FOLDER = ".hpcvision-index"  # under OUT, unless --index-dir says otherwise
 
 
-def _opt(default: Any, help_text: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help_text, **extra})
-
-
-def _required(help_text: str, **extra: Any) -> Any:
-    return field(metadata={"help": help_text, **extra})
+def _required(help_text: str, **metadata: Any) -> Any:
+    """A field without a default (a required option), its `--help` text and other metadata."""
+    return field(metadata={"help": help_text, **metadata})
 
 
 def index_dir(given: Path | None, out: Path) -> Path:
@@ -36,21 +35,21 @@ class ExtractConfig:
     list_file: Path = _required("images to extract, one '<wnid> <name>' a line (the course's list format)",
                                 flag="--list", metavar="FILE")
     out: Path = _required("output folder", metavar="DIR")
-    annotations: Path | None = _opt(
+    annotations: Path | None = option(
         None, "Annotation.tar.gz (tar of <wnid>.tar.gz) or a folder <wnid>/<name>.xml (default: none)",
         metavar="ARCHIVE")
-    synsets: Path | None = _opt(None, "synsets.txt: list lines of other synsets are skipped as unknown "
-                                "(default: every synset is known)", metavar="FILE")
-    val_labels: Path | None = _opt(
+    synsets: Path | None = option(None, "synsets.txt: list lines of other synsets are skipped as unknown "
+                                  "(default: every synset is known)", metavar="FILE")
+    val_labels: Path | None = option(
         None, "labels of a flat validation tar: '<filename> <wnid>' a line, or one wnid a line in image order "
         "(default: none)", metavar="FILE")
-    workers: int = _opt(1, "local processes", metavar="N")
-    rank: int | None = _opt(None, "this process's rank (default: from mpirun/srun/PBS environment, else 0)",
-                            metavar="I")
-    ranks: int | None = _opt(None, "number of ranks sharing the list (default: from the environment, else 1)",
-                             metavar="N")
-    index_dir: Path | None = _opt(None, f"where the archive index is cached (default: OUT/{INDEX_FOLDER})",
-                                  metavar="DIR")
+    workers: int = option(1, "local processes", metavar="N")
+    rank: int | None = option(None, "this process's rank (default: from mpirun/srun/PBS environment, else 0)",
+                              metavar="I")
+    ranks: int | None = option(None, "number of ranks sharing the list (default: from the environment, else 1)",
+                               metavar="N")
+    index_dir: Path | None = option(None, f"where the archive index is cached (default: OUT/{INDEX_FOLDER})",
+                                    metavar="DIR")
 
 
 @dataclass(frozen=True)
@@ -63,24 +62,24 @@ class BuildConfig:
     file_list: Path = _required("images to write, '<wnid> <wnid>_<n>' a line", flag="--list", metavar="FILE")
     synsets: Path = _required("one wnid a line, in label order", metavar="FILE")
     out: Path = _required("output folder", metavar="DIR")
-    annotations: Path | None = _opt(
+    annotations: Path | None = option(
         None, "DIR/<wnid>/<name>.xml or Annotation.tar.gz (default: none, so no boxes)", metavar="DIR|TAR")
-    val_labels: Path | None = _opt(None, "'<filename> <wnid>' lines, for the flat ILSVRC2012_img_val.tar",
+    val_labels: Path | None = option(None, "'<filename> <wnid>' lines, for the flat ILSVRC2012_img_val.tar",
+                                     metavar="FILE")
+    metadata: Path | None = option(None, "'<wnid>\\t<words>' lines for image/class/text (default: the wnid)",
                                    metavar="FILE")
-    metadata: Path | None = _opt(None, "'<wnid>\\t<words>' lines for image/class/text (default: the wnid)",
-                                 metavar="FILE")
-    name: str = _opt("train", "shard name prefix")
-    shards: int = _opt(8, "number of shards")
-    label_offset: int = _opt(1, "stored label = synset index + offset; 1 keeps 0 for background as inception",
-                             choices=(0, 1))
-    seed: int = _opt(12345, "shuffle seed; same seed, same shards")
-    workers: int = _opt(1, "writer processes on this machine")
-    rank: int | None = _opt(None, "this rank's index (default: from mpirun/srun environment, else 0)")
-    ranks: int | None = _opt(None, "number of ranks (default: from the environment, else 1)")
-    index_dir: Path | None = _opt(None, f"where archive indexes are cached (default: OUT/{INDEX_FOLDER})",
-                                  metavar="DIR")
-    wait: float = _opt(600.0, "with several ranks, how long rank 0 waits for the others before writing the "
-                       "manifest", metavar="SECONDS")
+    name: str = option("train", "shard name prefix")
+    shards: int = option(8, "number of shards")
+    label_offset: int = option(1, "stored label = synset index + offset; 1 keeps 0 for background as inception",
+                               choices=(0, 1))
+    seed: int = option(12345, "shuffle seed; same seed, same shards")
+    workers: int = option(1, "writer processes on this machine")
+    rank: int | None = option(None, "this rank's index (default: from mpirun/srun environment, else 0)")
+    ranks: int | None = option(None, "number of ranks (default: from the environment, else 1)")
+    index_dir: Path | None = option(None, f"where archive indexes are cached (default: OUT/{INDEX_FOLDER})",
+                                    metavar="DIR")
+    wait: float = option(600.0, "with several ranks, how long rank 0 waits for the others before writing the "
+                         "manifest", metavar="SECONDS")
 
 
 @dataclass(frozen=True)
@@ -88,5 +87,5 @@ class VerifyConfig:
     """Everything `data verify` needs."""
 
     folder: Path = _required("folder with the shards and <name>-manifest.json", positional=True, metavar="DIR")
-    name: str = _opt("train", "shard name prefix")
-    decode: bool = _opt(False, "also decode every JPEG, slow (default: header check only)")
+    name: str = option("train", "shard name prefix")
+    decode: bool = option(False, "also decode every JPEG, slow (default: header check only)")
