@@ -10,7 +10,15 @@ from hpcvision.cluster import plan
 from hpcvision.cluster.discovery import Task, discover, process_rank
 from hpcvision.cluster.formats import expand_nodelist, expand_tasks_per_node, local_gpu_count
 from hpcvision.cluster.plan import assign_roles, plan_cluster
-from hpcvision.cluster.spec import chief_address, chief_of, is_chief, layout
+from hpcvision.cluster.spec import (
+    chief_address,
+    chief_of,
+    export_tf_config,
+    is_chief,
+    layout,
+    load_tf_config,
+    tf_config,
+)
 from hpcvision.errors import UserError
 
 BASE = {"HPCVISION_BASE_PORT": "5000", "CUDA_VISIBLE_DEVICES": ""}
@@ -21,14 +29,14 @@ def no_mpi4py(env):
     return None
 
 
-def resolve_tf_config(num_ps: int, env: dict, gather_hosts=no_mpi4py) -> dict | None:
+def planned_tf_config(num_ps: int, env: dict, gather_hosts=no_mpi4py) -> dict | None:
     """The TF_CONFIG of this process's plan (None when it runs alone)."""
     return plan_cluster(num_ps, env, gather_hosts=gather_hosts).tf_config
 
 
 def all_ranks(env: dict, size: int, rank_var: str, num_ps: int = 0, gather_hosts=no_mpi4py) -> list[dict]:
     """The TF_CONFIG as each rank of the job sees it."""
-    return [resolve_tf_config(num_ps, {**env, rank_var: str(r)}, gather_hosts) for r in range(size)]
+    return [planned_tf_config(num_ps, {**env, rank_var: str(r)}, gather_hosts) for r in range(size)]
 
 
 def assert_consistent(configs: list[dict]) -> None:
@@ -130,7 +138,7 @@ def test_pbs_nodefile_slots_become_workers_with_distinct_ports(pbs_env):
 
 def test_pbs_fewer_ranks_than_slots_fill_the_first_host_first(pbs_env):
     env = {**pbs_env, "OMPI_COMM_WORLD_SIZE": "3"}
-    config = resolve_tf_config(0, {**env, "OMPI_COMM_WORLD_RANK": "2"})
+    config = planned_tf_config(0, {**env, "OMPI_COMM_WORLD_RANK": "2"})
     assert config["cluster"]["worker"] == ["n1.cluster:5000", "n1.cluster:5001", "n2.cluster:5000"]
 
 
@@ -138,7 +146,7 @@ def test_pbs_interleaved_nodefile_is_grouped_by_host(tmp_path):
     nodefile = tmp_path / "nodes"
     nodefile.write_text("a\nb\na\nb\n")
     env = {**BASE, "PBS_NODEFILE": str(nodefile), "PMI_SIZE": "4"}
-    config = resolve_tf_config(0, {**env, "PMI_RANK": "1"})
+    config = planned_tf_config(0, {**env, "PMI_RANK": "1"})
     assert config["cluster"]["worker"] == ["a:5000", "a:5001", "b:5000", "b:5001"]
 
 
@@ -151,7 +159,7 @@ def test_pbs_pbsdsh_rank(pbs_env):
 
 def test_pbs_batch_script_outside_launcher_is_one_process(pbs_env):
     env = {k: v for k, v in pbs_env.items() if not k.startswith("OMPI")}
-    assert resolve_tf_config(0, env) is None
+    assert planned_tf_config(0, env) is None
     assert "not started by a launcher" in discover(env).notes[0]
 
 
@@ -246,13 +254,13 @@ def test_slurm_non_integer_localid_is_a_user_error():
 def test_mpi_non_integer_local_size_is_a_user_error():
     env = {**BASE, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "two"}
     with pytest.raises(UserError, match="OMPI_COMM_WORLD_LOCAL_SIZE='two' is not an integer"):
-        resolve_tf_config(0, env)
+        planned_tf_config(0, env)
 
 
 def test_slurm_batch_script_outside_srun_is_one_process():
     env = slurm_env("a[1-2]", "2(x2)", 4, SLURM_PROCID="0")
     del env["SLURM_STEP_NUM_TASKS"], env["SLURM_STEP_NODELIST"], env["SLURM_STEP_TASKS_PER_NODE"]
-    assert resolve_tf_config(0, env) is None
+    assert planned_tf_config(0, env) is None
     assert "not in an srun step" in discover(env).notes[0]
 
 
@@ -270,7 +278,7 @@ def test_slurm_job_id_derives_the_same_base_port_on_every_rank():
     assert_consistent(configs)
     port = int(configs[0]["cluster"]["worker"][0].rsplit(":", 1)[1])
     assert port == 20000 + (4242 % 600) * 64
-    other_job = resolve_tf_config(0, {**env, "SLURM_JOB_ID": "4243", "SLURM_PROCID": "0"})
+    other_job = planned_tf_config(0, {**env, "SLURM_JOB_ID": "4243", "SLURM_PROCID": "0"})
     assert other_job["cluster"] != configs[0]["cluster"]
 
 
@@ -296,19 +304,19 @@ def test_mpi_allgather_hosts():
 
 def test_mpi_without_mpi4py_on_one_host_uses_this_host():
     env = {**BASE, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
-    assert len(resolve_tf_config(0, env)["cluster"]["worker"]) == 2
+    assert len(planned_tf_config(0, env)["cluster"]["worker"]) == 2
 
 
 def test_mpi_without_mpi4py_across_hosts_is_a_user_error():
     env = {**BASE, "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
     with pytest.raises(UserError, match="mpi4py"):
-        resolve_tf_config(0, env)
+        planned_tf_config(0, env)
 
 
 def test_tf_config_wins_over_scheduler(pbs_env):
     explicit = {"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}
     env = {**pbs_env, "OMPI_COMM_WORLD_RANK": "0", "TF_CONFIG": json.dumps(explicit)}
-    assert resolve_tf_config(1, env) == explicit
+    assert planned_tf_config(1, env) == explicit
     assert discover(env).scheduler == "tf_config"
 
 
@@ -319,19 +327,19 @@ def test_tf_config_wins_over_scheduler(pbs_env):
                                          "not in the cluster")])
 def test_bad_tf_config_is_a_user_error(raw, match):
     with pytest.raises(UserError, match=match):
-        resolve_tf_config(0, {"TF_CONFIG": raw})
+        planned_tf_config(0, {"TF_CONFIG": raw})
 
 
 def test_explicit_tf_config_wins_in_train_a_forced_source_wins_in_show(pbs_env):
     explicit = {"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}
     env = {**pbs_env, "OMPI_COMM_WORLD_RANK": "0", "TF_CONFIG": json.dumps(explicit), "HPCVISION_DISCOVERY": "pbs"}
-    assert resolve_tf_config(0, env) == explicit  # `hpcvision launch` children inherit both variables
+    assert planned_tf_config(0, env) == explicit  # `hpcvision launch` children inherit both variables
     assert plan.describe(0, env)["scheduler"] == "pbs"
     assert plan.describe(0, {**env, "HPCVISION_DISCOVERY": "auto"})["tf_config"] == explicit
 
 
 def test_alone_means_no_tf_config():
-    assert resolve_tf_config(0, {"CUDA_VISIBLE_DEVICES": ""}) is None
+    assert planned_tf_config(0, {"CUDA_VISIBLE_DEVICES": ""}) is None
     assert discover({"CUDA_VISIBLE_DEVICES": ""}).scheduler == "local"
 
 
@@ -365,6 +373,12 @@ def test_one_chief_rule():
     assert chief_of(workers_only) == ("worker", 0) and chief_of(with_chief) == ("chief", 0)
     assert is_chief("worker", 0, workers_only) and not is_chief("worker", 0, with_chief)
     assert chief_address(with_chief) == "c:1" and chief_address({}) is None
+
+
+def test_exported_tf_config_reads_back():
+    env: dict[str, str] = {}
+    export_tf_config(tf_config({"worker": ["a:1", "b:1"]}, "worker", 1), env)
+    assert load_tf_config(env) == {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
 
 
 def test_plan_of_a_discovered_ps_job(pbs_env):
