@@ -102,20 +102,15 @@ def plot_confusion(confusion: np.ndarray, classes: list[dict[str, Any]], path: P
 
 
 def write_summaries(log_dir: str | Path, metrics: dict[str, Any], png: Path, step: int) -> None:
-    """top1/top5 scalars and the confusion matrix image in `log_dir` (a run's logs/eval).
-
-    Through hpcvision.train.summaries, which writes TensorBoard's records without the tensorboard
-    wheel (tensorflow-cpu 2.21 does not install it, and tf.summary.scalar lives there).
-    """
+    """top1/top5 scalars and the confusion matrix image in `log_dir` (a run's logs/eval)."""
     import tensorflow as tf
 
-    from hpcvision.train.summaries import _write, _write_images
+    from hpcvision.train.summaries import write_scalars
 
     writer = tf.summary.create_file_writer(str(log_dir))
+    write_scalars(writer, {name: metrics[name] for name in ("top1", "top5")}, step)
     with writer.as_default(step=step):
-        for name in ("top1", "top5"):
-            _write(name, tf.constant(float(metrics[name])), step, "scalars")
-        _write_images("confusion_matrix", tf.io.decode_png(png.read_bytes(), channels=3)[tf.newaxis], step)
+        tf.summary.image("confusion_matrix", tf.io.decode_png(png.read_bytes(), channels=3)[tf.newaxis], step=step)
     writer.close()
 
 

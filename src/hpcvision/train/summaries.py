@@ -1,16 +1,26 @@
-"""TensorBoard logs of a run (chief only): `checkpoint_dir/logs/train` and `checkpoint_dir/logs/eval`.
+"""TensorBoard logs: a run's (chief only) `checkpoint_dir/logs/train` and `logs/eval`, and `write_scalars`.
 
-tensorflow-cpu 2.21 no longer installs the tensorboard wheel, which is where `tf.summary.scalar`,
-`image` and `histogram` live. We write the same event records with the core `tf.summary.write` and
-the plugin metadata TensorBoard's scalars/images/histograms dashboards read.
+`write_scalars` is the one way hpcvision writes scalars to a log: the trainer, `evaluate` and the
+tutorials all use it. Images go through `tf.summary.image`; histograms use our own buckets
+(`histogram_buckets`) with TensorBoard's histogram metadata.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def write_scalars(writer, values: Mapping[str, float], step: int) -> None:
+    """Write each of `values` as a TensorBoard scalar at `step` into `writer` (a tf.summary writer)."""
+    import tensorflow as tf
+
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            tf.summary.scalar(name, float(value), step=step)
 
 
 class Summaries:
@@ -25,12 +35,10 @@ class Summaries:
             self.train = tf.summary.create_file_writer(str(Path(logdir) / "train"))
             self.eval = tf.summary.create_file_writer(str(Path(logdir) / "eval"))
 
-    def scalars(self, step: int, values: dict[str, float], split: str = "train") -> None:
-        if not self.enabled:
-            return
-        with (self.train if split == "train" else self.eval).as_default(step=step):
-            for name, value in values.items():
-                _write(name, self._tf.constant(float(value), self._tf.float32), step, "scalars")
+    def scalars(self, step: int, values: Mapping[str, float], split: str = "train") -> None:
+        """Scalars at `step` in the train or eval log."""
+        if self.enabled:
+            write_scalars(self.train if split == "train" else self.eval, values, step)
 
     def weights(self, model, step: int) -> None:
         """Histograms of every weight and the first convolution's filters as one image."""
@@ -39,10 +47,11 @@ class Summaries:
         tf = self._tf
         with self.train.as_default(step=step):
             for variable in model.weights:
-                _write(variable.path, histogram_buckets(variable.numpy()), step, "histograms")
+                tf.summary.write(variable.path, histogram_buckets(variable.numpy()), step=step,
+                                 metadata=_histogram_metadata())
             grid = first_layer_filters(model)
             if grid is not None:
-                _write_images("filters/first_layer", tf.image.convert_image_dtype(grid[None], tf.uint8), step)
+                tf.summary.image("filters/first_layer", tf.image.convert_image_dtype(grid[None], tf.uint8), step=step)
 
     def sample_inputs(self, images_uint8, boxes, step: int) -> None:
         """Training inputs with their bounding boxes drawn (boxes: [N, K, 4] ymin, xmin, ymax, xmax)."""
@@ -54,18 +63,22 @@ class Summaries:
             colors=tf.constant([[1.0, 0.2, 0.2, 1.0]]),
         )
         with self.train.as_default(step=step):
-            _write_images("inputs/with_boxes", tf.image.convert_image_dtype(drawn[:8], tf.uint8, saturate=True), step)
+            tf.summary.image("inputs/with_boxes", tf.image.convert_image_dtype(drawn[:8], tf.uint8, saturate=True),
+                             step=step, max_outputs=8)
 
     def trace_on(self) -> None:
+        """Start recording the graph of the next traced function (the train step)."""
         if self.enabled:
             self._tf.summary.trace_on(graph=True, profiler=False)
 
     def trace_export(self, step: int) -> None:
+        """Write the recorded graph to the train log (TensorBoard's Graphs tab)."""
         if self.enabled:
             with self.train.as_default(step=step):
                 self._tf.summary.trace_export("train_step", step=step)
 
     def flush(self) -> None:
+        """Push buffered events of both logs to disk."""
         if self.enabled:
             self.train.flush()
             self.eval.flush()
@@ -92,25 +105,11 @@ def first_layer_filters(model):
     return None
 
 
-def _write(tag: str, tensor, step: int, plugin: str) -> None:
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
+def _histogram_metadata():
+    """The metadata TensorBoard's Histograms tab looks for on a [bins, 3] (left, right, count) tensor."""
+    from tensorboard.plugins.histogram import metadata
 
-    data_class = {"scalars": summary_pb2.DATA_CLASS_SCALAR, "images": summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
-                  "histograms": summary_pb2.DATA_CLASS_TENSOR}[plugin]
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin), data_class=data_class
-    )
-    tf.summary.write(tag, tensor, step=step, metadata=metadata)
-
-
-def _write_images(tag: str, images_uint8, step: int) -> None:
-    """TensorBoard's image record: [width, height, png, png, ...] as one string tensor."""
-    import tensorflow as tf
-
-    height, width = int(images_uint8.shape[1]), int(images_uint8.shape[2])
-    pngs = [tf.io.encode_png(image) for image in tf.unstack(images_uint8)]
-    _write(tag, tf.stack([tf.constant(str(width)), tf.constant(str(height)), *pngs]), step, "images")
+    return metadata.create_summary_metadata(display_name=None, description=None)
 
 
 def histogram_buckets(values, bins: int = 30):

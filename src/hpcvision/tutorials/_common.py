@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def output_dir(out_dir: str | os.PathLike | None, name: str) -> Path:
     """The folder a tutorial writes into (created); default ./tutorial-NAME."""
@@ -72,24 +70,12 @@ def run_script(
     parser: argparse.ArgumentParser,
     argv: list[str] | None = None,
 ) -> int:
-    """Parse `argv` with the tutorial's parser and call main(out_dir=..., **options)."""
+    """Parse `argv` with the tutorial's parser and call main(out_dir=..., **options).
+
+    Hides TensorFlow's C++ start-up chatter (unless TF_CPP_MIN_LOG_LEVEL is set): the lessons import
+    TensorFlow inside main, after this, and their output is meant to be read.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options = vars(parser.parse_args(argv))
     main(out_dir=options.pop("out"), **options)
     return 0
-
-
-def write_scalars(writer, values: dict[str, float], step: int) -> None:
-    """Write scalars TensorBoard's Scalars tab reads, without needing the tensorboard package.
-
-    `tf.summary.scalar` lives in the tensorboard wheel (tensorflow-cpu 2.21 no longer pulls it in);
-    the core `tf.summary.write` with the "scalars" plugin tag produces the same event records.
-    """
-    import tensorflow as tf
-
-    metadata = tf.compat.v1.SummaryMetadata(
-        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
-    )
-    with writer.as_default():
-        for name, value in values.items():
-            tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
-    writer.flush()

@@ -119,7 +119,7 @@ def epoch_scalars(log_dir: str):
     import keras
     import tensorflow as tf
 
-    from hpcvision.tutorials._common import write_scalars
+    from hpcvision.train.summaries import write_scalars  # the writer `hpcvision train` uses
 
     class _EpochScalars(keras.callbacks.Callback):
         def __init__(self):
@@ -128,6 +128,7 @@ def epoch_scalars(log_dir: str):
 
         def on_epoch_end(self, epoch, logs=None):
             write_scalars(self.writer, {f"epoch/{k}": v for k, v in (logs or {}).items()}, step=epoch + 1)
+            self.writer.flush()
 
     return _EpochScalars()
 
