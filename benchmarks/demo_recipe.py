@@ -22,18 +22,13 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_fashion_mnist(folder: Path, limit: int | None) -> tuple[np.ndarray, ...]:
     """(train images, train labels, test images, test labels) as uint8 28x28 / int arrays."""
+    from hpcvision.data.fashion_mnist import load_fashion_mnist
 
-    from hpcvision.data.sample import read_idx
-
-    x_train = read_idx(folder / "train-images-idx3-ubyte.gz")[:limit]
-    y_train = read_idx(folder / "train-labels-idx1-ubyte.gz")[:limit]
-    x_test = read_idx(folder / "t10k-images-idx3-ubyte.gz")[:limit]
-    y_test = read_idx(folder / "t10k-labels-idx1-ubyte.gz")[:limit]
+    x_train, y_train, x_test, y_test = (array[:limit] for array in load_fashion_mnist(folder))
     return x_train, y_train.astype("int32"), x_test, y_test.astype("int32")
 
 
@@ -127,26 +122,29 @@ def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: in
     return images_per_s, float(top1), sum(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    from hpcvision.data.fashion_mnist import DEFAULT_FASHION_MNIST, has_fashion_mnist
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
-    parser.add_argument("--fashion-mnist", default=str(IDX_DIR), help="folder with the four IDX .gz files")
+    parser.add_argument("--fashion-mnist", default=str(DEFAULT_FASHION_MNIST), help="folder with the four IDX files")
     parser.add_argument("--epochs", type=int, help="epochs for both (default: the recipe's)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2: the demo machine)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2: the demo machine; 0: leave TensorFlow's choice)")
     parser.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch: a smoke run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    if args.threads:  # 0: TensorFlow may already be running (a test calling main), and then it cannot change
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     from hpcvision.models import build_model
 
     recipe = yaml.safe_load(Path(args.config).read_text())
     size = int(recipe.get("image_size") or 28)
     epochs = 1 if args.quick else (args.epochs or math.ceil(float(recipe["epochs"])))
     limit = 2000 if args.quick else None
-    if Path(args.fashion_mnist, "train-images-idx3-ubyte.gz").is_file():
+    if has_fashion_mnist(Path(args.fashion_mnist)):
         x_train, y_train, x_test, y_test = load_fashion_mnist(Path(args.fashion_mnist), limit)
         source = "Fashion-MNIST"
     else:  # only for --quick smoke runs on machines without the Debian package
@@ -188,7 +186,8 @@ def main() -> None:
           f"top-1 {base[1]:.4f}, {base[2]:.0f} s", flush=True)
     print(f"ratio recipe/baseline: img/s x{ours[0] / base[0]:.2f}, top-1 {100 * (ours[1] - base[1]):+.2f} points, "
           f"time x{ours[2] / base[2]:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

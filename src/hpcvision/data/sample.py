@@ -16,7 +16,6 @@ import io
 import logging
 import multiprocessing
 import os
-import struct
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,11 +25,13 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
+from hpcvision.data.fashion_mnist import DEFAULT_FASHION_MNIST, load_fashion_mnist
+from hpcvision.data.images import JPEG_QUALITY
+from hpcvision.data.lists import IMAGE_SUFFIX
 from hpcvision.errors import UserError
+from hpcvision.files import atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Fashion-MNIST label order -> WordNet 3.0 noun synsets (wnid = "n" + synset offset; words as in
 # WordNet). ILSVRC-2012 classes where one fits: jersey/T-shirt (610), sandal (774), running shoe (770).
@@ -54,8 +55,11 @@ SYNTHETIC_SHAPES = ("disc", "square", "triangle", "hbars", "vbars", "cross", "ri
 VALIDATION_ID_OFFSET = {"fashion-mnist": 60000, "synthetic": 1_000_000}
 SYNTHETIC_DEFAULT_PER_CLASS = 100
 FOREGROUND_THRESHOLD = 16  # Fashion-MNIST background is 0; faint anti-aliasing stays outside the box
-JPEG_QUALITY = 95
 TAR_MTIME = 1_262_304_000  # fixed member times (2010-01-01) so the same sample gives identical archives
+# gzip records a file name in its header: the temporary name earlier versions wrote under, so the same
+# sample stays byte-identical across versions.
+GZIP_HEADER_NAME = "Annotation.tar.gz.tmp"
+MISSING_HINT = "install Debian's dataset-fashion-mnist, pass --fashion-mnist DIR, or use --source synthetic"
 
 
 @dataclass(frozen=True)
@@ -82,48 +86,6 @@ class ClassJob:
     seed: int
     train: list[tuple[int, np.ndarray | None]]       # (image id, 28x28 uint8 or None for synthetic)
     validation: list[tuple[int, np.ndarray | None]]
-
-
-# --- Fashion-MNIST IDX files ---------------------------------------------------------------------
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally .gz) as a numpy array; UserError naming the file if malformed."""
-    try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: cannot read IDX file: {exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path}: not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != int(np.prod(shape)):
-        raise UserError(f"{path}: IDX data is {len(raw) - header} bytes, header says {int(np.prod(shape))}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def _idx_file(folder: Path, stem: str) -> Path:
-    for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.exists():
-            return candidate
-    raise UserError(f"{folder}: no {stem}[.gz] (install Debian's dataset-fashion-mnist, pass "
-                    "--fashion-mnist DIR, or use --source synthetic)")
-
-
-def load_fashion_mnist(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (images, labels), "validation": (images, labels)} from the four IDX files."""
-    splits = {}
-    for split, prefix in (("train", "train"), ("validation", "t10k")):
-        images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise UserError(f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match")
-        if labels.max(initial=0) >= len(FASHION_SYNSETS):
-            raise UserError(f"{folder}: {prefix} labels go up to {labels.max()}, expected 0-9")
-        splits[split] = (images, labels)
-    return splits
 
 
 # --- drawing ---------------------------------------------------------------------------------------
@@ -240,7 +202,7 @@ def make_class(job: ClassJob) -> tuple[str, bytes, bytes]:
             image, box = fashion_image(pixels, job.size)
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=JPEG_QUALITY)
-        images.append((f"{name}.JPEG", buf.getvalue()))
+        images.append((f"{name}{IMAGE_SUFFIX}", buf.getvalue()))
         annotations.append((f"Annotation/{job.wnid}/{name}.xml", voc_xml(job.wnid, name, job.size, box)))
     return job.wnid, _tar_bytes(images), _tar_bytes(annotations, gz=True)
 
@@ -263,7 +225,8 @@ def class_jobs(config: SampleConfig) -> list[ClassJob]:
                                  train=[(i + 1, None) for i in range(count)],
                                  validation=[(offset + i + 1, None) for i in range(count)]))
         return jobs
-    splits = load_fashion_mnist(config.fashion_mnist)
+    data = load_fashion_mnist(config.fashion_mnist, hint=MISSING_HINT)
+    splits = {"train": (data.train_images, data.train_labels), "validation": (data.test_images, data.test_labels)}
     for k, (wnid, _words) in enumerate(FASHION_SYNSETS):
         chosen = {}
         for split, (images, labels) in splits.items():
@@ -275,10 +238,26 @@ def class_jobs(config: SampleConfig) -> list[ClassJob]:
     return jobs
 
 
-def _write_text(path: Path, lines: Sequence[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    os.replace(tmp, path)
+def _write_lines(path: Path, lines: Sequence[str]) -> None:
+    write_atomic(path, "".join(f"{line}\n" for line in lines))
+
+
+def _write_archives(jobs: list[ClassJob], workers: int, images_path: Path, annotations_path: Path) -> None:
+    """Images.tar and Annotation.tar.gz of every class, made by `workers` processes in class order."""
+    with tarfile.open(images_path, "w", format=tarfile.USTAR_FORMAT) as images_tar, \
+            open(annotations_path, "wb") as raw, \
+            gzip.GzipFile(GZIP_HEADER_NAME, "wb", fileobj=raw, mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.USTAR_FORMAT) as annotations_tar:
+        if workers == 1:
+            results = map(make_class, jobs)
+            for wnid, inner_images, inner_annotations in results:
+                _add_member(images_tar, f"{wnid}.tar", inner_images)
+                _add_member(annotations_tar, f"{wnid}.tar.gz", inner_annotations)
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for wnid, inner_images, inner_annotations in pool.imap(make_class, jobs):
+                    _add_member(images_tar, f"{wnid}.tar", inner_images)
+                    _add_member(annotations_tar, f"{wnid}.tar.gz", inner_annotations)
 
 
 def make_sample(config: SampleConfig) -> dict[str, int]:
@@ -295,27 +274,13 @@ def make_sample(config: SampleConfig) -> dict[str, int]:
         raise UserError(f"{out}: cannot create output folder: {exc.strerror or exc}") from None
     workers = config.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(jobs)))
-    images_tmp, annotations_tmp = out / "Images.tar.tmp", out / "Annotation.tar.gz.tmp"
-    with tarfile.open(images_tmp, "w", format=tarfile.USTAR_FORMAT) as images_tar, \
-            gzip.GzipFile(annotations_tmp, "wb", mtime=0) as zipped, \
-            tarfile.open(fileobj=zipped, mode="w", format=tarfile.USTAR_FORMAT) as annotations_tar:
-        if workers == 1:
-            results = map(make_class, jobs)
-            for wnid, inner_images, inner_annotations in results:
-                _add_member(images_tar, f"{wnid}.tar", inner_images)
-                _add_member(annotations_tar, f"{wnid}.tar.gz", inner_annotations)
-        else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for wnid, inner_images, inner_annotations in pool.imap(make_class, jobs):
-                    _add_member(images_tar, f"{wnid}.tar", inner_images)
-                    _add_member(annotations_tar, f"{wnid}.tar.gz", inner_annotations)
-    os.replace(images_tmp, out / "Images.tar")
-    os.replace(annotations_tmp, out / "Annotation.tar.gz")
-    _write_text(out / "synsets.txt", [wnid for wnid, _ in FASHION_SYNSETS])
-    _write_text(out / "metadata.txt", [f"{wnid}\t{words}" for wnid, words in FASHION_SYNSETS])
+    with atomic_path(out / "Annotation.tar.gz") as annotations_tmp, atomic_path(out / "Images.tar") as images_tmp:
+        _write_archives(jobs, workers, images_tmp, annotations_tmp)
+    _write_lines(out / "synsets.txt", [wnid for wnid, _ in FASHION_SYNSETS])
+    _write_lines(out / "metadata.txt", [f"{wnid}\t{words}" for wnid, words in FASHION_SYNSETS])
     counts = {}
     for split, filename in (("train", "train_files.txt"), ("validation", "validation_files.txt")):
         lines = [f"{job.wnid} {job.wnid}_{image_id}" for job in jobs for image_id, _ in getattr(job, split)]
-        _write_text(out / filename, lines)
+        _write_lines(out / filename, lines)
         counts[split] = len(lines)
     return counts

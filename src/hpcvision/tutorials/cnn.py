@@ -25,31 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcvision.data.sample import read_idx
+from hpcvision.data.fashion_mnist import CLASS_NAMES, DEFAULT_FASHION_MNIST, load_fashion_mnist
 from hpcvision.errors import UserError
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
-
-DEFAULT_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
 
 """
 ## Reading the IDX files
 
 IDX is a tiny format: a big-endian magic number (0x0000 0803 = unsigned bytes, 3 dimensions), the
 size of each dimension as a 32-bit integer, then the raw bytes. Labels are the 1-dimensional case.
-`read_idx` (shared with `hpcvision data sample`, in hpcvision/data/sample.py) checks exactly that.
+`load_fashion_mnist` (shared with `hpcvision data sample`, in hpcvision/data/fashion_mnist.py) reads
+the four files and checks exactly that.
 """
-
-
-def load_fashion_mnist(directory: Path):
-    """(train images, train labels, test images, test labels) from the four IDX files in `directory`."""
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    arrays = []
-    for name in names:
-        path = directory / f"{name}.gz"
-        arrays.append(read_idx(path if path.exists() else directory / name))
-    return tuple(arrays)
 
 
 def synthetic_stripes(n: int, seed: int):
@@ -141,7 +128,7 @@ def as_model_input(images: np.ndarray, channels: int) -> np.ndarray:
 
 def main(
     out_dir=None, *, epochs: int = 2, train_samples: int = 20000, test_samples: int = 2000, batch_size: int = 128,
-    fashion_mnist: str = DEFAULT_FASHION_MNIST, model: str = "auto", seed: int = 0,
+    fashion_mnist: str | Path = DEFAULT_FASHION_MNIST, model: str = "auto", seed: int = 0,
 ) -> dict:
     """Train, evaluate and visualise the CNN; write figures, TensorBoard logs and results.json."""
     import keras
