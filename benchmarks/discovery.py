@@ -61,11 +61,11 @@ def in_process(repeats: int) -> tuple[float, float]:
     return per_discovery, (time.perf_counter() - start) / (repeats * 10)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, no TensorFlow baseline")
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     repeats = 2 if args.quick else args.repeats
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "HPCVISION_PROGRESS": "0"}
     env.pop("TF_CONFIG", None)

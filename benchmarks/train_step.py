@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 RATE = re.compile(r"step (\d+)/\d+ .* ([\d.]+) img/s")
 
 
@@ -91,14 +89,15 @@ def _last_rate(lines: list[str]) -> float:
     return rates[-1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--window", type=int, default=8, help="steps per timed window")
     parser.add_argument("--scaling-model", default="small", help="model for the 2-workers-vs-1 figure")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow starts, here and in the CLI runs
     if args.quick:
         args.image_size, args.batch_size, args.window = 32, 2, 1
 
@@ -121,7 +120,8 @@ def main() -> None:
         print(f"  1 process            : {one:8.2f} img/s")
         print(f"  2 workers (launch)   : {two:8.2f} img/s")
         print(f"  ratio 2 workers / 1  : {two / one:8.2f}  (cores: {os.cpu_count()})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -25,9 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 STAGES = ("regression", "neural-net", "convolution", "cnn", "distributed-regression")
 
@@ -163,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (skips distributed unless named)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="stages to run (default: all)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any stage starts TensorFlow
     stages = args.stages or [s for s in STAGES if not (args.quick and s == "distributed-regression")]
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}{' (quick)' if args.quick else ''}")

@@ -1,7 +1,9 @@
-"""Shared fixtures. Tests run the CLI in-process through `run_cli` or as a subprocess via `hpcvision_exe`."""
+"""Shared fixtures. Tests run the CLI in-process through `run_cli` or as a subprocess via `hpcvision_exe`,
+and benchmark scripts in-process through `run_benchmark`."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -11,6 +13,8 @@ import pytest
 
 os.environ.setdefault("HPCVISION_PROGRESS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
@@ -31,3 +35,25 @@ def hpcvision_exe() -> list[str]:
     """The command line that starts the CLI in a fresh process."""
     exe = shutil.which("hpcvision", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "hpcvision"]
+
+
+@pytest.fixture
+def run_benchmark(capsys):
+    """Run `benchmarks/NAME.py ARGS...` in this process; returns (exit code, stdout, stderr).
+
+    Loading the script as a module instead of starting a fresh interpreter saves its imports
+    (TensorFlow is already loaded here): a smoke run costs seconds. SystemExit becomes the exit code.
+    """
+
+    def run(name: str, *args: str) -> tuple[int | str, str, str]:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        try:
+            code = module.main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return (0 if code is None else code), out, err
+
+    return run

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -380,20 +379,13 @@ def test_unreadable_archive_and_missing_list_exit_2_in_a_subprocess(tmp_path, hp
 
 
 @pytest.mark.slow
-def test_benchmark_quick_runs_and_prints_ratios():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_throughput.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HPCVISION_PROGRESS": "0"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert re.search(r"baseline \(sequential read.*img/s", proc.stdout)
+def test_benchmark_quick_runs_and_prints_ratios(run_benchmark):
+    code, stdout, stderr = run_benchmark("extract_throughput", "--quick")
+    assert code == 0, stderr
+    assert re.search(r"baseline \(sequential read.*img/s", stdout)
     for workers in (1, 2):
         assert re.search(
-            rf"extract --workers {workers}: +\d+ img/s .* x baseline, [\d.]+ x write floor", proc.stdout
+            rf"extract --workers {workers}: +\d+ img/s .* x baseline, [\d.]+ x write floor", stdout
         )
 
 

@@ -181,6 +181,8 @@ def test_models_import_without_tensorflow_on_the_jax_backend():
 
 @pytest.mark.slow
 def test_gpu_benchmark_quick_run(tmp_path):
+    # A fresh interpreter, unlike the other benchmark tests: the script needs Keras on the JAX backend,
+    # which is fixed when keras is first imported, and this process already runs Keras on TensorFlow.
     out = tmp_path / "gpu.json"
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(

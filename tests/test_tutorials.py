@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,8 +13,6 @@ import numpy as np
 import pytest
 
 from hpcvision.tutorials.commands import TUTORIALS
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def outputs(out: Path) -> tuple[dict, list[str]]:
@@ -296,12 +293,9 @@ def test_distributed_regression_stops_servers_when_the_chief_fails(tmp_path, mon
 # --- benchmark ----------------------------------------------------------------------------------
 
 
-def test_benchmark_quick_runs_every_stage(capsys):
-    # Loaded in-process (TensorFlow is already imported here), so the smoke run costs seconds.
-    spec = importlib.util.spec_from_file_location("tutorials_benchmark", REPO / "benchmarks" / "tutorials.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    assert benchmark.main(["--quick"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+def test_benchmark_quick_runs_every_stage(run_benchmark):
+    code, stdout, _ = run_benchmark("tutorials", "--quick")
+    assert code == 0
+    lines = stdout.splitlines()
     for stage in ("regression", "neural-net", "convolution", "cnn"):
         assert any(line.startswith(stage) and "ratio" in line for line in lines), stage
