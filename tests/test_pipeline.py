@@ -228,16 +228,11 @@ def test_reads_what_data_build_writes(built):
         assert batch_labels.numpy().max() < manifest["num_classes"]
 
 
-def test_benchmark_quick_runs(tmp_path):
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "input_pipeline.py"
-    result = subprocess.run([sys.executable, str(script), "--quick", "--cache-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_benchmark_quick_runs(tmp_path, run_benchmark):
+    code, stdout, stderr = run_benchmark("input_pipeline", "--quick", "--cache-dir", tmp_path)
+    assert code == 0, stderr[-2000:]
     for reference in ("limit", "(limit + resize)", "(limit + resize + flip + normalise)"):
-        assert f"ratio pipeline/{reference}:" in result.stdout, result.stdout
+        assert f"ratio pipeline/{reference}:" in stdout, stdout
     assert list(tmp_path.glob("hpcvision-bench-input-*/train-manifest.json"))  # cached where asked
 
 
