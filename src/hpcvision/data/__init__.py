@@ -1,1 +1,1 @@
-"""Step 1-2 of the workflow: archives, file lists, sample data, TFRecords, tf.data input."""
+"""Steps 1-2: lists, archive reading, extract, build, shards + manifest, verify, sample data; input config, presets, tf.data."""
