@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcvision.config import add_config_arguments, load_config, save_config
+from hpcvision.config import add_config_arguments, load_config, option, required, save_config
 from hpcvision.errors import UserError
 
 
@@ -75,6 +75,31 @@ def test_required_positional_renamed_and_path_options():
     assert "SRC" in usage and "--out DIR" in usage and "--list FILE_LIST" in usage
     assert "which (default: all)" in usage and "(default: None)" not in usage
     assert "processes (default: 1)" in usage and "where to (default" not in usage
+
+
+@dataclass(kw_only=True)
+class Alternatives:
+    rest: tuple[str, ...] = required("the rest", positional=True, nargs=argparse.REMAINDER)
+    checkpoint: str | None = option(None, "from a checkpoint", one_of="source")
+    export: str | None = option(None, "from an export", one_of="source", flag="--model-path")
+    top: int = option(5, "how many")
+
+
+def test_one_of_is_a_required_exclusive_group_and_remainder_passes_through(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Alternatives)
+    cfg = load_config(Alternatives, parser.parse_args(["--checkpoint", "c", "--", "--top", "x"]))
+    assert cfg == Alternatives(checkpoint="c", rest=("--", "--top", "x"))
+    assert load_config(Alternatives, parser.parse_args(["--model-path", "m"])) == Alternatives(export="m", rest=())
+    for argv in ([], ["--checkpoint", "c", "--model-path", "m"]):  # neither, both
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    usage = parser.format_help()
+    assert "(--checkpoint CHECKPOINT | --model-path EXPORT)" in usage
+    assert "from a checkpoint\n" in usage and "how many (default: 5)" in usage and "the rest\n" in usage
+    (tmp_path / "both.yaml").write_text("checkpoint: c\nexport: m\nrest: []\n")
+    with pytest.raises(UserError, match="^give exactly one of --checkpoint or --model-path$"):
+        load_config(Alternatives, None, tmp_path / "both.yaml")
 
 
 @dataclass
@@ -231,6 +256,16 @@ def test_train_flags_fill_the_input_section(tmp_path):
                                     aspect_ratio_range=(0.5, 2.0), min_object_covered=0.4, min_crop_size=6,
                                     central_fraction=0.9)
     assert cfg.model == "small" and TrainConfig().input == InputConfig()
+
+
+def test_the_command_line_parser_imports_no_numpy_pillow_or_tensorflow():
+    """Every stage declares its options in a dataclass module free of heavy imports: `--help` stays fast."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hpcvision.cli import build_parser; build_parser(); "
+            "heavy = {'numpy', 'PIL', 'tensorflow'} & set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_demo_config_loads():

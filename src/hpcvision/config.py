@@ -1,7 +1,8 @@
 """Typed configuration: dataclass defaults, overridden by a YAML file, overridden by CLI flags.
 
 Each stage defines a dataclass; `add_config_arguments` turns its fields into `--flags` and
-`load_config` merges the three layers. Field metadata may carry `help` and `choices`.
+`load_config` merges the three layers. Field metadata may carry `help` and `choices`; fields
+sharing a `one_of` name are alternatives, exactly one of which must be given.
 
 A field whose type is itself a dataclass is a section: a mapping of its own in YAML (`input:` in a
 run.yaml), while its flags stay flat (`--augment`, not `--input.augment`). Its options are also
@@ -27,6 +28,11 @@ T = TypeVar("T")
 def option(default: Any, help_text: str, **metadata: Any) -> Any:
     """A dataclass field with a default, its `--help` text and any other metadata (`choices`, `flag`...)."""
     return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
+def required(help_text: str, **metadata: Any) -> Any:
+    """A dataclass field without a default (a required option), its `--help` text and other metadata."""
+    return dataclasses.field(metadata={"help": help_text, **metadata})
 
 
 def check_choices(config: Any) -> None:
@@ -62,7 +68,9 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one `--field-name` option per dataclass field; options not given stay unset.
 
-    Field metadata may also set `flag` (another option name), `metavar` and `positional`; a field
+    Field metadata may also set `flag` (another option name), `aliases` (more names), `metavar`,
+    `positional`, `nargs` (e.g. argparse.REMAINDER), `repeat` (a list given one value per use of the
+    flag) and `one_of` (a group name: its fields become a required mutually exclusive group); a field
     without a default is a required option.
     """
     _add_arguments(parser, cls, "")
@@ -71,6 +79,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def _add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, prefix: str) -> None:
     """The options of `cls`; a section's go in a help group, under dests prefixed `section.`."""
     hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for field in dataclasses.fields(cls):
         section = _section(hints[field.name])
         if section is not None:
@@ -83,23 +92,35 @@ def _add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cl
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(field, required)}
         kwargs.update({key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata})
+        nargs = field.metadata.get("nargs", "+" if is_list else None)
         if field.metadata.get("positional"):
-            parser.add_argument(field.name, type=scalar, nargs="+" if is_list else None, **kwargs)
+            parser.add_argument(field.name, type=scalar, nargs=nargs, **kwargs)
             continue
-        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        one_of = field.metadata.get("one_of")
+        if one_of and one_of not in groups:
+            groups[one_of] = parser.add_mutually_exclusive_group(required=True)
+        target = groups.get(one_of, parser)
+        flags = [_flag(field), *field.metadata.get("aliases", ())]
         kwargs.update(dest=prefix + field.name, required=required)
         if scalar is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            target.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if prefix and "choices" not in kwargs:
             kwargs.setdefault("metavar", field.name.upper())  # not the dotted dest of a section's option
-        parser.add_argument(flag, type=scalar, nargs="+" if is_list else None, **kwargs)
+        if field.metadata.get("repeat"):
+            kwargs["action"], nargs = "append", None  # one value per use of the flag
+        target.add_argument(*flags, type=scalar, nargs=nargs, **kwargs)
+
+
+def _flag(field: dataclasses.Field) -> str:
+    """The option name of a field: `--field-name` unless its metadata names another `flag`."""
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
 
 
 def _help(field: dataclasses.Field, required: bool) -> str:
-    """The field's help, with its default unless it is required or the help already names one."""
+    """The field's help, with its default unless it is required, one of a group, or the help names one."""
     help_text = field.metadata.get("help", "")
-    if required or "(default:" in help_text:
+    if required or field.metadata.get("one_of") or "(default:" in help_text:
         return help_text
     default = _show(_default(field))
     return f"{help_text} (default: {default})" if help_text else f"default: {default}"
@@ -194,6 +215,17 @@ def _flag_values(cls: type, args: argparse.Namespace, values: dict[str, Any], pr
             values[field.name] = getattr(args, prefix + field.name)
 
 
+def _check_one_of(config: Any) -> None:
+    """UserError unless exactly one field of each `one_of` group of `config` is set."""
+    groups: dict[str, list[dataclasses.Field]] = {}
+    for field in dataclasses.fields(config):
+        if field.metadata.get("one_of"):
+            groups.setdefault(field.metadata["one_of"], []).append(field)
+    for fields in groups.values():
+        if sum(getattr(config, f.name) is not None for f in fields) != 1:
+            raise UserError(f"give exactly one of {' or '.join(map(_flag, fields))}")
+
+
 def _build(cls: type[T], values: dict[str, Any]) -> T:
     hints, sections = typing.get_type_hints(cls), _sections(cls)
     kwargs = {}
@@ -205,6 +237,7 @@ def _build(cls: type[T], values: dict[str, Any]) -> T:
         kwargs[name] = value
     config = cls(**kwargs)
     check_choices(config)
+    _check_one_of(config)
     return config
 
 
