@@ -161,7 +161,8 @@ def test_read_idx_round_trip_and_errors(tmp_path):
 
 
 def test_real_fashion_mnist_files_parse():
-    from hpcvision.data.fashion_mnist import DEFAULT_FASHION_MNIST, read_idx
+    from hpcvision.data.config import DEFAULT_FASHION_MNIST
+    from hpcvision.data.fashion_mnist import read_idx
 
     labels = Path(DEFAULT_FASHION_MNIST) / "t10k-labels-idx1-ubyte.gz"
     if not labels.exists():

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from hpcvision.config import add_config_arguments, load_config
-from hpcvision.data.config import BuildConfig, ExtractConfig, VerifyConfig
+from hpcvision.data.config import BuildConfig, ExtractConfig, SampleConfig, VerifyConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +53,24 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         "sample", help="write a small real-image ImageNet (Fashion-MNIST as 10 synsets) in archive layout",
         description="Write OUT/Images.tar, OUT/Annotation.tar.gz, synsets.txt, metadata.txt, "
         "train_files.txt and validation_files.txt from Fashion-MNIST (or synthetic shapes).")
-    p.add_argument("out", type=Path, metavar="OUT", help="output folder")
-    p.add_argument("--source", choices=("fashion-mnist", "synthetic"), default="fashion-mnist",
-                   help="real Fashion-MNIST images, or procedurally drawn shapes (default: fashion-mnist)")
-    p.add_argument("--fashion-mnist", type=Path, default=None, metavar="DIR",
-                   help="folder with the four Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--per-class", type=int, default=None, metavar="N",
-                   help="images per class from each split (default: all of Fashion-MNIST, 6000 train + "
-                   "1000 validation; 100 + 100 for synthetic)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels, >= 64 (default: 64)")
-    p.add_argument("--seed", type=int, default=0, help="which images --per-class picks; synthetic drawing (default: 0)")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU)")
+    add_config_arguments(p, SampleConfig)
     p.set_defaults(func=run_sample)
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision data sample`."""
     import time
 
-    from hpcvision.data.sample import DEFAULT_FASHION_MNIST, SampleConfig, make_sample
+    from hpcvision.data.sample import make_sample
 
     start = time.monotonic()
-    config = SampleConfig(out=args.out, source=args.source, fashion_mnist=args.fashion_mnist or DEFAULT_FASHION_MNIST,
-                          per_class=args.per_class, size=args.size, seed=args.seed, workers=args.workers)
+    config = load_config(SampleConfig, args)
     counts = make_sample(config)
-    print(f"wrote {counts['train']} train + {counts['validation']} validation images ({args.source}, "
-          f"{args.size}px) to {args.out}/ in {time.monotonic() - start:.1f} s:")
+    print(f"wrote {counts['train']} train + {counts['validation']} validation images ({config.source}, "
+          f"{config.size}px) to {config.out}/ in {time.monotonic() - start:.1f} s:")
     for name in ("Images.tar", "Annotation.tar.gz", "synsets.txt", "metadata.txt", "train_files.txt",
                  "validation_files.txt"):
-        print(f"  {args.out / name}")
+        print(f"  {config.out / name}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`ExtractConfig`, `BuildConfig`, `VerifyConfig`: the options of `data extract/build/verify`, declared once.
+"""`SampleConfig`, `ExtractConfig`, `BuildConfig`, `VerifyConfig`: the options of the data commands, declared once.
 
 Their `--flags` are derived from the fields (`hpcvision.config.add_config_arguments`); a field
 without a default is a required option. Paths are kept as given on the command line.
@@ -6,18 +6,16 @@ without a default is a required option. Paths are kept as given on the command l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from hpcvision.config import option
+from hpcvision.config import option, required
 
 INDEX_FOLDER = ".hpcvision-index"  # under OUT, unless --index-dir says otherwise
-
-
-def _required(help_text: str, **metadata: Any) -> Any:
-    """A field without a default (a required option), its `--help` text and other metadata."""
-    return field(metadata={"help": help_text, **metadata})
+# Where Debian's dataset-fashion-mnist installs the four IDX files. Owned here, not by the NumPy
+# reader (data.fashion_mnist), so building the `data sample` parser imports no NumPy.
+DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SAMPLE_SOURCES = ("fashion-mnist", "synthetic")
 
 
 def index_dir(given: Path | None, out: Path) -> Path:
@@ -26,15 +24,31 @@ def index_dir(given: Path | None, out: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """Everything `data sample` makes."""
+
+    out: Path = required("output folder", positional=True, metavar="OUT")
+    source: str = option("fashion-mnist", "real Fashion-MNIST images, or procedurally drawn shapes",
+                         choices=SAMPLE_SOURCES)
+    fashion_mnist: Path = option(DEFAULT_FASHION_MNIST, "folder with the four Fashion-MNIST IDX files",
+                                 metavar="DIR")
+    per_class: int | None = option(None, "images per class from each split (default: all of Fashion-MNIST, "
+                                   "6000 train + 1000 validation; 100 + 100 for synthetic)", metavar="N")
+    size: int = option(64, "image side in pixels, >= 64")
+    seed: int = option(0, "which images --per-class picks; synthetic drawing")
+    workers: int = option(0, "processes (default: one per CPU)")
+
+
+@dataclass(frozen=True)
 class ExtractConfig:
     """Everything `data extract` needs."""
 
-    images: Path = _required(
+    images: Path = required(
         "Images.tar or ILSVRC2012_img_train.tar (tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat; needs "
         "--val-labels), or a folder <wnid>/<name>.JPEG", metavar="ARCHIVE")
-    list_file: Path = _required("images to extract, one '<wnid> <name>' a line (the course's list format)",
-                                flag="--list", metavar="FILE")
-    out: Path = _required("output folder", metavar="DIR")
+    list_file: Path = required("images to extract, one '<wnid> <name>' a line (the course's list format)",
+                               flag="--list", metavar="FILE")
+    out: Path = required("output folder", metavar="DIR")
     annotations: Path | None = option(
         None, "Annotation.tar.gz (tar of <wnid>.tar.gz) or a folder <wnid>/<name>.xml (default: none)",
         metavar="ARCHIVE")
@@ -56,12 +70,12 @@ class ExtractConfig:
 class BuildConfig:
     """Everything `data build` needs."""
 
-    images: Path = _required(
+    images: Path = required(
         "DIR/<wnid>/<name>.JPEG, Images.tar / ILSVRC2012_img_train.tar, or ILSVRC2012_img_val.tar",
         metavar="DIR|TAR")
-    file_list: Path = _required("images to write, '<wnid> <wnid>_<n>' a line", flag="--list", metavar="FILE")
-    synsets: Path = _required("one wnid a line, in label order", metavar="FILE")
-    out: Path = _required("output folder", metavar="DIR")
+    file_list: Path = required("images to write, '<wnid> <wnid>_<n>' a line", flag="--list", metavar="FILE")
+    synsets: Path = required("one wnid a line, in label order", metavar="FILE")
+    out: Path = required("output folder", metavar="DIR")
     annotations: Path | None = option(
         None, "DIR/<wnid>/<name>.xml or Annotation.tar.gz (default: none, so no boxes)", metavar="DIR|TAR")
     val_labels: Path | None = option(None, "'<filename> <wnid>' lines, for the flat ILSVRC2012_img_val.tar",
@@ -86,6 +100,6 @@ class BuildConfig:
 class VerifyConfig:
     """Everything `data verify` needs."""
 
-    folder: Path = _required("folder with the shards and <name>-manifest.json", positional=True, metavar="DIR")
+    folder: Path = required("folder with the shards and <name>-manifest.json", positional=True, metavar="DIR")
     name: str = option("train", "shard name prefix")
     decode: bool = option(False, "also decode every JPEG, slow (default: header check only)")

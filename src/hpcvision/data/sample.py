@@ -25,7 +25,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hpcvision.data.fashion_mnist import DEFAULT_FASHION_MNIST, load_fashion_mnist
+from hpcvision.data.config import SampleConfig
+from hpcvision.data.fashion_mnist import load_fashion_mnist
 from hpcvision.data.images import JPEG_QUALITY
 from hpcvision.data.lists import IMAGE_SUFFIX
 from hpcvision.errors import UserError
@@ -60,19 +61,6 @@ TAR_MTIME = 1_262_304_000  # fixed member times (2010-01-01) so the same sample 
 # sample stays byte-identical across versions.
 GZIP_HEADER_NAME = "Annotation.tar.gz.tmp"
 MISSING_HINT = "install Debian's dataset-fashion-mnist, pass --fashion-mnist DIR, or use --source synthetic"
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """What `data sample` makes."""
-
-    out: Path
-    source: str = "fashion-mnist"
-    fashion_mnist: Path = DEFAULT_FASHION_MNIST
-    per_class: int | None = None  # None: all of Fashion-MNIST / 100 synthetic
-    size: int = 64
-    seed: int = 0
-    workers: int = 0  # 0: one per CPU
 
 
 @dataclass
