@@ -44,6 +44,7 @@ def slurm_env(nodes: int, rank: int) -> dict:
 
 def in_process(repeats: int) -> tuple[float, float]:
     """Seconds per cluster plan of a 1,024-node x 4-task Slurm job, and per rendered train script."""
+    from hpcvision.cluster.config import JobConfig
     from hpcvision.cluster.jobscript import JobSpec, render
     from hpcvision.cluster.plan import plan_cluster
 
@@ -53,7 +54,7 @@ def in_process(repeats: int) -> tuple[float, float]:
         plan = plan_cluster(1, env)
     per_discovery = (time.perf_counter() - start) / repeats
     assert len(plan.tf_config["cluster"]["worker"]) == 1024 * 4 - 2
-    spec = JobSpec(scheduler="slurm", stage="train", nodes=64, tasks_per_node=4, walltime="12:00:00",
+    spec = JobSpec(scheduler="slurm", stage="train", options=JobConfig(nodes=64, tasks_per_node=4, walltime="12:00:00"),
                    stage_args=["--data", "/scratch/rec", "--model", "resnet50"])
     start = time.perf_counter()
     for _ in range(repeats * 10):

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from hpcvision.cluster import jobscript, submit
+from hpcvision.cluster.config import JobConfig
 from hpcvision.cluster.jobscript import JobSpec
+from hpcvision.errors import UserError
 
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
 
@@ -81,12 +83,14 @@ def all_specs(tmp_path: Path) -> list[JobSpec]:
     for scheduler, stage in itertools.product(jobscript.SCHEDULERS, jobscript.STAGES):
         launchers = ["auto", "mpirun", "aprun"] if scheduler == "pbs" else ["auto", "srun", "mpirun"]
         for launcher in launchers:
-            specs.append(JobSpec(scheduler=scheduler, stage=stage, stage_args=["--data", "/d ir"], launcher=launcher))
+            specs.append(JobSpec(scheduler=scheduler, stage=stage, stage_args=["--data", "/d ir"],
+                                 options=JobConfig(launcher=launcher)))
         specs.append(JobSpec(
-            scheduler=scheduler, stage=stage, stage_args=HOSTILE, nodes=4, tasks_per_node=2, cpus_per_task=8,
-            gpus_per_node=2, walltime="12:00:00", queue="gpu", account="proj-1", job_name="my.job_1",
-            setup=["module load cuda/12", "source ~/venv/bin/activate"], log_dir="logs/run1",
-            resubmit=stage == "train", max_resubmits=3, num_ps=1 if stage == "train" else 0, port=3000,
+            scheduler=scheduler, stage=stage, stage_args=HOSTILE, options=JobConfig(
+                nodes=4, tasks_per_node=2, cpus_per_task=8, gpus_per_node=2, walltime="12:00:00", queue="gpu",
+                account="proj-1", job_name="my.job_1", setup=("module load cuda/12", "source ~/venv/bin/activate"),
+                log_dir="logs/run1", resubmit=stage == "train", max_resubmits=3, ps=1 if stage == "train" else 0,
+                port=3000),
             script_path=str(tmp_path / "dir with 'quote' $(x)" / "job.sh"),
         ))
     return specs
@@ -113,19 +117,37 @@ def test_every_stage_and_scheduler_passes_bash_n_and_shellcheck(tmp_path):
 
 
 def test_directives_carry_the_resources():
-    text = jobscript.render(JobSpec(scheduler="slurm", stage="train", nodes=4, tasks_per_node=2, cpus_per_task=8,
-                                    gpus_per_node=2, walltime="12:00:00", queue="gpu", account="p1"))
+    text = jobscript.render(JobSpec(scheduler="slurm", stage="train", options=JobConfig(
+        nodes=4, tasks_per_node=2, cpus_per_task=8, gpus_per_node=2, walltime="12:00:00", queue="gpu", account="p1")))
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=8",
                  "#SBATCH --gpus-per-node=2", "#SBATCH --time=12:00:00", "#SBATCH --partition=gpu",
                  "#SBATCH --account=p1", "#SBATCH --job-name=hpcvision-train"):
         assert line in text.splitlines()
-    pbs = jobscript.render(JobSpec(scheduler="pbs", stage="build", nodes=3, tasks_per_node=2, cpus_per_task=4,
-                                   gpus_per_node=1, walltime="01:00:00", queue="q"))
+    pbs = jobscript.render(JobSpec(scheduler="pbs", stage="build", options=JobConfig(
+        nodes=3, tasks_per_node=2, cpus_per_task=4, gpus_per_node=1, walltime="01:00:00", queue="q")))
     assert "#PBS -l select=3:ncpus=8:mpiprocs=2:ngpus=1" in pbs.splitlines()
     assert "#PBS -l walltime=01:00:00" in pbs.splitlines()
     assert "mpirun -np 6 -machinefile \"$PBS_NODEFILE\"" in pbs
-    evaluate = jobscript.render(JobSpec(scheduler="slurm", stage="evaluate", nodes=4, tasks_per_node=2))
+    evaluate = jobscript.render(JobSpec(scheduler="slurm", stage="evaluate",
+                                        options=JobConfig(nodes=4, tasks_per_node=2)))
     assert "#SBATCH --nodes=1" in evaluate and "srun" not in evaluate
+
+
+def test_command_line_options_reach_the_script(run_cli):
+    code, text, _ = run_cli("job", "slurm", "build", "--partition", "gpu", "--setup", "module load a",
+                            "--setup", "source b", "--", "--out", "rec")
+    assert code == 0
+    assert "#SBATCH --partition=gpu" in text.splitlines()
+    assert text.index("module load a") < text.index("source b") < text.index("build --out rec")
+
+
+@pytest.mark.parametrize("scheduler, launcher", [("slurm", "aprun"), ("pbs", "srun")])
+def test_each_scheduler_has_its_own_launchers(run_cli, capsys, scheduler, launcher):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("job", scheduler, "train", "--launcher", launcher, "--")
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(UserError, match=f"^--launcher {launcher}: {scheduler.upper()} jobs start ranks"):
+        jobscript.render(JobSpec(scheduler=scheduler, stage="train", options=JobConfig(launcher=launcher)))
 
 
 # ------------------------------------------------------------------------------ injection

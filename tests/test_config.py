@@ -277,3 +277,18 @@ def test_demo_config_loads():
     cfg = load_config(TrainConfig, None, demo)
     assert cfg.input.augment == "none" and cfg.input.eval_central_fraction() == 1.0
     assert (cfg.model, cfg.image_size, cfg.seed) == ("small", 28, 1)
+
+
+@dataclass(frozen=True)
+class Job:
+    queue: str | None = option(None, "where (default: the site's)", aliases=("--partition",))
+    setup: tuple[str, ...] = option((), "a shell line; repeatable (default: none)", repeat=True, metavar="LINE")
+
+
+def test_alias_names_the_same_option_and_repeat_appends_one_value_per_use():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Job)
+    cfg = load_config(Job, parser.parse_args(["--partition", "gpu", "--setup", "a b", "--setup=-c"]))
+    assert cfg == Job(queue="gpu", setup=("a b", "-c"))
+    assert load_config(Job, parser.parse_args(["--queue", "q"])) == Job(queue="q")
+    assert "--queue QUEUE, --partition QUEUE" in parser.format_help() and "--setup LINE" in parser.format_help()

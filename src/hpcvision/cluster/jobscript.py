@@ -12,15 +12,21 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcvision.cluster.plan import MAX_BASE_PORT
 from hpcvision.cluster.walltime import parse_duration
 from hpcvision.errors import UserError
 
+if TYPE_CHECKING:  # cluster.config declares the job options from the constants below
+    from hpcvision.cluster.config import JobConfig
+
 SCHEDULERS = ("pbs", "slurm")
 STAGES = ("extract", "build", "train", "evaluate")
 JOB_STAGES = STAGES + ("pipeline",)
 LAUNCHERS = ("auto", "srun", "mpirun", "aprun")
+# What starts the ranks of each scheduler's jobs ("auto": srun on Slurm, mpirun on PBS).
+SCHEDULER_LAUNCHERS = {"pbs": ("auto", "mpirun", "aprun"), "slurm": ("auto", "srun", "mpirun")}
 # The hpcvision subcommand that runs each stage.
 STAGE_COMMANDS = {"extract": ("data", "extract"), "build": ("data", "build"), "train": ("train",),
                   "evaluate": ("evaluate",)}
@@ -34,33 +40,19 @@ DIRECTIVE_SAFE_RE = re.compile(r"[A-Za-z0-9_./@+,:=~%-]+")
 WALLTIME_RE = re.compile(r"\d+:[0-5]\d:[0-5]\d")
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobSpec:
-    """One batch job: resources, environment set-up, the stage and its arguments."""
+    """One batch job: a stage, its own arguments, and the job options (resources, set-up, launcher...)."""
 
     scheduler: str
     stage: str
+    options: JobConfig
     stage_args: list[str] = field(default_factory=list)
-    nodes: int = 1
-    tasks_per_node: int = 1
-    cpus_per_task: int | None = None
-    gpus_per_node: int = 0
-    walltime: str | None = None
-    queue: str | None = None
-    account: str | None = None
-    job_name: str | None = None
-    setup: list[str] = field(default_factory=list)
-    log_dir: str | None = None
-    launcher: str = "auto"
-    resubmit: bool = False
-    max_resubmits: int = 5
-    num_ps: int = 0
-    port: int | None = None
     script_path: str | None = None  # absolute path the script is written to (needed by --resubmit)
 
     @property
     def name(self) -> str:
-        return self.job_name or f"hpcvision-{self.stage}"
+        return self.options.job_name or f"hpcvision-{self.stage}"
 
     @property
     def parallel(self) -> bool:
@@ -69,11 +61,12 @@ class JobSpec:
 
     @property
     def total_tasks(self) -> int:
-        return self.nodes * self.tasks_per_node if self.parallel else 1
+        return self.options.nodes * self.options.tasks_per_node if self.parallel else 1
 
 
 def validate(spec: JobSpec) -> None:
     """Reject values that could break the script or its directives (one-line UserError)."""
+    job = spec.options
     if spec.scheduler not in SCHEDULERS:
         raise UserError(f"scheduler {spec.scheduler!r}: choose pbs or slurm")
     if spec.stage not in STAGES:
@@ -82,35 +75,41 @@ def validate(spec: JobSpec) -> None:
         raise UserError(
             f"--job-name {spec.name!r}: use a letter then letters, digits, '_', '.', '-' (at most 63)"
         )
-    for flag, value, low in (("--nodes", spec.nodes, 1), ("--tasks-per-node", spec.tasks_per_node, 1),
-                             ("--gpus-per-node", spec.gpus_per_node, 0), ("--ps", spec.num_ps, 0),
-                             ("--max-resubmits", spec.max_resubmits, 0)):
+    for flag, value, low in (("--nodes", job.nodes, 1), ("--tasks-per-node", job.tasks_per_node, 1),
+                             ("--gpus-per-node", job.gpus_per_node, 0), ("--ps", job.ps, 0),
+                             ("--max-resubmits", job.max_resubmits, 0)):
         if value < low:
             raise UserError(f"{flag} {value}: must be >= {low}")
-    if spec.cpus_per_task is not None and spec.cpus_per_task < 1:
-        raise UserError(f"--cpus-per-task {spec.cpus_per_task}: must be >= 1")
-    if spec.walltime is not None and not WALLTIME_RE.fullmatch(spec.walltime):
-        raise UserError(f"--walltime {spec.walltime!r}: use HH:MM:SS")
-    for flag, value in (("--queue/--partition", spec.queue), ("--account", spec.account),
-                        ("--log-dir", spec.log_dir)):
+    if job.cpus_per_task is not None and job.cpus_per_task < 1:
+        raise UserError(f"--cpus-per-task {job.cpus_per_task}: must be >= 1")
+    if job.walltime is not None and not WALLTIME_RE.fullmatch(job.walltime):
+        raise UserError(f"--walltime {job.walltime!r}: use HH:MM:SS")
+    for flag, value in (("--queue/--partition", job.queue), ("--account", job.account),
+                        ("--log-dir", job.log_dir)):
         if value is not None and not DIRECTIVE_SAFE_RE.fullmatch(value):
             raise UserError(
                 f"{flag} {value!r}: #PBS/#SBATCH lines cannot carry spaces, quotes or shell characters"
             )
-    for line in spec.setup:
+    for line in job.setup:
         if "\n" in line or "\r" in line:
             raise UserError(f"--setup {line!r}: one line per --setup (repeat the flag)")
-    if spec.port is not None and not 1024 <= spec.port <= MAX_BASE_PORT:
-        raise UserError(f"--port {spec.port}: choose 1024..{MAX_BASE_PORT}")
-    if spec.launcher not in LAUNCHERS:
-        raise UserError(f"--launcher {spec.launcher!r}: choose one of {', '.join(LAUNCHERS)}")
-    if spec.launcher == "srun" and spec.scheduler == "pbs":
-        raise UserError("--launcher srun: PBS jobs start ranks with mpirun or aprun")
-    if spec.resubmit and spec.stage != "train":
+    if job.port is not None and not 1024 <= job.port <= MAX_BASE_PORT:
+        raise UserError(f"--port {job.port}: choose 1024..{MAX_BASE_PORT}")
+    _validate_stage_options(spec)
+
+
+def _validate_stage_options(spec: JobSpec) -> None:
+    """The options that only some schedulers or stages take."""
+    job = spec.options
+    launchers = SCHEDULER_LAUNCHERS[spec.scheduler]
+    if job.launcher not in launchers:
+        raise UserError(f"--launcher {job.launcher}: {spec.scheduler.upper()} jobs start ranks with one of "
+                        f"{', '.join(launchers)}")
+    if job.resubmit and spec.stage != "train":
         raise UserError("--resubmit: only train jobs can continue in a new job")
-    if spec.resubmit and not spec.script_path:
+    if job.resubmit and not spec.script_path:
         raise UserError("--resubmit: give --out FILE so the job can re-queue its own script")
-    if spec.num_ps and spec.stage != "train":
+    if job.ps and spec.stage != "train":
         raise UserError("--ps: parameter servers are for the train stage")
 
 
@@ -142,61 +141,64 @@ def _header_comments(spec: JobSpec) -> list[str]:
     where = spec.script_path or "THIS_FILE"
     return [
         f"# hpcvision {spec.stage} stage as a {spec.scheduler.upper()} batch job "
-        f"({spec.total_tasks} task(s) on {spec.nodes if spec.parallel else 1} node(s)).",
+        f"({spec.total_tasks} task(s) on {spec.options.nodes if spec.parallel else 1} node(s)).",
         f"# Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by hpcvision; submit with: "
         f"{submit} {_sanitize_comment(where)}",
     ]
 
 
 def _pbs_directives(spec: JobSpec) -> list[str]:
-    tasks = spec.tasks_per_node if spec.parallel else 1
-    nodes = spec.nodes if spec.parallel else 1
-    ncpus = tasks * (spec.cpus_per_task or 1)
+    job = spec.options
+    tasks = job.tasks_per_node if spec.parallel else 1
+    nodes = job.nodes if spec.parallel else 1
+    ncpus = tasks * (job.cpus_per_task or 1)
     select = f"select={nodes}:ncpus={ncpus}:mpiprocs={tasks}"
-    if spec.gpus_per_node:
-        select += f":ngpus={spec.gpus_per_node}"
+    if job.gpus_per_node:
+        select += f":ngpus={job.gpus_per_node}"
     lines = [f"#PBS -N {spec.name}", f"#PBS -l {select}"]
-    if spec.walltime:
-        lines.append(f"#PBS -l walltime={spec.walltime}")
-    if spec.queue:
-        lines.append(f"#PBS -q {spec.queue}")
-    if spec.account:
-        lines.append(f"#PBS -A {spec.account}")
+    if job.walltime:
+        lines.append(f"#PBS -l walltime={job.walltime}")
+    if job.queue:
+        lines.append(f"#PBS -q {job.queue}")
+    if job.account:
+        lines.append(f"#PBS -A {job.account}")
     lines.append("#PBS -j oe")
-    if spec.log_dir:
-        lines.append(f"#PBS -o {spec.log_dir.rstrip('/')}/")
+    if job.log_dir:
+        lines.append(f"#PBS -o {job.log_dir.rstrip('/')}/")
     return lines
 
 
 def _slurm_directives(spec: JobSpec) -> list[str]:
-    tasks = spec.tasks_per_node if spec.parallel else 1
+    job = spec.options
+    tasks = job.tasks_per_node if spec.parallel else 1
     lines = [
         f"#SBATCH --job-name={spec.name}",
-        f"#SBATCH --nodes={spec.nodes if spec.parallel else 1}",
+        f"#SBATCH --nodes={job.nodes if spec.parallel else 1}",
         f"#SBATCH --ntasks-per-node={tasks}",
     ]
-    if spec.cpus_per_task:
-        lines.append(f"#SBATCH --cpus-per-task={spec.cpus_per_task}")
-    if spec.gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={spec.gpus_per_node}")
-    if spec.walltime:
-        lines.append(f"#SBATCH --time={spec.walltime}")
-    if spec.queue:
-        lines.append(f"#SBATCH --partition={spec.queue}")
-    if spec.account:
-        lines.append(f"#SBATCH --account={spec.account}")
-    if spec.log_dir:
-        lines.append(f"#SBATCH --output={spec.log_dir.rstrip('/')}/%x-%j.out")
+    if job.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={job.cpus_per_task}")
+    if job.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={job.gpus_per_node}")
+    if job.walltime:
+        lines.append(f"#SBATCH --time={job.walltime}")
+    if job.queue:
+        lines.append(f"#SBATCH --partition={job.queue}")
+    if job.account:
+        lines.append(f"#SBATCH --account={job.account}")
+    if job.log_dir:
+        lines.append(f"#SBATCH --output={job.log_dir.rstrip('/')}/%x-%j.out")
     return lines
 
 
 def _rank_environment(spec: JobSpec) -> list[tuple[str, str]]:
     """Variables every rank needs; passed through `env` because mpirun does not forward the environment."""
+    job = spec.options
     pairs = [("HPCVISION_JOB_START", '"$HPCVISION_JOB_START"')]
-    if spec.walltime:
-        pairs.append(("HPCVISION_WALLTIME", shlex.quote(spec.walltime)))
-    if spec.port is not None:
-        pairs.append(("HPCVISION_BASE_PORT", str(spec.port)))
+    if job.walltime:
+        pairs.append(("HPCVISION_WALLTIME", shlex.quote(job.walltime)))
+    if job.port is not None:
+        pairs.append(("HPCVISION_BASE_PORT", str(job.port)))
     if _launcher(spec) == "aprun":
         pairs.append(("HPCVISION_DISCOVERY", "mpi"))
     return pairs
@@ -218,9 +220,9 @@ def _environment(spec: JobSpec) -> list[str]:
 
 def _setup(spec: JobSpec) -> list[str]:
     lines = []
-    if spec.setup:
+    if spec.options.setup:
         lines.append("# Environment set-up (--setup lines, copied verbatim; shellcheck cannot see sourced files)")
-        for line in spec.setup:
+        for line in spec.options.setup:
             lines += ["# shellcheck disable=SC1090,SC1091", line]
         lines.append("")
     lines += [
@@ -238,46 +240,49 @@ def _setup(spec: JobSpec) -> list[str]:
 def _launcher(spec: JobSpec) -> str:
     if not spec.parallel:
         return "none"
-    if spec.launcher != "auto":
-        return spec.launcher
+    if spec.options.launcher != "auto":
+        return spec.options.launcher
     return "srun" if spec.scheduler == "slurm" else "mpirun"
 
 
 def _launch_prefix(spec: JobSpec) -> list[str]:
+    job = spec.options
     launcher = _launcher(spec)
     tasks = str(spec.total_tasks)
     if launcher == "srun":
         prefix = ["srun", "--kill-on-bad-exit=1"]
-        if spec.cpus_per_task:
+        if job.cpus_per_task:
             # Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch.
-            prefix.append(f"--cpus-per-task={spec.cpus_per_task}")
+            prefix.append(f"--cpus-per-task={job.cpus_per_task}")
         return prefix
     if launcher == "mpirun":
         nodefile = '"$PBS_NODEFILE"' if spec.scheduler == "pbs" else None
         return ["mpirun", "-np", tasks] + (["-machinefile", nodefile] if nodefile else [])
     if launcher == "aprun":
-        prefix = ["aprun", "-n", tasks, "-N", str(spec.tasks_per_node)]
-        if spec.cpus_per_task:
-            prefix += ["-d", str(spec.cpus_per_task)]
+        prefix = ["aprun", "-n", tasks, "-N", str(job.tasks_per_node)]
+        if job.cpus_per_task:
+            prefix += ["-d", str(job.cpus_per_task)]
         return prefix
     return []
 
 
 def _stage_argv(spec: JobSpec) -> list[str]:
     """The hpcvision command (quoted), with the job's own options before the user's so the user's win."""
+    job = spec.options
     argv = ['"$HPCVISION"', *STAGE_COMMANDS[spec.stage]]
     if spec.stage == "train":
-        if spec.num_ps:
-            argv += ["--num-ps", str(spec.num_ps)]
-        if spec.walltime:
-            argv += ["--deadline", '"$((HPCVISION_JOB_START + ' + str(parse_duration(spec.walltime)) + '))"']
-        if spec.resubmit:
+        if job.ps:
+            argv += ["--num-ps", str(job.ps)]
+        if job.walltime:
+            argv += ["--deadline", '"$((HPCVISION_JOB_START + ' + str(parse_duration(job.walltime)) + '))"']
+        if job.resubmit:
             # train exits 0 after an early stop unless told otherwise; the re-queue below keys on this code.
             argv += ["--incomplete-exit-code", str(EXIT_MORE_TO_DO)]
     return argv + [shlex.quote(arg) for arg in spec.stage_args]
 
 
 def _run_stage(spec: JobSpec) -> list[str]:
+    job = spec.options
     launcher = _launcher(spec)
     if launcher == "none":
         comment = f"# {spec.stage}: one process."
@@ -287,17 +292,17 @@ def _run_stage(spec: JobSpec) -> list[str]:
     env_words = ["env"] + [f"{name}={value}" for name, value in _rank_environment(spec)]
     words = _launch_prefix(spec) + env_words + _stage_argv(spec)
     command = " \\\n    ".join(_wrap(words))
-    if not spec.resubmit:
+    if not job.resubmit:
         return [comment, command]
     resubmit = ['"$HPCVISION"', "job", "resubmit", spec.scheduler, shlex.quote(spec.script_path or ""),
-                "--max-resubmits", str(spec.max_resubmits)]
+                "--max-resubmits", str(job.max_resubmits)]
     return [
         comment,
         "status=0",
         command + " || status=$?",
         f"if [ \"$status\" -eq {EXIT_MORE_TO_DO} ]; then",
         f"    # Exit {EXIT_MORE_TO_DO}: training checkpointed before the walltime with more to do.",
-        f"    # Queue the next part (at most {spec.max_resubmits}); jobs waiting on this one wait on it.",
+        f"    # Queue the next part (at most {job.max_resubmits}); jobs waiting on this one wait on it.",
         "    " + " ".join(resubmit),
         "    exit $?",
         "fi",
