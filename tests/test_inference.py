@@ -249,6 +249,16 @@ def test_missing_checkpoint_dir_is_one_line(run_cli, tmp_path):
     assert code == 2 and stderr.strip().startswith("hpcvision: error:") and len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict", "features"])
+def test_the_model_comes_from_exactly_one_of_checkpoint_dir_or_model_path(run_cli, tmp_path, command):
+    rest = {"evaluate": ["--data", tmp_path, "--out", tmp_path], "predict": [tmp_path / "x.jpg"],
+            "features": [tmp_path, "--out", tmp_path / "f.npy"]}[command]
+    for source in ([], ["--checkpoint-dir", tmp_path, "--model-path", tmp_path]):  # neither, both
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(command, *source, *rest)
+        assert exit_.value.code == 2
+
+
 def test_tensorboard_serves_on_loopback(hpcvision_exe, run_dir):
     port = free_ports(1)[0]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
