@@ -35,6 +35,7 @@ def test_list_shows_all_six_with_descriptions(run_cli):
     assert len(TUTORIALS) == 6
     for line in lines:
         assert len(line.split(None, 1)[1]) > 20, line  # a real one-line description from the docstring
+    assert run_cli("tutorial") == (0, out, "")  # no NAME lists them too
 
 
 def test_unknown_tutorial_is_a_one_line_error(run_cli):

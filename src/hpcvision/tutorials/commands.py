@@ -9,8 +9,10 @@ import argparse
 import ast
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
+from hpcvision.config import add_config_arguments, load_config, option
 from hpcvision.errors import UserError
 
 # Lesson order of the course: name on the command line -> module under hpcvision.tutorials.
@@ -24,6 +26,17 @@ TUTORIALS = {
 }
 
 
+@dataclass(frozen=True)
+class TutorialConfig:
+    """Everything `tutorial` needs; each lesson parses its own options (its `build_parser`)."""
+
+    list_tutorials: bool = option(False, "list the tutorials with one line each", flag="--list")
+    name: str | None = option(None, f"tutorial to run: {', '.join(TUTORIALS)} (default: list them)",
+                              positional=True, nargs="?", metavar="NAME")
+    options: tuple[str, ...] = option((), "--out DIR and the tutorial's own options (default: none)",
+                                      positional=True, nargs=argparse.REMAINDER)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands to the top-level parser."""
     parser = subparsers.add_parser(
@@ -33,9 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "PNG figures and results.json under --out. Options after NAME go to that tutorial "
         "(see `hpcvision tutorial NAME --help`).",
     )
-    parser.add_argument("--list", action="store_true", help="list the tutorials with one line each")
-    parser.add_argument("name", nargs="?", metavar="NAME", help="tutorial to run: " + ", ".join(TUTORIALS))
-    parser.add_argument("options", nargs=argparse.REMAINDER, help="--out DIR and the tutorial's own options")
+    add_config_arguments(parser, TutorialConfig)
     parser.set_defaults(func=run_tutorial)
 
 
@@ -50,14 +61,15 @@ def describe(name: str) -> str:
 
 def run_tutorial(args: argparse.Namespace) -> int:
     """Handler of `hpcvision tutorial`: list the lessons or run one."""
-    if args.list or not args.name:
+    config = load_config(TutorialConfig, args)
+    if config.list_tutorials or not config.name:
         width = max(map(len, TUTORIALS))
         for name in TUTORIALS:
             print(f"{name:<{width}}  {describe(name)}")
         return 0
-    if args.name not in TUTORIALS:
-        raise UserError(f"tutorial '{args.name}': unknown (choose from {', '.join(TUTORIALS)})")
-    module = importlib.import_module(f"hpcvision.tutorials.{TUTORIALS[args.name]}")
+    if config.name not in TUTORIALS:
+        raise UserError(f"tutorial '{config.name}': unknown (choose from {', '.join(TUTORIALS)})")
+    module = importlib.import_module(f"hpcvision.tutorials.{TUTORIALS[config.name]}")
     from hpcvision.tutorials._common import run_script
 
-    return run_script(module.main, module.build_parser(), list(args.options))
+    return run_script(module.main, module.build_parser(), list(config.options))
