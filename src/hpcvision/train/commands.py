@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from hpcvision.config import add_config_arguments, load_config
-from hpcvision.train.config import TrainConfig
+from hpcvision.train.config import LaunchConfig, TrainConfig
 
 TRAIN_EXAMPLE = """example:
   hpcvision train --data records/ --model resnet50 --checkpoint-dir runs/r50 --epochs 90 --batch-size 64
@@ -36,13 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its TF_CONFIG; prefix their output with their role; stop all if one fails.",
         epilog=LAUNCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    launch.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
-    launch.add_argument("--ps", type=int, default=0, help="parameter servers; >0 adds a chief (default: 0)")
-    launch.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads per process, 0 = TensorFlow's default (default: 1)")
-    launch.add_argument("--grace", type=float, default=10.0,
-                        help="seconds between SIGTERM and SIGKILL when stopping the others (default: 10)")
-    launch.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the `hpcvision train` options")
+    add_config_arguments(launch, LaunchConfig)
     launch.set_defaults(func=run_launch)
 
 
@@ -57,7 +51,9 @@ def run_launch(args: argparse.Namespace) -> int:
     """Handler of `hpcvision launch`."""
     from hpcvision.cluster.launch import launch_local
 
-    train_args = list(args.train_args)
-    if train_args and train_args[0] == "--":
+    config = load_config(LaunchConfig, args)
+    train_args = list(config.train_args)
+    if train_args[:1] == ["--"]:  # argparse keeps the separator in a REMAINDER
         train_args = train_args[1:]
-    return launch_local(train_args, workers=args.workers, ps=args.ps, threads=args.threads, grace_s=args.grace)
+    return launch_local(train_args, workers=config.workers, ps=config.ps, threads=config.threads,
+                        grace_s=config.grace)

@@ -3,13 +3,16 @@
 The run's checkpoint directory keeps a copy (`run.yaml`), so `evaluate`/`export` rebuild the exact
 model and a restarted job continues with the same settings. Preprocessing options are the `input:`
 section (`hpcvision.data.input_config.InputConfig`); their flags stay flat (`--augment`, `--pad`...).
+`LaunchConfig`: the options of `hpcvision launch`, which passes the rest on to each `train` process.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
-from hpcvision.config import option
+from hpcvision.cluster.launch import GRACE_S
+from hpcvision.config import option, required
 from hpcvision.data.input_config import InputConfig
 
 STRATEGIES = ["auto", "one", "mirrored", "multi-worker", "parameter-server"]
@@ -71,3 +74,14 @@ class TrainConfig:
     )
     collective_timeout_s: float = option(600.0, "a peer silent this long is an error, not a hang (all-reduce)")
 
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Everything `hpcvision launch` needs: the local cluster's shape and the `train` arguments."""
+
+    train_args: tuple[str, ...] = required("-- then the `hpcvision train` options", positional=True,
+                                           nargs=argparse.REMAINDER)
+    workers: int = option(2, "worker processes")
+    ps: int = option(0, "parameter servers; >0 adds a chief")
+    threads: int = option(1, "intra-op threads per process, 0 = TensorFlow's default")
+    grace: float = option(GRACE_S, "seconds between SIGTERM and SIGKILL when stopping the others")
