@@ -40,6 +40,20 @@ def test_local_cluster_layouts():
     assert len(set(addresses)) == 4 and all(a.startswith("127.0.0.1:") for a in addresses)
 
 
+def test_launch_options_and_the_train_arguments_after_the_separator():
+    from hpcvision.cli import build_parser
+    from hpcvision.config import load_config
+    from hpcvision.train.config import LaunchConfig
+
+    parser = build_parser()
+    config = load_config(LaunchConfig, parser.parse_args(["launch", "--ps", "1", "--", "--data", "d", "--steps", "5"]))
+    assert config == LaunchConfig(train_args=("--", "--data", "d", "--steps", "5"), workers=2, ps=1, threads=1,
+                                  grace=launch.GRACE_S)
+    assert load_config(LaunchConfig, parser.parse_args(["launch"])).train_args == ()
+    with pytest.raises(SystemExit):  # train options belong after `--`
+        parser.parse_args(["launch", "--data", "d"])
+
+
 @pytest.mark.parametrize("ignore_term", [False, True])
 def test_a_failing_process_stops_the_others(capsys, monkeypatch, ignore_term):
     monkeypatch.setattr(launch, "GRACE_S", 1.0)
