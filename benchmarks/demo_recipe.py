@@ -123,7 +123,8 @@ def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hpcvision.data.fashion_mnist import DEFAULT_FASHION_MNIST, has_fashion_mnist
+    from hpcvision.data.config import DEFAULT_FASHION_MNIST
+    from hpcvision.data.fashion_mnist import has_fashion_mnist
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))

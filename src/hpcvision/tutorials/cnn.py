@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcvision.data.fashion_mnist import CLASS_NAMES, DEFAULT_FASHION_MNIST, load_fashion_mnist
+from hpcvision.data.config import DEFAULT_FASHION_MNIST
+from hpcvision.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from hpcvision.errors import UserError
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
