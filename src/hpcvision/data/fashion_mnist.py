@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-# The default folder is owned by data.config (no NumPy there); readers of Fashion-MNIST find it here too.
 from hpcvision.errors import UserError
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
