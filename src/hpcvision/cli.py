@@ -13,7 +13,7 @@ import sys
 from hpcvision import __version__
 from hpcvision.cluster import commands as cluster_commands
 from hpcvision.data import commands as data_commands
-from hpcvision.errors import UserError
+from hpcvision.errors import UserError, storage_problem
 from hpcvision.infer import commands as infer_commands
 from hpcvision.train import commands as train_commands
 from hpcvision.tutorials import commands as tutorial_commands
@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"hpcvision: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        print(f"hpcvision: error: {problem}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print("hpcvision: interrupted", file=sys.stderr)
         return 130

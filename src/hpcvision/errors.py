@@ -1,5 +1,10 @@
 """Errors that end a command with a one-line message instead of a traceback."""
 
+from __future__ import annotations
+
+import errno
+import os
+
 
 class UserError(Exception):
     """A fatal problem with the user's input (bad argument, unreadable archive): exit code 2."""
@@ -10,3 +15,22 @@ class UserError(Exception):
 class CountMismatch(UserError):
     """Counts that must add up do not (a source returned fewer images than asked for; listed differs
     from written + skipped): the output would not account for every listed image."""
+
+
+# A full, read-only or over-quota disk, or a folder the user may not write: the user's to fix, not
+# ours to explain with a traceback. TensorFlow reports the same conditions as an OpError whose
+# message carries the C library's text, so both are recognised.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
+STORAGE_MESSAGES = tuple(os.strerror(code) for code in sorted(STORAGE_ERRNOS))
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """One line for a storage failure (disk full, read-only, no permission), else None."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        where = exc.filename if exc.filename is not None else "output"
+        return f"{where}: {exc.strerror or os.strerror(exc.errno)}"
+    if type(exc).__module__.startswith("tensorflow"):
+        message = str(getattr(exc, "message", exc)).strip()
+        if any(text in message for text in STORAGE_MESSAGES):
+            return message.splitlines()[0]
+    return None

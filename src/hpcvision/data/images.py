@@ -19,6 +19,10 @@ SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
 # Some JPEGs carry a few padding bytes after EOI; look for it near the end only.
 EOI_WINDOW = 64
+# The largest image any stage decodes (build, train, evaluate, predict). 100 Mpx is 300 MB of RGB
+# bytes and 1.2 GB as float32; a header that claims more is a decompression bomb or a broken file,
+# skipped (build) or refused (predict) without being decoded. Documented in docs/data.md.
+MAX_PIXELS = 100_000_000
 
 
 class ImageProblem(ValueError):
