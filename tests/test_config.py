@@ -292,3 +292,121 @@ def test_alias_names_the_same_option_and_repeat_appends_one_value_per_use():
     assert cfg == Job(queue="gpu", setup=("a b", "-c"))
     assert load_config(Job, parser.parse_args(["--queue", "q"])) == Job(queue="q")
     assert "--queue QUEUE, --partition QUEUE" in parser.format_help() and "--setup LINE" in parser.format_help()
+
+
+# Item 8 of issue 9: a bad number ends the command in one line, exit 2, before any work starts.
+BAD_NUMBERS = [
+    (["train", "--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    (["train", "--batch-size", "-4"], "--batch-size -4: must be >= 1"),
+    (["train", "--log-every", "0"], "--log-every 0: must be >= 1"),
+    (["train", "--keep-checkpoints", "0"], "--keep-checkpoints 0: must be >= 1"),
+    (["train", "--steps", "-5"], "--steps -5: must be >= 0"),
+    (["train", "--learning-rate", "-0.1"], "--learning-rate -0.1: must be > 0"),
+    (["train", "--central-fraction", "1.5"], "--central-fraction 1.5: must be > 0 and <= 1"),
+    (["train", "--step-epochs", "30", "-1"], "--step-epochs 30 -1: must be >= 0"),
+    (["launch", "--workers", "0"], "--workers 0: must be >= 1"),
+    (["data", "build", "--images", "i", "--list", "l", "--synsets", "s", "--out", "o", "--shards", "0"],
+     "--shards 0: must be >= 1"),
+    (["job", "slurm", "train", "--nodes", "0"], "--nodes 0: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_NUMBERS, ids=[" ".join(a[-2:]) for a, _ in BAD_NUMBERS])
+def test_a_bad_number_is_one_line_and_exit_2_before_the_command_runs(run_cli, monkeypatch, argv, message):
+    import hpcvision.cluster.launch
+    import hpcvision.data.build
+    import hpcvision.train.loop
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the command ran with a bad number")
+
+    for module, name in ((hpcvision.train.loop, "train"), (hpcvision.cluster.launch, "launch_local"),
+                         (hpcvision.data.build, "build")):
+        monkeypatch.setattr(module, name, never)
+    code, _, err = run_cli(*argv)
+    assert (code, err) == (2, f"hpcvision: error: {message}\n")
+
+
+def test_zero_keeps_its_meaning_where_an_option_gives_it_one():
+    from hpcvision.cli import build_parser
+    from hpcvision.train.config import TrainConfig
+
+    zeros = ["--steps", "0", "--checkpoint-every-steps", "0", "--checkpoint-every-minutes", "0",
+             "--histogram-every", "0", "--eval-every-epochs", "0", "--warmup-epochs", "0", "--label-smoothing", "0",
+             "--weight-decay", "0", "--pad", "0", "--seed", "0"]
+    cfg = load_config(TrainConfig, build_parser().parse_args(["train", *zeros]))
+    assert (cfg.steps, cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes, cfg.histogram_every) == (0, 0, 0, 0)
+    assert (cfg.eval_every_epochs, cfg.input.pad, cfg.seed) == (0, 0, 0)
+
+
+def test_a_bad_number_in_yaml_names_the_file_and_key(tmp_path):
+    from hpcvision.train.config import TrainConfig
+
+    bad = tmp_path / "run.yaml"
+    for text, message in (("batch_size: 0\n", "'batch_size' must be >= 1, got 0"),
+                          ("input:\n  central_fraction: 0\n", "'input.central_fraction' must be > 0 and <= 1, got 0"),
+                          ("min_crop_size: 0\n", "'min_crop_size' must be >= 1, got 0"),  # flat, as old run.yaml
+                          ("step_epochs: [30, -1]\n", "'step_epochs' must be >= 0, got [30, -1]")):
+        bad.write_text(text)
+        with pytest.raises(UserError) as raised:
+            load_config(TrainConfig, None, bad)
+        assert str(raised.value) == f"{bad}: {message}"
+
+
+def command_configs():
+    """Every dataclass of a command's options: those of each `*config` module, and the tutorial command's."""
+    import dataclasses
+    import importlib
+
+    import hpcvision
+
+    root = Path(hpcvision.__file__).parent  # files, not pkgutil: importing every package would load TensorFlow
+    names = [".".join(("hpcvision", *path.relative_to(root).with_suffix("").parts)) for path in root.rglob("*config.py")]
+    modules = [importlib.import_module(name) for name in [*names, "hpcvision.tutorials.commands"]]
+    return sorted({obj for module in modules for obj in vars(module).values()
+                   if dataclasses.is_dataclass(obj) and isinstance(obj, type) and obj.__module__ == module.__name__},
+                  key=lambda cls: cls.__qualname__)
+
+
+def test_every_numeric_option_declares_its_bounds_and_its_default_keeps_them():
+    """A new option cannot forget its bounds: every int/float field has them (or `choices`)."""
+    import dataclasses
+    import typing
+
+    from hpcvision.config import BOUNDS, _flag_type, out_of_bounds
+
+    configs = command_configs()
+    assert {"TrainConfig", "LaunchConfig", "BuildConfig", "InputConfig", "EvaluateConfig", "JobConfig"} <= {
+        cls.__name__ for cls in configs}
+    unbounded = []
+    for cls in configs:
+        hints = typing.get_type_hints(cls)
+        for option_field in dataclasses.fields(cls):
+            if _flag_type(hints[option_field.name])[0] not in (int, float):
+                continue
+            if not set(BOUNDS) & set(option_field.metadata) and "choices" not in option_field.metadata:
+                unbounded.append(f"{cls.__name__}.{option_field.name}")
+            default = option_field.default_factory() if option_field.default_factory is not dataclasses.MISSING else option_field.default
+            assert out_of_bounds(default, option_field.metadata) is None, (cls.__name__, option_field.name)
+    assert not unbounded, unbounded
+
+
+def test_every_numeric_tutorial_option_is_bounded():
+    import importlib
+
+    from hpcvision.tutorials.commands import TUTORIALS
+
+    unbounded = []
+    for module in TUTORIALS.values():
+        parser = importlib.import_module(f"hpcvision.tutorials.{module}").build_parser()
+        for action in parser._actions:
+            numeric = isinstance(action.default, int | float) and not isinstance(action.default, bool)
+            if (numeric or action.type in (int, float)) and not hasattr(action.type, "bounds"):
+                unbounded.append(f"{module} {action.option_strings[0]}")
+    assert not unbounded, unbounded
+    from hpcvision.tutorials.cnn import build_parser
+
+    with pytest.raises(SystemExit) as raised:
+        build_parser().parse_args(["--epochs", "0"])
+    assert raised.value.code == 2
+    assert build_parser().parse_args(["--epochs", "3"]).epochs == 3

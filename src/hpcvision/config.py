@@ -2,7 +2,9 @@
 
 Each stage defines a dataclass; `add_config_arguments` turns its fields into `--flags` and
 `load_config` merges the three layers. Field metadata may carry `help` and `choices`; fields
-sharing a `one_of` name are alternatives, exactly one of which must be given.
+sharing a `one_of` name are alternatives, exactly one of which must be given. A numeric field
+declares its bounds (`minimum`, `above`, `maximum`, `below`), checked here for flags and YAML alike
+(`out_of_bounds`): a bad number ends the command in one line, exit 2, as the config is made.
 
 A field whose type is itself a dataclass is a section: a mapping of its own in YAML (`input:` in a
 run.yaml), while its flags stay flat (`--augment`, not `--input.augment`). Its options are also
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import operator
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +27,14 @@ import yaml
 from hpcvision.errors import UserError
 
 T = TypeVar("T")
+
+# The bounds a numeric option may declare in its metadata: the test a value must pass, as a message writes it.
+BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "minimum": (operator.ge, ">="),
+    "above": (operator.gt, ">"),
+    "maximum": (operator.le, "<="),
+    "below": (operator.lt, "<"),
+}
 
 
 def option(default: Any, help_text: str, **metadata: Any) -> Any:
@@ -41,6 +53,30 @@ def check_choices(config: Any) -> None:
         choices, value = field.metadata.get("choices"), getattr(config, field.name)
         if choices and value is not None and value not in choices:
             raise UserError(f"option '{field.name}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def out_of_bounds(value: Any, bounds: Mapping[str, Any]) -> str | None:
+    """'must be > 0 and <= 1' if `value` (or an item of a list) breaks one of the `BOUNDS` in `bounds`, else None."""
+    declared = [(key, bounds[key]) for key in BOUNDS if key in bounds]
+    items = value if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if item is not None and not all(BOUNDS[key][0](item, limit) for key, limit in declared):
+            return "must be " + " and ".join(f"{BOUNDS[key][1]} {limit}" for key, limit in declared)
+    return None
+
+
+def bounded(scalar: type, **bounds: Any) -> Callable[[str], Any]:
+    """An argparse `type` for a plain parser (the tutorials'): `scalar(text)`, refused outside `bounds`."""
+    def convert(text: str) -> Any:
+        value = scalar(text)
+        problem = out_of_bounds(value, bounds)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text}: {problem}")
+        return value
+
+    convert.__name__ = scalar.__name__  # argparse's "invalid int value" names the type by it
+    convert.bounds = bounds  # type: ignore[attr-defined]  # so a test can see the option declares them
+    return convert
 
 
 def _section(annotation: Any) -> type | None:
@@ -156,7 +192,15 @@ def _check_type(cls: type, name: str, value: Any, source: str, where: str = "") 
             ok = False
         if not ok:
             raise UserError(f"{source}: '{where}{name}' must be {scalar.__name__}, got {item!r}")
-    return [scalar(i) for i in items] if is_list else scalar(value)
+    typed = [scalar(i) for i in items] if is_list else scalar(value)
+    problem = out_of_bounds(typed, _field(cls, name).metadata)
+    if problem:
+        raise UserError(f"{source}: '{where}{name}' {problem}, got {value!r}")
+    return typed
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _sections(cls: type) -> dict[str, type]:
@@ -212,7 +256,11 @@ def _flag_values(cls: type, args: argparse.Namespace, values: dict[str, Any], pr
         if field.name in sections:
             _flag_values(sections[field.name], args, values.setdefault(field.name, {}), f"{prefix}{field.name}.")
         elif hasattr(args, prefix + field.name):
-            values[field.name] = getattr(args, prefix + field.name)
+            value = getattr(args, prefix + field.name)
+            problem = out_of_bounds(value, field.metadata)
+            if problem:
+                raise UserError(f"{_flag(field)} {_show(value)}: {problem}")
+            values[field.name] = value
 
 
 def _check_one_of(config: Any) -> None:

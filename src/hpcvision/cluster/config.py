@@ -14,17 +14,21 @@ from typing import Any
 
 from hpcvision.cluster.discovery import SOURCES
 from hpcvision.cluster.jobscript import EXIT_MORE_TO_DO, LAUNCHERS, SCHEDULER_LAUNCHERS, SCHEDULERS
+from hpcvision.cluster.plan import MAX_BASE_PORT
 from hpcvision.config import option, required
 
 LAUNCHER_HELP = "how ranks start (default: srun on Slurm, mpirun on PBS; aprun on Cray)"
+# A job's ports run from its base port upwards; below 1024 needs root.
+PORT_BOUNDS = {"minimum": 1024, "maximum": MAX_BASE_PORT}
 
 
 @dataclass(frozen=True)
 class ShowConfig:
     """Everything `cluster show` needs."""
 
-    ps: int = option(0, "parameter-server tasks (placed on GPU-less hosts first)")
-    port: int | None = option(None, "base port (default: $HPCVISION_BASE_PORT, else from the job id)")
+    ps: int = option(0, "parameter-server tasks (placed on GPU-less hosts first)", minimum=0)
+    port: int | None = option(None, "base port (default: $HPCVISION_BASE_PORT, else from the job id)",
+                              **PORT_BOUNDS)
     source: str | None = option(None, "force one source (default: $HPCVISION_DISCOVERY or auto)", choices=SOURCES)
 
 
@@ -35,10 +39,10 @@ class JobConfig:
     `stage_args` is what followed on the command line (`--` then the stage's own options), as typed.
     """
 
-    nodes: int = option(1, "nodes")
-    tasks_per_node: int = option(1, "processes per node: 1 per node, or one per GPU")
-    cpus_per_task: int | None = option(None, "CPU cores per process (default: the scheduler's)")
-    gpus_per_node: int = option(0, "GPUs per node")
+    nodes: int = option(1, "nodes", minimum=1)
+    tasks_per_node: int = option(1, "processes per node: 1 per node, or one per GPU", minimum=1)
+    cpus_per_task: int | None = option(None, "CPU cores per process (default: the scheduler's)", minimum=1)
+    gpus_per_node: int = option(0, "GPUs per node", minimum=0)
     walltime: str | None = option(None, "HH:MM:SS; train checkpoints and stops a margin before it "
                                   "(default: the queue's limit)")
     queue: str | None = option(None, "queue (PBS) / partition (Slurm) (default: the scheduler's)",
@@ -49,14 +53,15 @@ class JobConfig:
                                     "repeatable (default: none)", repeat=True, metavar="LINE")
     log_dir: str | None = option(None, "directory for the job's output file (default: the scheduler's)")
     launcher: str = option("auto", LAUNCHER_HELP, choices=LAUNCHERS)
-    ps: int = option(0, "train: parameter-server tasks (default: 0, all-reduce)")
-    port: int | None = option(None, "base port of the TF servers on each host (default: from the job id)")
+    ps: int = option(0, "train: parameter-server tasks (default: 0, all-reduce)", minimum=0)
+    port: int | None = option(None, "base port of the TF servers on each host (default: from the job id)",
+                              **PORT_BOUNDS)
     out: str | None = option(None, "write the script here (pipeline: the driver; stage scripts beside it) "
                              "(default: print the script)")
     submit: bool = option(False, "submit with qsub/sbatch and print the job id(s)")
     resubmit: bool = option(False, f"train: when train exits {EXIT_MORE_TO_DO} (walltime reached, more to do), "
                             "queue the job again")
-    max_resubmits: int = option(5, "bound on --resubmit")
+    max_resubmits: int = option(5, "bound on --resubmit", minimum=0)
     stage_args: tuple[str, ...] = option((), "-- then the stage's own options (default: none)", positional=True,
                                          nargs=argparse.REMAINDER)
 
@@ -91,4 +96,4 @@ class ResubmitConfig:
     scheduler: str = required("the scheduler the job runs under", positional=True, choices=SCHEDULERS,
                               metavar="{pbs,slurm}")
     script: Path = required("the job script to submit again", positional=True)
-    max_resubmits: int = option(5, "stop once the job has queued itself this many times")
+    max_resubmits: int = option(5, "stop once the job has queued itself this many times", minimum=0)

@@ -33,10 +33,11 @@ class SampleConfig:
     fashion_mnist: Path = option(DEFAULT_FASHION_MNIST, "folder with the four Fashion-MNIST IDX files",
                                  metavar="DIR")
     per_class: int | None = option(None, "images per class from each split (default: all of Fashion-MNIST, "
-                                   "6000 train + 1000 validation; 100 + 100 for synthetic)", metavar="N")
-    size: int = option(64, "image side in pixels, >= 64")
-    seed: int = option(0, "which images --per-class picks; synthetic drawing")
-    workers: int = option(0, "processes (default: one per CPU)")
+                                   "6000 train + 1000 validation; 100 + 100 for synthetic)", metavar="N",
+                                   minimum=1)
+    size: int = option(64, "image side in pixels, >= 64", minimum=64)
+    seed: int = option(0, "which images --per-class picks; synthetic drawing", minimum=0)
+    workers: int = option(0, "processes (default: one per CPU)", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ class ExtractConfig:
     val_labels: Path | None = option(
         None, "labels of a flat validation tar: '<filename> <wnid>' a line, or one wnid a line in image order "
         "(default: none)", metavar="FILE")
-    workers: int = option(1, "local processes", metavar="N")
+    workers: int = option(1, "local processes", metavar="N", minimum=1)
     rank: int | None = option(None, "this process's rank (default: from mpirun/srun/PBS environment, else 0)",
-                              metavar="I")
+                              metavar="I", minimum=0)
     ranks: int | None = option(None, "number of ranks sharing the list (default: from the environment, else 1)",
-                               metavar="N")
+                               metavar="N", minimum=1)
     index_dir: Path | None = option(None, f"where the archive index is cached (default: OUT/{INDEX_FOLDER})",
                                     metavar="DIR")
 
@@ -83,17 +84,18 @@ class BuildConfig:
     metadata: Path | None = option(None, "'<wnid>\\t<words>' lines for image/class/text (default: the wnid)",
                                    metavar="FILE")
     name: str = option("train", "shard name prefix")
-    shards: int = option(8, "number of shards")
+    shards: int = option(8, "number of shards", minimum=1)
     label_offset: int = option(1, "stored label = synset index + offset; 1 keeps 0 for background as inception",
                                choices=(0, 1))
-    seed: int = option(12345, "shuffle seed; same seed, same shards")
-    workers: int = option(1, "writer processes on this machine")
-    rank: int | None = option(None, "this rank's index (default: from mpirun/srun environment, else 0)")
-    ranks: int | None = option(None, "number of ranks (default: from the environment, else 1)")
+    seed: int = option(12345, "shuffle seed; same seed, same shards", minimum=0)
+    workers: int = option(1, "writer processes on this machine", minimum=1)
+    rank: int | None = option(None, "this rank's index (default: from mpirun/srun environment, else 0)",
+                              minimum=0)
+    ranks: int | None = option(None, "number of ranks (default: from the environment, else 1)", minimum=1)
     index_dir: Path | None = option(None, f"where archive indexes are cached (default: OUT/{INDEX_FOLDER})",
                                     metavar="DIR")
     wait: float = option(600.0, "with several ranks, how long rank 0 waits for the others before writing the "
-                         "manifest", metavar="SECONDS")
+                         "manifest", metavar="SECONDS", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,18 @@ class InputConfig:
     normalize: str = option("imagenet", "pixel scaling: imagenet (mean/std) or unit ([0, 1])",
                             choices=NORMALIZATIONS)
     flip: bool = option(True, "random horizontal flips in training (not with augment none)")
-    pad: int | None = option(None, "pad_crop padding in pixels (default: image_size // 8, at least 1)")
-    area_range: tuple[float, float] = option((0.08, 1.0), "inception crop area range, low high")
-    aspect_ratio_range: tuple[float, float] = option((3 / 4, 4 / 3), "inception crop aspect range, low high")
-    min_object_covered: float = option(0.1, "inception crop: fraction of a box kept")
-    min_crop_size: int = option(8, "smallest crop side in pixels")
+    pad: int | None = option(None, "pad_crop padding in pixels (default: image_size // 8, at least 1)",
+                             minimum=0)
+    area_range: tuple[float, float] = option((0.08, 1.0), "inception crop area range, low high",
+                                             above=0, maximum=1)
+    aspect_ratio_range: tuple[float, float] = option((3 / 4, 4 / 3), "inception crop aspect range, low high",
+                                                     above=0)
+    min_object_covered: float = option(0.1, "inception crop: fraction of a box kept", minimum=0, maximum=1)
+    min_crop_size: int = option(8, "smallest crop side in pixels", minimum=1)
     central_fraction: float | None = option(
-        None, "evaluation central crop (default: 0.875 after inception training, else 1.0)")
-    shuffle_buffer: int = option(10_000, "training records shuffled at a time")
+        None, "evaluation central crop (default: 0.875 after inception training, else 1.0)",
+        above=0, maximum=1)
+    shuffle_buffer: int = option(10_000, "training records shuffled at a time", minimum=1)
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -27,7 +27,7 @@ class EvaluateConfig(ModelSource):
     data: str = required("directory with the shards and NAME-manifest.json")
     name: str = option("validation", "split name")
     out: str = required("directory for metrics.json and the confusion matrix")
-    batch_size: int = option(64, "")
+    batch_size: int = option(64, "", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +43,7 @@ class PredictConfig(ModelSource):
     """Everything `predict` needs."""
 
     images: tuple[str, ...] = required("JPEG/PNG files", positional=True, metavar="IMAGE")
-    top: int = option(5, "classes to print per image")
+    top: int = option(5, "classes to print per image", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +52,7 @@ class FeaturesConfig(ModelSource):
 
     image_dir: str = required("folder of JPEG/PNG files (not recursive)", positional=True, metavar="IMAGE_DIR")
     out: str = required("output .npy; file names go to the same name with .txt")
-    batch_size: int = option(64, "")
+    batch_size: int = option(64, "", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,4 +60,4 @@ class TensorBoardConfig:
     """Everything `tensorboard` needs."""
 
     logdir: str = required("a checkpoint directory (or its logs/ folder)", positional=True, metavar="DIR")
-    port: int = option(6006, "0 = any free port")
+    port: int = option(6006, "0 = any free port", minimum=0, maximum=65535)

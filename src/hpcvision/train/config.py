@@ -30,24 +30,24 @@ class TrainConfig:
     val_name: str = option("validation", "shard name of the validation split (skipped if absent)")
     model: str = option("resnet50", "network name (see `hpcvision models`)")
     checkpoint_dir: str | None = option(None, "where checkpoints, run.yaml, labels.json and logs go")
-    epochs: float = option(1.0, "epochs to train (ignored when --steps is set)")
-    steps: int | None = option(None, "total training steps (overrides --epochs)")
-    batch_size: int = option(32, "batch size per replica (global batch = this x replicas)")
-    image_size: int | None = option(None, "input resolution (default: the model's published size)")
+    epochs: float = option(1.0, "epochs to train (ignored when --steps is set)", above=0)
+    steps: int | None = option(None, "total training steps (overrides --epochs; 0 = use --epochs)", minimum=0)
+    batch_size: int = option(32, "batch size per replica (global batch = this x replicas)", minimum=1)
+    image_size: int | None = option(None, "input resolution (default: the model's published size)", minimum=1)
     strategy: str = option("auto", "distribution strategy", choices=STRATEGIES)
-    num_ps: int = option(0, "parameter-server tasks expected in the cluster (for discovery)")
+    num_ps: int = option(0, "parameter-server tasks expected in the cluster (for discovery)", minimum=0)
     optimizer: str = option("sgd", "sgd (Nesterov momentum), rmsprop or adam", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "momentum of sgd/rmsprop")
-    learning_rate: float = option(0.1, "base learning rate for a global batch of 256")
-    warmup_epochs: float = option(0.0, "linear warm-up length in epochs")
+    momentum: float = option(0.9, "momentum of sgd/rmsprop", minimum=0, maximum=1)
+    learning_rate: float = option(0.1, "base learning rate for a global batch of 256", above=0)
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs", minimum=0)
     schedule: str = option("cosine", "decay after warm-up", choices=SCHEDULES)
     step_epochs: list[float] = field(
         default_factory=lambda: [30.0, 60.0, 80.0],
-        metadata={"help": "epochs at which the step schedule divides the rate by 10"},
+        metadata={"help": "epochs at which the step schedule divides the rate by 10", "minimum": 0},
     )
-    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
-    weight_decay: float = option(1e-4, "decoupled weight decay (not on biases and normalisation)")
-    aux_loss_weight: float = option(0.3, "weight of auxiliary-head losses (googlenet, inception_v3)")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", minimum=0, maximum=1)
+    weight_decay: float = option(1e-4, "decoupled weight decay (not on biases and normalisation)", minimum=0)
+    aux_loss_weight: float = option(0.3, "weight of auxiliary-head losses (googlenet, inception_v3)", minimum=0)
     mixed_precision: str = option(
         "off", "auto = bf16 on CPU, fp16 with loss scaling on GPU", choices=PRECISIONS
     )
@@ -56,23 +56,28 @@ class TrainConfig:
         metadata={"help": "how images become model inputs: training crop and flip, normalisation, evaluation crop"},
     )
     xla: bool = option(False, "compile the train step with XLA (jit_compile)")
-    seed: int | None = option(None, "seed for initialisation and data order (deterministic runs)")
+    seed: int | None = option(None, "seed for initialisation and data order (deterministic runs)",
+                              minimum=0, maximum=2**32 - 1)  # what NumPy's seed accepts
     synthetic: bool = option(False, "random input tensors instead of --data (benchmarks)")
-    num_classes: int | None = option(None, "classes for --synthetic runs (otherwise from the manifest)")
-    examples_per_epoch: int | None = option(None, "override the manifest's count (synthetic runs)")
-    checkpoint_every_steps: int = option(1000, "checkpoint every N steps (0 = off)")
-    checkpoint_every_minutes: float = option(30.0, "checkpoint every M minutes (0 = off)")
-    keep_checkpoints: int = option(5, "checkpoints to keep")
-    log_every: int = option(50, "progress line and scalar summaries every N steps")
-    histogram_every: int = option(1000, "weight histograms and first-layer filters every N steps (0 = off)")
-    eval_every_epochs: float = option(1.0, "evaluate on the validation shards every N epochs (0 = end only)")
+    num_classes: int | None = option(None, "classes for --synthetic runs (otherwise from the manifest)", minimum=1)
+    examples_per_epoch: int | None = option(None, "override the manifest's count (synthetic runs)", minimum=1)
+    checkpoint_every_steps: int = option(1000, "checkpoint every N steps (0 = off)", minimum=0)
+    checkpoint_every_minutes: float = option(30.0, "checkpoint every M minutes (0 = off)", minimum=0)
+    keep_checkpoints: int = option(5, "checkpoints to keep", minimum=1)
+    log_every: int = option(50, "progress line and scalar summaries every N steps", minimum=1)
+    histogram_every: int = option(1000, "weight histograms and first-layer filters every N steps (0 = off)",
+                                 minimum=0)
+    eval_every_epochs: float = option(1.0, "evaluate on the validation shards every N epochs (0 = end only)",
+                                     minimum=0)
     eval: bool = option(True, "evaluate on the validation shards when they exist")
     deadline: str | None = option(None, "job end time (epoch s, ISO, +HH:MM:SS); default from the scheduler")
-    deadline_margin_s: float = option(300.0, "checkpoint and stop this many seconds before the deadline")
+    deadline_margin_s: float = option(300.0, "checkpoint and stop this many seconds before the deadline",
+                                     minimum=0)
     incomplete_exit_code: int = option(
-        0, "exit code after stopping early with steps left (signal/deadline); job scripts with --resubmit use 3"
-    )
-    collective_timeout_s: float = option(600.0, "a peer silent this long is an error, not a hang (all-reduce)")
+        0, "exit code after stopping early with steps left (signal/deadline); job scripts with --resubmit use 3",
+        minimum=0, maximum=255)
+    collective_timeout_s: float = option(600.0, "a peer silent this long is an error, not a hang (all-reduce)",
+                                        above=0)
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ class LaunchConfig:
 
     train_args: tuple[str, ...] = required("-- then the `hpcvision train` options", positional=True,
                                            nargs=argparse.REMAINDER)
-    workers: int = option(2, "worker processes")
-    ps: int = option(0, "parameter servers; >0 adds a chief")
-    threads: int = option(1, "intra-op threads per process, 0 = TensorFlow's default")
-    grace: float = option(GRACE_S, "seconds between SIGTERM and SIGKILL when stopping the others")
+    workers: int = option(2, "worker processes", minimum=1)
+    ps: int = option(0, "parameter servers; >0 adds a chief", minimum=0)
+    threads: int = option(1, "intra-op threads per process, 0 = TensorFlow's default", minimum=0)
+    grace: float = option(GRACE_S, "seconds between SIGTERM and SIGKILL when stopping the others", minimum=0)

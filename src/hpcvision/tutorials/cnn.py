@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcvision.config import bounded
 from hpcvision.data.config import DEFAULT_FASHION_MNIST
 from hpcvision.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from hpcvision.errors import UserError
@@ -237,13 +238,13 @@ def main(
 def build_parser():
     """Command line of this tutorial."""
     parser = parser_for(__doc__, "cnn")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-samples", type=int, default=20000, help="training images used (of 60,000)")
-    parser.add_argument("--test-samples", type=int, default=2000, help="test images used (of 10,000)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=bounded(int, minimum=1), default=2)
+    parser.add_argument("--train-samples", type=bounded(int, minimum=1), default=20000, help="training images used (of 60,000)")
+    parser.add_argument("--test-samples", type=bounded(int, minimum=1), default=2000, help="test images used (of 10,000)")
+    parser.add_argument("--batch-size", type=bounded(int, minimum=1), default=128)
     parser.add_argument("--fashion-mnist", default=DEFAULT_FASHION_MNIST, help="folder with the four IDX files")
     parser.add_argument("--model", default="auto", help="tiny, small, or auto (small when registered)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0)
     return parser
 
 

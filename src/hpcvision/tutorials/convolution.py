@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcvision.config import bounded
 from hpcvision.errors import UserError
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
@@ -164,8 +165,8 @@ def build_parser():
     """Command line of this tutorial."""
     parser = parser_for(__doc__, "convolution")
     parser.add_argument("--image", default="camera", choices=PHOTOS, help="scikit-image sample photo")
-    parser.add_argument("--width", type=int, default=15, help="width of the 1-D rolling average")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=bounded(int, minimum=1), default=15, help="width of the 1-D rolling average")
+    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0)
     return parser
 
 

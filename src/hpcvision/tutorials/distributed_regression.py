@@ -39,6 +39,7 @@ import numpy as np
 
 from hpcvision.cluster.launch import free_ports  # the same helper `hpcvision launch` uses
 from hpcvision.cluster.spec import cluster_spec, layout, tf_config  # and the same cluster rules
+from hpcvision.config import bounded
 from hpcvision.errors import UserError
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
@@ -317,12 +318,12 @@ def main(
 def build_parser():
     """Command line of this tutorial."""
     parser = parser_for(__doc__, "distributed-regression")
-    parser.add_argument("--steps", type=int, default=600, help="training steps to schedule")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--learning-rate", type=float, default=0.02)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up on the cluster")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=bounded(int, minimum=1), default=600, help="training steps to schedule")
+    parser.add_argument("--workers", type=bounded(int, minimum=1), default=2, help="worker processes")
+    parser.add_argument("--learning-rate", type=bounded(float, above=0), default=0.02)
+    parser.add_argument("--batch-size", type=bounded(int, minimum=1), default=64)
+    parser.add_argument("--timeout", type=bounded(float, above=0), default=300.0, help="seconds before giving up on the cluster")
+    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0)
     return parser
 
 

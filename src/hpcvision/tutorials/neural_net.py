@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcvision.config import bounded
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
 """
@@ -237,10 +238,10 @@ def main(out_dir=None, *, hidden: int = 16, steps: int = 4000, learning_rate: fl
 def build_parser():
     """Command line of this tutorial."""
     parser = parser_for(__doc__, "neural-net")
-    parser.add_argument("--hidden", type=int, default=16, help="hidden units M")
-    parser.add_argument("--steps", type=int, default=4000, help="gradient-descent steps")
-    parser.add_argument("--learning-rate", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=bounded(int, minimum=1), default=16, help="hidden units M")
+    parser.add_argument("--steps", type=bounded(int, minimum=1), default=4000, help="gradient-descent steps")
+    parser.add_argument("--learning-rate", type=bounded(float, above=0), default=0.05)
+    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0)
     return parser
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcvision.config import bounded
 from hpcvision.tutorials._common import output_dir, parser_for, pyplot, run_script, save_figure, write_results
 
 """
@@ -222,11 +223,11 @@ def main(
 def build_parser():
     """Command line of this tutorial."""
     parser = parser_for(__doc__, "regression")
-    parser.add_argument("--n", type=int, default=2000, help="number of data points")
-    parser.add_argument("--steps", type=int, default=400, help="gradient-descent steps for the line")
-    parser.add_argument("--keras-epochs", type=int, default=20, help="epochs for the Keras model")
-    parser.add_argument("--fit-steps", type=int, default=1500, help="steps for each nonlinear fit")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=bounded(int, minimum=2), default=2000, help="number of data points")
+    parser.add_argument("--steps", type=bounded(int, minimum=1), default=400, help="gradient-descent steps for the line")
+    parser.add_argument("--keras-epochs", type=bounded(int, minimum=1), default=20, help="epochs for the Keras model")
+    parser.add_argument("--fit-steps", type=bounded(int, minimum=1), default=1500, help="steps for each nonlinear fit")
+    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0)
     return parser
 
 
