@@ -7,6 +7,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from train_records import build_records
@@ -92,6 +94,43 @@ def test_sigterm_to_launch_is_forwarded_to_every_process():
     assert process.wait(timeout=30) == 0, out
     saved = sorted(re.findall(r"^\[(\w+)\] saved on SIGTERM$", out, re.M))
     assert saved == ["chief", "ps0", "worker0", "worker1"], out
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs: a zombie (dead, not yet reaped by its new parent) counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_kill_9_of_launch_takes_its_processes_with_it():
+    sleeper = [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"]
+    driver = (f"import sys; from hpcvision.cluster.launch import launch_local; "
+              f"sys.exit(launch_local([], workers=2, command={sleeper!r}))")
+    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        ready = 0
+        for line in process.stdout:
+            if line.startswith("[launch] started"):
+                pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", line)]
+            ready += line.rstrip().endswith("] ready")
+            if ready == 2:
+                break
+        assert len(pids) == 2 and all(map(alive, pids)), pids
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(map(alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in pids if alive(pid)], "workers outlived launch"
+    finally:
+        process.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def run_launch(hpcvision_exe, *args, timeout=240):

@@ -3,7 +3,8 @@
 Each process gets its own TF_CONFIG (distinct free ports) and one intra-op thread by default, its
 output lines are prefixed with its role (`[worker0] ...`), and if one process fails the others are
 stopped (SIGTERM, then SIGKILL after a grace period) and launch exits non-zero. SIGINT/SIGTERM/SIGUSR1
-sent to launch are forwarded, so a job's walltime signal reaches every trainer.
+sent to launch are forwarded, so a job's walltime signal reaches every trainer. On Linux each process
+dies with launch (a parent-death signal), so a `kill -9` of launch leaves no trainer running unwatched.
 """
 
 from __future__ import annotations
@@ -18,9 +19,24 @@ import time
 from dataclasses import dataclass
 
 from hpcvision.cluster.spec import cluster_spec, export_tf_config, layout, tf_config
-from hpcvision.errors import UserError
 
 GRACE_S = 10.0  # between SIGTERM and SIGKILL when stopping the others
+
+# Run before each process's own command: ask Linux to SIGKILL it when launch dies (prctl
+# PR_SET_PDEATHSIG = 1, kept across exec), then exec the command in place, so its pid stays the one
+# launch knows. Not Popen's preexec_fn: that is unsafe while launch's reader threads run. The signal
+# comes when the thread that started the process ends: launch_local's, the main thread (it sets signal
+# handlers, so it must be). If launch died before the prctl, the process has a new parent and stops
+# here. SIGKILL, not SIGTERM: with launch gone nobody reads the output or stops a peer that hangs;
+# resuming from the last checkpoint is the normal way on.
+DIE_WITH_LAUNCH = """\
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:
+    print("launch: no parent-death signal:", os.strerror(ctypes.get_errno()), file=sys.stderr, flush=True)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("launch: exited before this process started")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 @dataclass
@@ -49,9 +65,10 @@ def free_ports(count: int) -> list[int]:
 
 
 def local_cluster(workers: int, ps: int) -> tuple[dict, list[Task]]:
-    """The cluster spec and tasks (`spec.layout`): workers only (all-reduce) or chief + ps + workers."""
-    if workers < 1 or ps < 0:
-        raise UserError("launch: --workers must be >= 1 and --ps >= 0")
+    """The cluster spec and tasks (`spec.layout`): workers only (all-reduce) or chief + ps + workers.
+
+    `workers` >= 1 and `ps` >= 0, as `LaunchConfig` declares them.
+    """
     roles = layout(workers, ps)
     cluster = cluster_spec(roles, [f"127.0.0.1:{port}" for port in free_ports(len(roles))])
     return cluster, [Task(role, index) for role, index in roles]
@@ -62,11 +79,18 @@ def train_command(train_args: list[str]) -> list[str]:
     return [sys.executable, "-m", "hpcvision", "train", *train_args]
 
 
+def dies_with_launch(argv: list[str]) -> list[str]:
+    """`argv` started so that Linux kills it when this process dies; elsewhere `argv` as it is."""
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-c", DIE_WITH_LAUNCH, str(os.getpid()), *argv]
+
+
 def launch_local(train_args: list[str], *, workers: int, ps: int = 0, threads: int = 1,
                  command: list[str] | None = None, grace_s: float | None = None) -> int:
     """Run the cluster to completion; 0 if every process exited 0, else the first failure's code."""
     cluster, tasks = local_cluster(workers, ps)
-    argv = command or train_command(train_args)
+    argv = dies_with_launch(command or train_command(train_args))
     lock = threading.Lock()
     readers = []
     for task in tasks:
