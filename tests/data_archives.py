@@ -9,6 +9,9 @@ from pathlib import Path
 
 from PIL import Image
 
+# A pid no process can have (Linux pids stop at 2**22): the writer of a leftover temporary that died.
+DEAD_PID = 2**22 + 1
+
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (24, 20)) -> bytes:
     """A small RGB JPEG whose pixels depend on `seed` (so each image's bytes differ)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from data_archives import (
+    DEAD_PID,
     jpeg_bytes,
     sample_images,
     tar_bytes,
@@ -137,8 +139,10 @@ def test_rerun_resumes_and_rewrites_only_wrong_files(tmp_path, run_cli, images):
     assert run_cli(*args)[0] == 0
     damaged = out / "images/n01/n01_1.JPEG"
     damaged.write_bytes(b"partial")
-    stale = temporary_path(out / "images/n03/n03_1.JPEG")  # what a killed run leaves behind
+    stale = temporary_path(out / "images/n03/n03_1.JPEG", pid=DEAD_PID)  # what a killed run leaves behind
     stale.write_bytes(b"half")
+    live = temporary_path(out / "images/n03/n03_2.JPEG", pid=os.getppid())  # a concurrent extract's
+    live.write_bytes(b"being written")
     keep = out / "images/n02/n02_1.JPEG"
     before = keep.stat().st_mtime_ns, keep.stat().st_ino
     os.utime(keep, ns=(1, 1))
@@ -148,7 +152,7 @@ def test_rerun_resumes_and_rewrites_only_wrong_files(tmp_path, run_cli, images):
     assert "9 already present" in stdout
     assert damaged.read_bytes() == images["n01"]["n01_1"]
     assert keep.stat().st_mtime_ns == 1 and keep.stat().st_ino == before[1]  # untouched
-    assert not stale.exists() and not list(out.rglob(".*.tmp*"))
+    assert not stale.exists() and list(out.rglob(".*.tmp*")) == [live]
 
 
 def test_rank_slices_are_disjoint_cover_the_list_and_are_deterministic():
@@ -331,8 +335,8 @@ def test_two_workers_write_the_same_files_as_one(tmp_path, run_cli, images):
     "extra_args, message",
     [
         (("--rank", "3", "--ranks", "3"), "--rank must be in 0..2"),
-        (("--ranks", "0"), "--ranks must be at least 1"),
-        (("--workers", "0"), "--workers must be at least 1"),
+        (("--ranks", "0"), "--ranks 0: must be >= 1"),
+        (("--workers", "0"), "--workers 0: must be >= 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, run_cli, images, extra_args, message):
@@ -400,3 +404,31 @@ def test_unwritable_output_exits_2_with_one_line(tmp_path, run_cli, images):
     assert code == 2
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("hpcvision: error: ")
     assert "cannot write" in stderr
+
+
+@pytest.mark.parametrize("where", ["mkdir", "write"])
+def test_a_full_or_read_only_disk_ends_extract_in_one_line_without_leftovers(tmp_path, run_cli, images,
+                                                                             monkeypatch, where):
+    archive = write_images_tar(tmp_path / "Images.tar", images)
+    listing = write_list(tmp_path / "list.txt", images)
+    out = tmp_path / "out"
+    mkdir, write_bytes = Path.mkdir, Path.write_bytes
+
+    def read_only(self, *args, **kwargs):
+        if self == out / "images":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    def full(self, data):
+        if "/images/n02/" in str(self):
+            write_bytes(self, data[:10])  # part of it went out before the disk filled up
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as file.write raises it: no file name
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "mkdir" if where == "mkdir" else "write_bytes", read_only if where == "mkdir" else full)
+    code, _, stderr = run_cli("data", "extract", "--images", archive, "--list", listing, "--out", out)
+    assert code == 2
+    failed = out / "images" if where == "mkdir" else out / "images/n02/n02_1.JPEG"
+    reason = os.strerror(errno.EROFS if where == "mkdir" else errno.ENOSPC)
+    assert stderr.strip() == f"hpcvision: error: {failed}: cannot write: {reason}"
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -213,17 +213,17 @@ def extract(config: ExtractConfig) -> int:
     job = open_job(config)
     mine = rank_slice(files.images, rank, ranks)
     list_skips = files.skipped if rank == 0 else []  # list-level problems are reported once, by rank 0
-    (job.out / "images").mkdir(parents=True, exist_ok=True)
-    if job.annotations is not None:
-        (job.out / "annotations").mkdir(parents=True, exist_ok=True)
     log.info("rank %d/%d: %d of %d listed images, %d worker(s), from %s",
              rank, ranks, len(mine), files.listed, config.workers, config.images)
     try:
+        (job.out / "images").mkdir(parents=True, exist_ok=True)
+        if job.annotations is not None:
+            (job.out / "annotations").mkdir(parents=True, exist_ok=True)
         result = run_tasks(job, mine, config.workers)
+        result.skipped[:0] = list_skips
+        _report(job, result, len(mine) + len(list_skips), rank, ranks, start)
     except OSError as exc:  # disk full, quota, permissions: nothing to skip, the run cannot go on
-        raise UserError(f"{job.out}: cannot write: {exc}") from None
-    result.skipped[:0] = list_skips
-    _report(job, result, len(mine) + len(list_skips), rank, ranks, start)
+        raise UserError(f"{exc.filename or job.out}: cannot write: {exc.strerror or exc}") from None
     return 0
 
 

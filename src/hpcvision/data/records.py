@@ -310,8 +310,8 @@ class RecordWriter:
         if self._tf_writer is not None:
             self._tf_writer.close()
         elif self._file is not None:
-            self._file.flush()
-            self._file.close()
+            file, self._file = self._file, None
+            file.close()  # flushes; closes the descriptor even when the flush fails (disk full)
 
     def __enter__(self) -> RecordWriter:
         return self
