@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -160,3 +161,33 @@ def test_external_entities_are_refused_and_a_plain_doctype_still_parses(tmp_path
     plain = b'<?xml version="1.0"?><!DOCTYPE annotation>' + _voc([(20, 10, 120, 90)])
     (box,) = parse_voc(plain, 1, 1).boxes
     assert (box.xmin, box.ymax) == pytest.approx((0.1, 0.9))
+
+
+def _claiming(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header (SOF0) claims another size; the scan data stays as it was."""
+    sof = data.index(b"\xff\xc0")
+    return data[: sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[sof + 9:]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "CMYK"])
+def test_a_header_above_the_pixel_limit_is_skipped_without_decoding(mode, monkeypatch):
+    bomb = _claiming(_encode(_noise(mode)), 65_000, 65_000)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(ImageProblem, match=r"too large: 65000x65000 is more than 100,000,000 pixels"):
+        prepare_image(bomb)
+
+
+def test_a_png_above_the_pixel_limit_is_skipped_without_decoding(monkeypatch):
+    """Pillow's path: the size comes from the PNG header; 108 Mpx is under Pillow's own bomb limit."""
+    png = _encode(_noise("RGB"), "PNG")
+    ihdr = png.index(b"IHDR")
+    body = b"IHDR" + (12_000).to_bytes(4, "big") + (9_000).to_bytes(4, "big") + png[ihdr + 12: ihdr + 17]
+    png = png[:ihdr] + body + zlib.crc32(body).to_bytes(4, "big") + png[ihdr + 21:]
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(ImageProblem, match=r"too large: 12000x9000 is more than 100,000,000 pixels"):
+        prepare_image(png)
+    huge = png[:ihdr] + b"IHDR" + (30_000).to_bytes(4, "big") * 2 + png[ihdr + 12:]
+    body = huge[ihdr: ihdr + 17]
+    huge = huge[: ihdr + 17] + zlib.crc32(body).to_bytes(4, "big") + huge[ihdr + 21:]
+    with pytest.raises(ImageProblem, match=r"too large: more than 100,000,000 pixels"):  # Pillow's bomb error
+        prepare_image(huge)

@@ -130,3 +130,44 @@ def test_malformed_manifest_is_one_line_error(run_cli, tmp_path, manifest, messa
     (tmp_path / "train-manifest.json").write_text(json.dumps(manifest))
     code, _, stderr = run_cli("data", "verify", tmp_path)
     assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def _garbage_scan_jpeg() -> bytes:
+    """A JPEG with valid markers around a garbage scan that Pillow decodes and TensorFlow refuses."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    sos = data.index(b"\xff\xda")
+    start, end = sos + 2 + int.from_bytes(data[sos + 2: sos + 4], "big"), data.rindex(b"\xff\xd9")
+    for seed in range(200):
+        scan = np.random.default_rng(seed).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+        candidate = data[:start] + scan + data[end:]
+        try:
+            Image.open(io.BytesIO(candidate)).load()
+            tf.io.decode_jpeg(candidate, channels=3)
+        except tf.errors.InvalidArgumentError:
+            return candidate
+        except Exception:  # Pillow refuses it too: not the case wanted
+            continue
+    raise AssertionError("no garbage scan that only TensorFlow refuses")
+
+
+def test_decode_catches_a_garbage_scan_as_training_would(run_cli, copy):
+    from hpcvision.data.records import RecordWriter, encode_example, read_records
+
+    shard = copy / "train-00001-of-00003"
+    records = list(read_records(shard))
+    records[1] = encode_example(encoded=_garbage_scan_jpeg(), filename="x.JPEG", height=32, width=40, label=1,
+                                synset="n03595614", text="jersey, T-shirt, tee shirt")
+    with RecordWriter(shard) as writer:
+        for record in records:
+            writer.write(record)
+    assert run_cli("data", "verify", copy)[0] == 0  # framing and schema are fine
+    code, _, stderr = run_cli("data", "verify", copy, "--decode")
+    assert code == 2
+    assert stderr.strip() == (f"hpcvision: error: {shard}: record 1: JPEG does not decode "
+                              "(jpeg::Uncompress failed. Invalid JPEG data or crop window.)")

@@ -3,7 +3,8 @@
 Decoding every image is the slow path, so an RGB JPEG whose header reads cleanly and whose bytes
 start with SOI and end with EOI is passed through unchanged. Only CMYK/grayscale/other-mode JPEGs,
 other formats under a .JPEG name (ImageNet has a PNG), and JPEGs failing the cheap end check are
-decoded; the first three are re-encoded as RGB JPEG, a failing decode skips the image.
+decoded; the first three are re-encoded as RGB JPEG, a failing decode skips the image. An image
+whose header claims more than MAX_PIXELS is skipped before any decoding.
 """
 
 from __future__ import annotations
@@ -81,11 +82,19 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
+def check_pixels(width: int, height: int) -> None:
+    """ImageProblem if an image of this size is above MAX_PIXELS (checked before anything is decoded)."""
+    if width * height > MAX_PIXELS:
+        raise ImageProblem(f"too large: {width}x{height} is more than {MAX_PIXELS:,} pixels")
+
+
 def _open(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning etc.: reported via the reason
             return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own limit is above ours: too large for us too
+        raise ImageProblem(f"too large: more than {MAX_PIXELS:,} pixels ({_short(exc)})") from None
     except Exception as exc:  # Pillow raises many types for garbage input
         raise ImageProblem(f"not a readable image ({type(exc).__name__}: {_short(exc)})") from None
 
@@ -122,12 +131,15 @@ def prepare_image(data: bytes | None) -> PreparedImage:
     if not data:
         raise ImageProblem("zero-byte file")
     header = jpeg_header(data)
-    if header is not None and header[2] == 3 and header[0] > 0 and header[1] > 0 and ends_cleanly(data):
-        return PreparedImage(data, header[0], header[1])  # the common case: a clean 3-channel JPEG
+    if header is not None:
+        check_pixels(header[0], header[1])
+        if header[2] == 3 and header[0] > 0 and header[1] > 0 and ends_cleanly(data):
+            return PreparedImage(data, header[0], header[1])  # the common case: a clean 3-channel JPEG
     image = _open(data)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageProblem(f"image has no pixels ({width}x{height})")
+    check_pixels(width, height)  # from the header Pillow read; nothing is decoded yet
     if image.format == "JPEG" and image.mode == "RGB":
         if not ends_cleanly(data):
             _decode(image, "JPEG")  # Pillow raises "image file is truncated" if it really is

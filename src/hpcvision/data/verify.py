@@ -2,18 +2,20 @@
 
 Checks, per record: the TFRecord framing and both masked CRC-32Cs, that the payload is an Example of
 the inception schema, that its label/synset/text agree with the manifest's label map, and (with
-`decode`) that the JPEG decodes to the stored size. Then per-shard and total counts. The first problem
-ends the command with a one-line error naming the shard and the record index (exit code 2).
+`decode`) that the JPEG decodes, with the decoder training uses, to the stored size. Then per-shard
+and total counts. The first problem ends the command with a one-line error naming the shard and the
+record index (exit code 2).
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import re
 import time
 from pathlib import Path
 
 from hpcvision.data import records
+from hpcvision.data.images import ImageProblem, check_pixels
 from hpcvision.data.shards import manifest_path, read_manifest
 from hpcvision.errors import UserError
 from hpcvision.progress import progress
@@ -45,16 +47,28 @@ def _check_record(data: bytes, labels: dict[int, tuple[str, str]], decode: bool)
     return None
 
 
-def _check_pixels(features: dict) -> str | None:
-    from PIL import Image
+def _op_message(exc: Exception) -> str:
+    """TensorFlow's reason without its op/device decoration: 'jpeg::Uncompress failed. Invalid JPEG data...'."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(getattr(exc, "message", exc))).split(" [Op:")[0]
+    return text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__
 
+
+def _check_pixels(features: dict) -> str | None:
+    """Decode the JPEG as training does (TensorFlow's decode_jpeg, stricter than Pillow about a
+    damaged scan) and compare its size; a size above MAX_PIXELS is refused before decoding."""
+    import tensorflow as tf
+
+    width, height = features["image/width"][0], features["image/height"][0]
     try:
-        image = Image.open(io.BytesIO(features["image/encoded"][0]))
-        image.load()
-    except Exception as exc:
-        return f"JPEG does not decode ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})"
-    if image.mode != "RGB" or image.size != (features["image/width"][0], features["image/height"][0]):
-        return f"decoded {image.mode} {image.size[0]}x{image.size[1]} differs from the stored RGB size"
+        check_pixels(width, height)
+    except ImageProblem as exc:
+        return str(exc)
+    try:
+        shape = tf.io.decode_jpeg(features["image/encoded"][0], channels=3).shape
+    except tf.errors.OpError as exc:
+        return f"JPEG does not decode ({_op_message(exc)})"
+    if (shape[1], shape[0]) != (width, height):
+        return f"decoded {shape[1]}x{shape[0]} differs from the stored {width}x{height}"
     return None
 
 
