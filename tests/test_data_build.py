@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data_archives import DEAD_PID
 from PIL import Image
 
 from hpcvision.files import temporary_path
@@ -250,9 +255,9 @@ def test_resume_rewrites_only_incomplete_shards_and_ignores_leftovers(run_cli, d
     # crashed writer of shard 2 left a partial temporary behind; shard 3 is complete
     shards[1].write_bytes(before[shards[1].name][1][:100])
     Path(f"{shards[2]}.json").unlink()
-    leftover = temporary_path(shards[2])
+    leftover = temporary_path(shards[2], pid=DEAD_PID)
     leftover.write_bytes(b"partial")
-    other = temporary_path(shards[3])
+    other = temporary_path(shards[3], pid=DEAD_PID)
     other.write_bytes(b"partial")
     os.utime(shards[0], ns=(1, 1))
     os.utime(shards[3], ns=(1, 1))
@@ -437,3 +442,77 @@ def test_a_replaced_archive_makes_complete_shards_stale(run_cli, dataset, tmp_pa
     os.utime(archive, (1_000_000_000, 1_000_000_000))  # same bytes, but a different file now
     code, stdout, _ = run_cli(*args)
     assert code == 0 and "already complete" not in stdout
+
+
+def test_a_replaced_image_or_edited_xml_in_a_folder_source_makes_its_shard_stale(run_cli, dataset, tmp_path):
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    shutil.copytree(dataset.root / "images", images)
+    shutil.copytree(dataset.root / "annotations", annotations)
+    args = dataset.args(tmp_path / "r", tar=False)
+    args[args.index("--images") + 1], args[args.index("--annotations") + 1] = images, annotations
+    assert run_cli(*args)[0] == 0
+    w0 = WNIDS[0]
+    replaced, edited = f"{w0}_1", f"{w0}_0"
+    before = _read_back(tmp_path / "r")
+    touched = {before[f"{replaced}.JPEG"]["shard"], before[f"{edited}.JPEG"]["shard"]}
+    new_image = _jpeg(77)
+    (images / w0 / f"{replaced}.JPEG").write_bytes(new_image)
+    (annotations / w0 / f"{edited}.xml").write_bytes(_voc((0, 0, 24, 36)))
+    code, stdout, _ = run_cli(*args)
+    assert code == 0 and f"{3 - len(touched)} of this rank's 3 shards already complete" in stdout
+    after = _read_back(tmp_path / "r")
+    assert after[f"{replaced}.JPEG"]["image/encoded"] == new_image
+    assert after[f"{edited}.JPEG"]["image/object/bbox/xmax"] == [pytest.approx(0.5)]
+    code, stdout, _ = run_cli(*args)
+    assert code == 0 and "3 of this rank's 3 shards already complete" in stdout  # and now current
+
+
+@pytest.mark.parametrize("code_", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_ends_build_in_one_line_without_leftovers(run_cli, dataset, tmp_path,
+                                                                           monkeypatch, code_):
+    from hpcvision.data import records
+
+    write, calls = records.RecordWriter.write, []
+
+    def failing(self, record):
+        calls.append(self.path)
+        if len(calls) == 3:
+            raise OSError(code_, os.strerror(code_))  # as file.write raises it: no file name
+        write(self, record)
+
+    monkeypatch.setattr(records.RecordWriter, "write", failing)
+    out = tmp_path / "r"
+    code, _, stderr = run_cli(*dataset.args(out))
+    assert code == 2
+    assert stderr.strip() == f"hpcvision: error: {out / 'train-00000-of-00003'}: {os.strerror(code_)}"
+    assert not [p.name for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+SLOW_BUILD = """
+import sys, time
+from hpcvision.cli import main
+from hpcvision.data import records
+write = records.RecordWriter.write
+def slow(self, record):
+    time.sleep(0.05)
+    write(self, record)
+records.RecordWriter.write = slow
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_two_identical_builds_at_once_both_complete_with_the_same_shards(run_cli, dataset, tmp_path):
+    """Each writes every shard (0.05 s a record, started together): neither removes the other's live
+    temporary, both renames land, and the shards are those of a build alone."""
+    args = [str(a) for a in dataset.args(tmp_path / "r", shards=2)]
+    start = time.time() + 1.5
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HPCVISION_PROGRESS="0")
+    procs = [subprocess.Popen([sys.executable, "-c", SLOW_BUILD, str(start), *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    reference = tmp_path / "alone"
+    assert run_cli(*dataset.args(reference, shards=2))[0] == 0
+    assert [p.read_bytes() for p in _shards(tmp_path / "r")] == [p.read_bytes() for p in _shards(reference)]
+    assert not list((tmp_path / "r").glob(".*.tmp-*"))

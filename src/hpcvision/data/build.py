@@ -136,6 +136,23 @@ def make_plan(config: BuildConfig) -> Plan:
     return Plan(config, shards, labels, wnids, file_list.listed, list(file_list.skipped))
 
 
+def stamp_inputs(plan: Plan, sources: Sources) -> Plan:
+    """The plan with each shard's fingerprint covering the files it reads from a folder source.
+
+    An archive is stamped as a whole in `make_plan`; a folder has no such stamp, so every image and
+    XML a shard reads is (size, mtime): a replaced image or an edited XML makes its shard stale.
+    """
+    shards = []
+    for task in plan.shards:
+        stamps = [sources.images.stamps(task.items)]
+        if sources.annotations is not None:
+            stamps.append(sources.annotations.stamps(task.items))
+        if any(s is not None for s in stamps):
+            task = replace(task, fingerprint=_digest([task.fingerprint, stamps]))
+        shards.append(task)
+    return replace(plan, shards=shards)
+
+
 def read_sidecar(task: ShardTask) -> dict | None:
     """The shard's sidecar if the shard on disk is complete for this plan, else None."""
     sidecar = read_json(sidecar_path(task.path))
@@ -399,6 +416,7 @@ def build(config: BuildConfig) -> int:
     except OSError as exc:
         raise UserError(f"{config.out}: cannot create output folder: {exc.strerror or exc}") from None
     sources = open_sources(config, plan.labels)  # fails early with one line if unreadable; builds the index once
+    plan = stamp_inputs(plan, sources)
     _drop_stale_manifest(plan)
     mine = [t for t in plan.shards if t.index % ranks == rank]
     _write_mine(plan, sources, mine, rank, ranks)

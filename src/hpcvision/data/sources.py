@@ -63,6 +63,11 @@ class Source:
         """Byte sizes of the items that can be fetched (lets extract skip copies already in place)."""
         raise NotImplementedError
 
+    def stamps(self, items: Sequence[ListedImage]) -> list | None:
+        """What identifies the bytes of `items` cheaply, for telling stale output from current; None
+        where one stamp of the whole archive does that (the caller stamps the archive file)."""
+        return None
+
     def prepare(self, items: Sequence[ListedImage]) -> None:
         """Index every synset tar `items` need, caching it on disk; call in the parent before starting
         workers that each touch many synsets, so they do not all scan the same tars."""
@@ -103,6 +108,15 @@ def check_member_file(path: Path) -> int | Missing:
     return info.st_size
 
 
+def file_stamp(path: str | Path) -> list[int] | None:
+    """[size, mtime_ns] of a file (a link itself, not its target), None if there is none."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
 def read_no_follow(path: Path) -> bytes:
     """A file's bytes; fails instead of following a link swapped in after the check."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -116,8 +130,12 @@ class FolderSource(Source):
     def __init__(self, root: Path, suffix: str, missing: str | None = None):
         self.root, self.suffix, self.missing = root, suffix, missing
 
+    def _file(self, item: ListedImage) -> str:
+        # a plain string: 3x faster than a Path for the per-file stamps of a million images
+        return os.path.join(self.root, item.wnid, f"{item.name}{self.suffix}")
+
     def _path(self, item: ListedImage) -> Path:
-        return self.root / item.wnid / f"{item.name}{self.suffix}"
+        return Path(self._file(item))
 
     def _locate(self, item: ListedImage) -> int | Missing:
         folder = self.root / item.wnid
@@ -140,6 +158,13 @@ class FolderSource(Source):
                 yield Fetched(item, read_no_follow(self._path(item)), None)
             except OSError as exc:
                 yield Fetched(item, None, f"unreadable: {exc.strerror or exc}")
+
+    def stamps(self, items: Sequence[ListedImage]) -> list | None:
+        """Each item's file stamp: replacing or editing one file marks what was built from it stale.
+
+        One lstat per file (~6 us on a local disk, more on a network file system): see docs/data.md.
+        """
+        return [file_stamp(self._file(item)) for item in items]
 
     def sizes(self, items: Sequence[ListedImage]) -> dict[ListedImage, int]:
         found = {item: self._locate(item) for item in items}
