@@ -516,3 +516,21 @@ def test_two_identical_builds_at_once_both_complete_with_the_same_shards(run_cli
     assert run_cli(*dataset.args(reference, shards=2))[0] == 0
     assert [p.read_bytes() for p in _shards(tmp_path / "r")] == [p.read_bytes() for p in _shards(reference)]
     assert not list((tmp_path / "r").glob(".*.tmp-*"))
+
+
+def test_cleanup_removes_only_temporaries_whose_writer_is_dead(tmp_path):
+    """This host: the pid says; another node (or an old name without host): an hour without change."""
+    from hpcvision.files import STALE_S, remove_temporaries
+
+    shard = tmp_path / "train-00000-of-00001"
+    live, dead = temporary_path(shard, pid=os.getppid()), temporary_path(shard, pid=DEAD_PID)
+    elsewhere = tmp_path / f".{shard.name}.tmp-othernode-{os.getpid()}-0a1b2c3d"
+    elsewhere_old = tmp_path / f".{shard.name}.tmp-othernode-{os.getpid()}-4e5f6a7b"
+    old_style = tmp_path / f".{shard.name}.tmp-{os.getpid()}-8c9d0e1f"
+    for path in (live, dead, elsewhere, elsewhere_old, old_style):
+        path.write_bytes(b"partial")
+    long_ago = time.time() - STALE_S - 60
+    for path in (elsewhere_old, old_style):
+        os.utime(path, (long_ago, long_ago))
+    assert remove_temporaries(tmp_path, shard.name) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name])
