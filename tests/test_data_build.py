@@ -502,6 +502,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_two_identical_builds_at_once_both_complete_with_the_same_shards(run_cli, dataset, tmp_path):
     """Each writes every shard (0.05 s a record, started together): neither removes the other's live
     temporary, both renames land, and the shards are those of a build alone."""
