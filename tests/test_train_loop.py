@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +153,79 @@ def test_corrupt_newest_checkpoint_is_named_and_the_previous_used(train, tmp_pat
         load_trained_model(tmp_path)
 
 
+FINISHED = [*SYNTHETIC, "--steps", "3", "--checkpoint-every-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished 3-step run with ckpt-1, ckpt-2, ckpt-3; tests work on copies (`run_copy`)."""
+    from hpcvision.cli import main
+
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", *FINISHED, "--checkpoint-dir", str(folder)]) == 0
+    return folder
+
+
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and mtime (a rewrite with the same bytes shows too)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_nothing_left_to_do_writes_nothing(train, finished_run, tmp_path):
+    run = run_copy(finished_run, tmp_path)
+    before = snapshot(run)
+    folders = [run, *(p for p in run.rglob("*") if p.is_dir())]
+    if os.geteuid() != 0:  # a real read-only folder; root writes anyway, so there the snapshot is the proof
+        for folder in folders:
+            folder.chmod(0o555)
+    try:
+        code, messages = train(*FINISHED, "--checkpoint-dir", run)
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    assert code == 0 and any("finished at step 3" in m for m in messages), messages
+    assert snapshot(run) == before
+
+
+def test_a_folder_holding_another_model_is_refused_and_keeps_its_run_files(train, finished_run, tmp_path):
+    run = run_copy(finished_run, tmp_path)
+    before = snapshot(run)
+    code, messages = train(*SYNTHETIC, "--num-classes", "7", "--steps", "5", "--checkpoint-dir", run)
+    assert code == 2
+    assert snapshot(run) == before  # run.yaml and labels.json still describe the checkpoints
+    errors = [m for m in messages if m.startswith("hpcvision: error:")]
+    assert errors == [f"hpcvision: error: {run}: ckpt-3 holds another model than --model small with 7 classes "
+                      "(logits/kernel has shape (256, 10) in the checkpoint, (256, 7) in the model); to resume it, "
+                      "use the settings of its run.yaml; for a new run, another --checkpoint-dir"], messages
+
+
+def test_leftovers_of_killed_saves_go_and_pruning_resumes(train, finished_run, tmp_path):
+    run = run_copy(finished_run, tmp_path)
+    (run / "checkpoint").unlink()  # lost: the manager no longer knows ckpt-1..3 and would never prune them
+    # What kill -9 during saves leaves (as TF 2.21 names it), and look-alikes that are not ours.
+    (run / "ckpt-7_temp").mkdir()
+    (run / "ckpt-7_temp" / "part-00000-of-00001.data-00000-of-00001.tempstate11431488613528809621").write_bytes(
+        b"\0" * 100)
+    leftovers = ["ckpt-7_temp", "ckpt-7.index.tempstate8123", "ckpt-7.data-00000-of-00001",
+                 "checkpoint.tmp" + "0a" * 16]
+    for name in leftovers[1:]:
+        (run / name).write_bytes(b"\0" * 10)
+    strangers = ["ckpt-7_temp.txt", "other_temp", "ckpt-notes.data-00000-of-00001"]
+    for name in strangers:
+        (run / name).write_text("mine")
+    code, messages = train(*SYNTHETIC, "--steps", "5", "--checkpoint-every-steps", "1", "--keep-checkpoints", "2",
+                           "--checkpoint-dir", run)
+    assert code == 0, messages
+    assert sorted(p.name for p in run.glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-5.index"]
+    assert not [name for name in leftovers if (run / name).exists()]
+    assert all((run / name).read_text() == "mine" for name in strangers)
+
+
 def test_deadline_already_passed_checkpoints_and_exits_0(train, tmp_path):
     started = time.monotonic()
     code, messages = train(*SYNTHETIC, "--steps", "100000", "--deadline", "1", "--checkpoint-dir", tmp_path)
@@ -165,17 +240,34 @@ def test_deadline_already_passed_checkpoints_and_exits_0(train, tmp_path):
 def test_stop_request_flags_signals_and_deadline_then_restores_handlers():
     from hpcvision.train.loop import StopRequest
 
-    before = signal.getsignal(signal.SIGUSR1)
-    with StopRequest(None, 0) as stop:
-        assert stop.reason() is None
-        os.kill(os.getpid(), signal.SIGUSR1)
-        time.sleep(0.1)
-        assert stop.reason() == "SIGUSR1"
-    assert signal.getsignal(signal.SIGUSR1) is before
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     with StopRequest(time.time() + 100, 50) as stop:
         assert stop.reason() is None
+    assert {sig: signal.getsignal(sig) for sig in before} == before
     with StopRequest(time.time() + 100, 200) as stop:
         assert stop.reason() == "deadline"
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    try:
+        with StopRequest(None, 0) as stop:
+            assert stop.reason() is None
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.1)
+            assert stop.reason() == "SIGUSR1"
+        # Stopping on a signal: its repeats are ignored from now on (this process is on its way out).
+        assert {sig: signal.getsignal(sig) for sig in before} == dict.fromkeys(before, signal.SIG_IGN)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def signal_until_exit(process: subprocess.Popen, signum: int, every_s: float = 0.02) -> None:
+    """Send `signum` again and again, as schedulers and `launch` do, until `process` has exited."""
+    while process.poll() is None:
+        try:
+            process.send_signal(signum)
+        except ProcessLookupError:
+            return
+        time.sleep(every_s)
 
 
 @pytest.mark.slow
@@ -187,8 +279,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, hpcvision_exe, signum=
     try:
         for line in process.stderr:
             if "step 3/" in line:
-                process.send_signal(signum)
                 break
+        # Not one signal but a stream of them, through the save, the final flush and TF's shutdown.
+        storm = threading.Thread(target=signal_until_exit, args=(process, signum), daemon=True)
+        storm.start()
         rest = process.stderr.read()
         assert process.wait(timeout=60) == 0, rest
     finally:
@@ -205,4 +299,4 @@ def test_bad_input_is_one_line_error(run_cli, tmp_path):
     code, _, err = run_cli("train", "--data", tmp_path / "missing", "--model", "small", "--checkpoint-dir", tmp_path)
     assert code == 2 and "missing/train-manifest.json" in err
     code, _, err = run_cli("launch", "--workers", "0", "--", "--synthetic")
-    assert code == 2 and "--workers must be >= 1" in err
+    assert code == 2 and "--workers 0: must be >= 1" in err

@@ -164,3 +164,26 @@ def test_labels_from_manifest_are_zero_based():
 def test_load_trained_model_needs_a_run(tmp_path):
     with pytest.raises(UserError, match="run.yaml: missing"):
         ckpt_lib.load_trained_model(tmp_path)
+
+
+def test_tidy_lists_the_checkpoints_a_killed_save_left_out_of_the_state_file(tmp_path):
+    import tensorflow as tf
+
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+
+    def manager(keep):
+        return tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=keep, checkpoint_name="ckpt")
+
+    first = manager(5)
+    first.save(checkpoint_number=1)
+    first.save(checkpoint_number=2)
+    (tmp_path / "checkpoint").unlink()
+    manager(5).save(checkpoint_number=3)  # a state file that lists only ckpt-3: 1 and 2 would stay forever
+    ckpt_lib.tidy_checkpoint_dir(tmp_path)
+    assert tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths == [
+        str(tmp_path / f"ckpt-{n}") for n in (1, 2, 3)]
+    written = (tmp_path / "checkpoint").stat().st_mtime_ns
+    ckpt_lib.tidy_checkpoint_dir(tmp_path)  # nothing missing: not rewritten
+    assert (tmp_path / "checkpoint").stat().st_mtime_ns == written
+    manager(2).save(checkpoint_number=4)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-3.index", "ckpt-4.index"]

@@ -3,24 +3,36 @@
 Atomicity: TensorFlow writes each checkpoint's `.data-*` and `.index` under temporary names and
 renames them into place (BundleWriter / MergeV2Checkpoints), and only then rewrites the `checkpoint`
 state file, itself through an atomic write. A reader that follows the state file therefore never
-sees a half-written checkpoint; one damaged afterwards (disk, copy) is skipped with a warning.
+sees a half-written checkpoint; one damaged afterwards (disk, copy) is skipped with a warning. What a
+save killed midway leaves (`ckpt-N_temp/`, `*.tempstate*`, a state file that lists too few checkpoints
+or none) is tidied by the chief before it saves again (`tidy_checkpoint_dir`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 from hpcvision.config import load_config, save_config
 from hpcvision.errors import UserError
+from hpcvision.files import atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.yaml"
 LABELS_FILE = "labels.json"
 CHECKPOINT_NAME = "ckpt"
+STATE_FILE = "checkpoint"  # CheckpointManager's list of the checkpoints it keeps
+# What TensorFlow leaves when a save of ours is killed: the shards' folder `<prefix>_temp/`, a merged
+# index or data file under `.tempstate<n>`, a data file whose index never came, the state file's
+# `checkpoint.tmp<uuid>` (functional_saver.py, tensor_bundle.cc MergeBundles, file_io.py; TF 2.21).
+_UNFINISHED = re.compile(rf"{CHECKPOINT_NAME}-\d+(_temp|\.(index|data-\d+-of-\d+)\.tempstate\d+)"
+                         rf"|{STATE_FILE}\.tmp[0-9a-f]{{32}}")
+_DATA = re.compile(rf"({CHECKPOINT_NAME}-\d+)\.data-\d+-of-\d+")
 
 
 def labels_from_manifest(manifest: dict) -> dict:
@@ -40,11 +52,60 @@ def synthetic_labels(num_classes: int) -> dict:
 
 
 def write_run_files(config, labels: dict, checkpoint_dir: str | Path) -> None:
-    """Record the run's settings and class names next to its checkpoints (chief only)."""
+    """Record the run's settings and class names next to its checkpoints (chief only; once the
+    checkpoint, if any, is known to hold this model)."""
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    save_config(config, directory / RUN_FILE)
-    (directory / LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
+    with atomic_path(directory / RUN_FILE) as tmp:
+        save_config(config, tmp)
+    write_atomic(directory / LABELS_FILE, json.dumps(labels, indent=1) + "\n")
+
+
+def tidy_checkpoint_dir(checkpoint_dir: str | Path) -> None:
+    """Before the chief saves into `checkpoint_dir`: remove what killed saves left there, and list every
+    checkpoint in the state file, which CheckpointManager prunes from (a checkpoint it does not list stays)."""
+    directory = Path(checkpoint_dir)
+    removed = _remove_unfinished_saves(directory)
+    if removed:
+        log.info("removed what interrupted saves left in %s: %s", directory, ", ".join(removed))
+    _list_every_checkpoint(directory)
+
+
+def _remove_unfinished_saves(directory: Path) -> list[str]:
+    """Delete our leftovers of killed saves (names as TensorFlow makes them, nothing else); their names."""
+    if not directory.is_dir():
+        return []
+    indexed = {Path(prefix).name for prefix in checkpoint_prefixes(directory)}
+    removed = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        data = _DATA.fullmatch(entry.name)
+        if _UNFINISHED.fullmatch(entry.name) or (data and data.group(1) not in indexed):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
+
+
+def _list_every_checkpoint(directory: Path) -> None:
+    """Rewrite the state file when a checkpoint on disk is missing from it (or it is missing), oldest first."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    names = [Path(prefix).name for prefix in reversed(checkpoint_prefixes(directory))]
+    state = tf.train.get_checkpoint_state(str(directory)) if names else None
+    listed = {Path(path).name for path in state.all_model_checkpoint_paths} if state else set()
+    if not set(names) - listed:
+        return
+    times = [(directory / f"{name}.index").stat().st_mtime for name in names]
+    # Timestamps after `last_preserved_timestamp` are what the manager may delete.
+    proto = tf.compat.v1.train.generate_checkpoint_state_proto(
+        os.path.abspath(directory), names[-1], all_model_checkpoint_paths=list(names),
+        all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1)
+    write_atomic(directory / STATE_FILE, text_format.MessageToString(proto))
+    log.info("%s: the checkpoint list now names all %d checkpoints, so the oldest are pruned again",
+             directory / STATE_FILE, len(names))
 
 
 def checkpoint_prefixes(checkpoint_dir: str | Path) -> list[str]:
@@ -57,26 +118,61 @@ def checkpoint_prefixes(checkpoint_dir: str | Path) -> list[str]:
     return [found[n] for n in sorted(found, reverse=True)]
 
 
-def restore_newest(checkpoint, checkpoint_dir: str | Path, *, partial: bool = False) -> str | None:
+def restore_newest(checkpoint, checkpoint_dir: str | Path, *, model: str, hint: str = "",
+                   partial: bool = False) -> str | None:
     """Restore the newest checkpoint that reads cleanly; its prefix, or None if there is none.
 
-    A damaged one is named in a warning and the previous one is tried; if all are damaged, UserError.
+    Every object of `checkpoint` must be bound (with `partial` the checkpoint may hold more, such as the
+    optimizer inference does not build); one of another model is a UserError that names `model` (what
+    this run expects) and ends with `hint`. A damaged one is named in a warning and the previous one is
+    tried; if all are damaged, UserError.
     """
     prefixes = checkpoint_prefixes(checkpoint_dir)
     for prefix in prefixes:
+        status = None
         try:
             status = checkpoint.restore(prefix)
+            status.assert_existing_objects_matched()
             if partial:
                 status.expect_partial()
-            else:
-                status.assert_existing_objects_matched()
             return prefix
+        except (AssertionError, ValueError) as exc:  # unbound objects, or a variable of another shape
+            _quiet_unrestored(checkpoint, status)
+            raise UserError(f"{checkpoint_dir}: {Path(prefix).name} holds another model than {model} "
+                            f"({_mismatch(exc)})" + (f"; {hint}" if hint else "")) from None
         except Exception as exc:  # noqa: BLE001 - TF raises many types for damaged files; all mean "skip"
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", _files_of(prefix), detail)
     if prefixes:
         raise UserError(f"{checkpoint_dir}: no usable checkpoint ({len(prefixes)} found, all unreadable)")
     return None
+
+
+def _quiet_unrestored(checkpoint, status) -> None:
+    """Keep TensorFlow from listing every value a refused checkpoint left unrestored (dozens of warnings
+    after our one line). A ValueError leaves no status: its pending restores hang on the root object
+    (TF 2.21 internals, skipped where absent) and lead to the same switch."""
+    if status is not None:
+        status.expect_partial()
+        return
+    for positions in getattr(checkpoint, "_deferred_dependencies", {}).values():
+        for position in positions:
+            coordinator = getattr(position, "checkpoint", None)
+            if coordinator is not None and hasattr(coordinator, "expect_partial"):
+                coordinator.expect_partial = True
+
+
+def _mismatch(exc: Exception) -> str:
+    """TensorFlow's restore error in a few words: which variable differs, or how many objects are unbound."""
+    text = str(exc)
+    shape = re.search(r"incompatible tensor with shape (\(.*?\)) when attempting to restore variable with "
+                      r"shape (\(.*?\)) and name (\S+?)(:\d+)?\.", text)
+    if shape:
+        return f"{shape.group(3)} has shape {shape.group(1)} in the checkpoint, {shape.group(2)} in the model"
+    unbound = re.search(r"Found (\d+) Python objects that were not bound", text)
+    if unbound:
+        return f"{unbound.group(1)} of the model's objects are not in the checkpoint"
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
 def _files_of(prefix: str) -> str:
@@ -119,7 +215,8 @@ def load_trained_model(checkpoint_dir: str | Path):
     # Build exactly as trained (aux heads included) so the checkpoint's object graph matches.
     aux = model_spec(config.model).has_aux
     trained = build_model(config.model, len(labels["classes"]), config.image_size, aux=aux)
-    restore_newest(tf.train.Checkpoint(model=trained), checkpoint_dir, partial=True)
+    expected = f"run.yaml's {config.model} with {len(labels['classes'])} classes"
+    restore_newest(tf.train.Checkpoint(model=trained), checkpoint_dir, model=expected, partial=True)
     if isinstance(trained.outputs, list) and len(trained.outputs) > 1:
         return keras.Model(trained.inputs, trained.outputs[0], name=trained.name), config, labels
     return trained, config, labels

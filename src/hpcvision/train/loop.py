@@ -40,10 +40,16 @@ log = logging.getLogger("hpcvision.train")
 
 # Positions in the per-step vector that is summed over replicas.
 LOSS, TOP1, TOP5, COUNT, STOP, SAVE = range(6)
+RESUME_HINT = "to resume it, use the settings of its run.yaml; for a new run, another --checkpoint-dir"
 
 
 class StopRequest:
-    """Set by SIGTERM/SIGUSR1 (what PBS and Slurm send before walltime) or by the job's deadline."""
+    """Set by SIGTERM/SIGUSR1 (what PBS and Slurm send before walltime) or by the job's deadline.
+
+    Once a signal asked to stop, further ones are ignored until the process exits: schedulers and
+    `launch` repeat them, and one arriving during the final flush or TensorFlow's slow shutdown
+    would turn a saved, clean stop into exit 143. Without a signal, leaving restores the handlers.
+    """
 
     def __init__(self, deadline: float | None, margin_s: float):
         self.signal_name: str | None = None
@@ -55,7 +61,7 @@ class StopRequest:
 
     def __exit__(self, *_exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.signal_name else handler)
 
     def _on_signal(self, signum, _frame) -> None:
         self.signal_name = signal.Signals(signum).name  # acted on at the next step boundary
@@ -149,12 +155,17 @@ def build_run(cfg, role: Role) -> Run:
             cfg, spec.has_aux, loss_scaling, global_batch, steps_per_epoch, total_steps)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, epoch=epoch)
     checkpoint_dir = Path(cfg.checkpoint_dir)
-    if role.is_chief:
+    restored = ckpt_lib.restore_newest(checkpoint, checkpoint_dir, model=f"--model {cfg.model} with "
+                                       f"{cfg.num_classes} classes", hint=RESUME_HINT)
+    start_step = int(step.numpy())
+    # Written only now that the checkpoint is known to hold this model, and not at all when nothing is
+    # left to do (a finished run's folder may be read-only).
+    records = role.is_chief and start_step < total_steps
+    if records:
+        ckpt_lib.tidy_checkpoint_dir(checkpoint_dir)  # before the manager reads the state file
         ckpt_lib.write_run_files(cfg, info.labels, checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=cfg.keep_checkpoints,
                                          checkpoint_name=ckpt_lib.CHECKPOINT_NAME)
-    restored = ckpt_lib.restore_newest(checkpoint, checkpoint_dir)
-    start_step = int(step.numpy())
     log.info("%s: %s strategy, %d replica(s), global batch %d, %d steps/epoch, %d steps; %s", role.name,
              role.kind, strategy.num_replicas_in_sync, global_batch, steps_per_epoch, total_steps,
              f"resumed from {restored} at step {start_step}" if restored else "starting at step 0")
@@ -165,13 +176,14 @@ def build_run(cfg, role: Role) -> Run:
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, loss_scaling=loss_scaling, model=model,
                optimizer=optimizer, step=step, epoch=epoch, learning_rate=learning_rate, checkpoint=checkpoint,
                manager=manager, restored=restored, start_step=start_step, coordinator=coordinator,
-               summaries=_open_summaries(cfg, role, start_step))
+               summaries=_open_summaries(cfg, records, start_step))
 
 
-def _open_summaries(cfg, role: Role, start_step: int) -> Summaries:
-    """TensorBoard writers (chief only), starting with a few training inputs and their boxes."""
-    summaries = Summaries(Path(cfg.checkpoint_dir) / "logs" if role.is_chief else None)
-    samples = inputs.sample_inputs(cfg, cfg.image_size) if role.is_chief else None
+def _open_summaries(cfg, records: bool, start_step: int) -> Summaries:
+    """TensorBoard writers (when this process `records`: the chief, with steps to do), starting with a
+    few training inputs and their boxes."""
+    summaries = Summaries(Path(cfg.checkpoint_dir) / "logs" if records else None)
+    samples = inputs.sample_inputs(cfg, cfg.image_size) if records else None
     if samples is not None:
         summaries.sample_inputs(*samples, step=start_step)
     return summaries
