@@ -321,3 +321,72 @@ def test_a_run_yaml_written_before_the_input_section_still_loads(run_dir, tmp_pa
 
     expected = preprocess_for_eval(tf.constant(photo), IMAGE_SIZE, normalize="unit", central_fraction=1.0)
     np.testing.assert_array_equal(classifier.preprocess(photo).numpy(), expected.numpy())
+
+
+def _copy_of_run(run_dir, tmp_path, *, classes: int | None = None, model: str | None = None) -> Path:
+    """A copy of the test run whose labels.json lists `classes` classes, or whose run.yaml names `model`."""
+    import shutil
+
+    import yaml
+
+    copy = Path(shutil.copytree(run_dir["ckpt"], tmp_path / "other-run"))
+    if classes is not None:
+        labels = json.loads((copy / "labels.json").read_text())
+        (copy / "labels.json").write_text(json.dumps(dict(labels, classes=labels["classes"][:classes])))
+    if model is not None:
+        config = yaml.safe_load((copy / "run.yaml").read_text())
+        (copy / "run.yaml").write_text(yaml.safe_dump(dict(config, model=model, image_size=32), sort_keys=False))
+    return copy
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(run_dir, tmp_path):
+    """Every model variable must come from the checkpoint: no silent untrained model (issue 9, item 1)."""
+    from hpcvision.errors import UserError
+    from hpcvision.train.checkpoint import load_trained_model
+
+    fewer = _copy_of_run(run_dir, tmp_path / "a", classes=5)
+    with pytest.raises(UserError) as refused:
+        load_trained_model(fewer)
+    assert str(refused.value) == (f"{fewer}: ckpt-10 holds another model than run.yaml's tiny_test with 5 classes "
+                                  "(logits/kernel has shape (16, 8) in the checkpoint, (16, 5) in the model)")
+    other = _copy_of_run(run_dir, tmp_path / "b", model="resnet18")
+    with pytest.raises(UserError) as refused:  # before: restored nothing, and served an untrained resnet18
+        load_trained_model(other)
+    assert str(refused.value) == (f"{other}: ckpt-10 holds another model than run.yaml's resnet18 with 8 classes "
+                                  "(102 of the model's objects are not in the checkpoint)")
+
+
+def test_export_of_another_models_checkpoint_is_one_line_and_writes_nothing(run_cli, run_dir, tmp_path):
+    other = _copy_of_run(run_dir, tmp_path, model="small")
+    code, _, stderr = run_cli("export", "--checkpoint-dir", other, "--out", tmp_path / "export")
+    assert code == 2
+    assert stderr.startswith(f"hpcvision: error: {other}: ckpt-10 holds another model than run.yaml's small")
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "export").exists()
+
+
+def test_export_that_cannot_finish_is_one_line_and_leaves_no_half_export(run_cli, run_dir, tmp_path, monkeypatch):
+    """A full disk mid-export (simulated: the .keras write fails after the SavedModel), and a real
+    read-only --out where not root: one line, and OUT as it was (issue 9, item 7)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def disk_full(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\0\0 half a zip")
+        raise OSError(28, os.strerror(28))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", disk_full)
+        code, _, stderr = run_cli("export", "--checkpoint-dir", run_dir["ckpt"], "--out", out)
+    assert (code, stderr.strip()) == (2, f"hpcvision: error: {out}: {os.strerror(28)}")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    code, _, stderr = run_cli("export", "--checkpoint-dir", run_dir["ckpt"], "--out", tmp_path / "new")
+    assert code == 0 and (tmp_path / "new" / "export.json").is_file()
+    if os.geteuid() != 0:  # root writes into a 0o555 folder anyway
+        out.chmod(0o555)
+        try:
+            code, _, stderr = run_cli("export", "--checkpoint-dir", run_dir["ckpt"], "--out", out)
+        finally:
+            out.chmod(0o755)
+        assert (code, len(stderr.strip().splitlines())) == (2, 1) and str(out) in stderr, stderr
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]

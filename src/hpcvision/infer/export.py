@@ -6,14 +6,19 @@ a client sends raw JPEG bytes and gets the top-5 classes back, with wnids and na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import tensorflow as tf
 
 from hpcvision.data import presets
 from hpcvision.errors import UserError
+from hpcvision.files import temporary_path
 from hpcvision.infer.predict import EXPORT_INFO, feature_model, from_checkpoint
 from hpcvision.train.checkpoint import LABELS_FILE
 
@@ -70,20 +75,16 @@ class ServingModule(tf.Module):
 
 
 def export_model(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
-    """Write OUT/{saved_model.pb, variables/, model.keras, labels.json, export.json}; returns export.json."""
+    """Write OUT/{saved_model.pb, variables/, model.keras, labels.json, export.json}; returns export.json.
+
+    All of it is written into a hidden folder in OUT first and moved into place once complete, so a
+    full or read-only disk ends the export without half an export in OUT (nor the temporaries).
+    """
     classifier = from_checkpoint(checkpoint_dir)
     model, labels = classifier.keras_model, classifier.labels
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    module = ServingModule(
-        model, classifier.classes, classifier.image_size, classifier.normalize, classifier.central_fraction
-    )
-    signatures = {"serving_default": module.serve_jpeg, "serving_pixels": module.serve_pixels}
-    tf.saved_model.save(module, str(out), signatures=signatures)
-    model.save(out / "model.keras")
-    (out / LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
     info = {
         "model": classifier.model_name,
         "step": classifier.step,
@@ -97,6 +98,40 @@ def export_model(checkpoint_dir: str | Path, out_dir: str | Path) -> dict:
             "serving_pixels": "images: float32 [N,H,W,3] in 0..255 -> the same (resized, not cropped)",
         },
     }
-    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    module = ServingModule(
+        model, classifier.classes, classifier.image_size, classifier.normalize, classifier.central_fraction
+    )
+    signatures = {"serving_default": module.serve_jpeg, "serving_pixels": module.serve_pixels}
+    with _staged(out) as stage:
+        tf.saved_model.save(module, str(stage), signatures=signatures)
+        model.save(stage / "model.keras")
+        (stage / LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
+        (stage / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
     log.info("exported %s (step %s) to %s", classifier.model_name, classifier.step, out)
     return info
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A hidden folder in `out` to write into; on success its entries replace those of the same name in
+    `out`, else it is removed (and `out`, if made here). An OSError of ours names `out`."""
+    made = not out.exists()
+    stage = temporary_path(out / "export")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()
+        yield stage
+        for entry in sorted(stage.iterdir()):
+            target = out / entry.name
+            if target.is_dir() and not target.is_symlink():  # a previous export's variables/ or assets/
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        stage.rmdir()
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        if isinstance(exc, OSError) and exc.errno is not None and str(stage) in str(exc.filename or stage):
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(out)) from exc
+        raise
