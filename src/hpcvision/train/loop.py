@@ -160,8 +160,8 @@ def build_run(cfg, role: Role) -> Run:
     start_step = int(step.numpy())
     # Written only now that the checkpoint is known to hold this model, and not at all when nothing is
     # left to do (a finished run's folder may be read-only).
-    records = role.is_chief and start_step < total_steps
-    if records:
+    writes_here = role.is_chief and start_step < total_steps
+    if writes_here:
         ckpt_lib.tidy_checkpoint_dir(checkpoint_dir)  # before the manager reads the state file
         ckpt_lib.write_run_files(cfg, info.labels, checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=cfg.keep_checkpoints,
@@ -176,14 +176,14 @@ def build_run(cfg, role: Role) -> Run:
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, loss_scaling=loss_scaling, model=model,
                optimizer=optimizer, step=step, epoch=epoch, learning_rate=learning_rate, checkpoint=checkpoint,
                manager=manager, restored=restored, start_step=start_step, coordinator=coordinator,
-               summaries=_open_summaries(cfg, records, start_step))
+               summaries=_open_summaries(cfg, writes_here, start_step))
 
 
-def _open_summaries(cfg, records: bool, start_step: int) -> Summaries:
-    """TensorBoard writers (when this process `records`: the chief, with steps to do), starting with a
+def _open_summaries(cfg, writes_here: bool, start_step: int) -> Summaries:
+    """TensorBoard writers (when this process `writes_here`: the chief, with steps to do), starting with a
     few training inputs and their boxes."""
-    summaries = Summaries(Path(cfg.checkpoint_dir) / "logs" if records else None)
-    samples = inputs.sample_inputs(cfg, cfg.image_size) if records else None
+    summaries = Summaries(Path(cfg.checkpoint_dir) / "logs" if writes_here else None)
+    samples = inputs.sample_inputs(cfg, cfg.image_size) if writes_here else None
     if samples is not None:
         summaries.sample_inputs(*samples, step=start_step)
     return summaries
