@@ -187,6 +187,37 @@ def _check_truncated_jpeg(path: str | Path, encoded: bytes) -> None:
         raise UserError(f"{path}: truncated or corrupt JPEG ({exc})") from None
 
 
+def _check_pixel_count(path: str | Path, encoded: bytes) -> None:
+    """Refuse an image whose header claims more than MAX_PIXELS, before anything is decoded.
+
+    Pillow's open reads the header only. Refusing rather than decoding at reduced size: only JPEG can
+    be decoded smaller (DCT scaling), a PNG is decoded whole whatever size is asked; and it is the limit
+    `data build` applies, so nothing the model was trained or evaluated on is refused here.
+    """
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from hpcvision.data.images import MAX_PIXELS
+
+    def too_large(size: str) -> UserError:
+        return UserError(f"{path}: too large: {size}, the limit is {MAX_PIXELS:,}; not decoded")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(encoded)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (2 x 89 Mpx) is above ours
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise too_large(f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels than Pillow opens") from None
+    except Exception:  # noqa: BLE001 - a header Pillow cannot read: TensorFlow's decode says what is wrong
+        return
+    if width * height > MAX_PIXELS:
+        raise too_large(f"{width}x{height} = {width * height:,} pixels")
+
+
 def read_and_preprocess(classifier: Classifier, path: str | Path) -> tf.Tensor:
     """One image file as the model sees it; UserError (naming the file) if unreadable."""
     try:
@@ -197,6 +228,7 @@ def read_and_preprocess(classifier: Classifier, path: str | Path) -> tf.Tensor:
         raise UserError(f"{path}: empty file")
     if not encoded.startswith(_IMAGE_MAGIC):
         raise UserError(f"{path}: not a JPEG, PNG, GIF or BMP image")
+    _check_pixel_count(path, encoded)
     if encoded.startswith(b"\xff\xd8") and not encoded.rstrip(b"\0").endswith(b"\xff\xd9"):
         _check_truncated_jpeg(path, encoded)
     try:
