@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +22,13 @@ import tensorflow as tf
 
 from hpcvision.data import presets
 from hpcvision.data.input_config import InputConfig
-from hpcvision.data.shards import manifest_path, read_manifest
+from hpcvision.data.shards import has_manifest, manifest_path, read_manifest
 from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
+PARSE_BATCH = 64  # records parsed per op, then decoded one by one
 
 _BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax", "image/object/bbox/xmax")
 # The keys the pipeline reads; their parse spec comes from hpcvision.data.records (one schema).
@@ -114,7 +119,11 @@ def _read(share: _Share, *, training: bool, seed: int | None, deterministic: boo
 
 def _preprocess(dataset: tf.data.Dataset, config: InputConfig, image_size: int, label_offset: int, *,
                 training: bool, element_seed: int | None, deterministic: bool) -> tf.data.Dataset:
-    """Parsed records -> (image, 0-based label) through the training or evaluation preset."""
+    """Serialised records -> (image, 0-based label) through the training or evaluation preset.
+
+    A record whose image does not decode (garbage JPEG data, a header claiming more pixels than the
+    decoder takes) is dropped and TensorFlow logs why; `make_dataset`'s callers count what is missing.
+    """
 
     def label(features):
         return tf.cast(features["image/class/label"] - label_offset, tf.int32)
@@ -126,11 +135,29 @@ def _preprocess(dataset: tf.data.Dataset, config: InputConfig, image_size: int, 
     def evaluate(features):
         return presets.eval_image(features["image/encoded"], image_size, config), label(features)
 
-    if not training:
-        return dataset.map(evaluate, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    # Two independent stateless seed pairs per element (crop, flip); a new sequence each epoch.
-    seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(4)
-    return tf.data.Dataset.zip((dataset, seeds)).map(train, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if training:
+        # Two independent stateless seed pairs per element (crop, flip); a new sequence each epoch.
+        seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(4)
+        dataset = tf.data.Dataset.zip((dataset, seeds))
+    # Parse 64 records per op (about twice as fast per record as one at a time).
+    dataset = dataset.batch(PARSE_BATCH).map(
+        (lambda records, seeds: (parse_records(records), seeds)) if training else (lambda r: (parse_records(r),)),
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return _decode_skipping_errors(dataset, train if training else evaluate, deterministic)
+
+
+def _decode_skipping_errors(parsed: tf.data.Dataset, fn, deterministic: bool) -> tf.data.Dataset:
+    """Each parsed batch -> `fn` per image, in a dataset of its own whose `ignore_errors` drops the images
+    `fn` fails on. Only those: a corrupt shard (DataLossError) comes from `parsed` and still stops the
+    pipeline, which an `ignore_errors` after a plain map would silently end that shard at instead (and
+    it would also stop the map fusing with `batch`, measured 35 % slower). Same order as a plain map.
+    """
+
+    def decode(*batch):
+        return tf.data.Dataset.from_tensor_slices(batch).map(fn).ignore_errors(log_warning=True)
+
+    return parsed.interleave(decode, block_length=PARSE_BATCH, num_parallel_calls=AUTOTUNE,
+                             deterministic=deterministic)
 
 
 def make_dataset(
@@ -167,8 +194,6 @@ def make_dataset(
                                   reshuffle_each_iteration=True)
     if training if repeat is None else repeat:
         dataset = dataset.repeat()
-    # Parse 64 records per op, then back to single records for the per-image work.
-    dataset = dataset.batch(64).map(parse_records, num_parallel_calls=AUTOTUNE, deterministic=deterministic).unbatch()
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
     dataset = _preprocess(
         dataset, config, image_size, manifest["label_offset"] if label_offset is None else label_offset,
@@ -206,6 +231,75 @@ def _options(deterministic: bool) -> tf.data.Options:
     return options
 
 
+def report_skipped(data_dir: str | Path, name: str, read: int) -> int:
+    """How many records of a split read once were dropped as undecodable (listed - read); one warning line."""
+    path = manifest_path(data_dir, name)
+    listed = int(read_manifest(data_dir, name)["num_examples"])
+    if read > listed:
+        log.warning("%s lists %d examples but %d were read", path, listed, read)
+    skipped = max(listed - read, 0)
+    if skipped:
+        log.warning("%s: %d of %d records skipped, their images do not decode; list them with: "
+                    "hpcvision data verify %s --name %s --decode", path, skipped, listed, data_dir, name)
+    return skipped
+
+
+@contextmanager
+def naming_corrupt_shards(data_dir: str | Path | None, *names: str) -> Iterator[None]:
+    """Turn a DataLossError from reading these splits' shards into a UserError naming the shard."""
+    try:
+        yield
+    except tf.errors.DataLossError as exc:
+        if data_dir is None:
+            raise
+        raise corrupt_shard_error(Path(data_dir), names, exc) from None
+
+
+def corrupt_shard_error(data_dir: Path, names: tuple[str, ...], exc: Exception) -> UserError:
+    """One line for TFRecordDataset's "corrupted record at OFFSET" (which names no file): the shard and record."""
+    found = re.search(r"corrupted record at (\d+)", str(getattr(exc, "message", exc)))
+    offset = int(found.group(1)) if found else 0
+    for name in (n for n in names if has_manifest(data_dir, n)):
+        for path in (Path(shard["path"]) for shard in read_manifest(data_dir, name)["shards"]):
+            problem = _record_problem_at(path, offset) if _size(path) > offset else None
+            if problem:
+                return UserError(f"{path}: {problem}; check the split with: hpcvision data verify {data_dir} "
+                                 f"--name {name}")
+    what = f"a corrupted record at byte {offset}" if found else "a corrupted record"
+    split = " / ".join(names)
+    return UserError(f"{data_dir}: {what} in a shard of {split}; find it with: hpcvision data verify {data_dir} "
+                     f"--name {names[0]}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def _record_problem_at(path: Path, offset: int) -> str | None:
+    """What verify's reader finds wrong with the record TensorFlow reported at byte `offset`, or None.
+
+    TensorFlow gives a record's start for a bad length, the start of its data (12 bytes on) for bad
+    data. The reader starts at the beginning of the file, so the records before are read too, only on
+    this error path.
+    """
+    from hpcvision.data.records import CorruptRecord, read_records
+
+    position = 0
+    try:
+        for data in read_records(path):
+            position += 16 + len(data)  # 8-byte length, two 4-byte CRCs
+            if position > offset:
+                return None
+    except CorruptRecord as exc:
+        return f"record {exc.index}: {exc.reason}" if offset in (position, position + 12) else None
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    return None
+
+
 def sample_batch_with_boxes(data_dir: str | Path, name: str, n: int, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """The first `n` images, whole, resized to uint8 [n,S,S,3], and their boxes [n,K,4] for drawing.
 
@@ -214,9 +308,14 @@ def sample_batch_with_boxes(data_dir: str | Path, name: str, n: int, image_size:
     """
     files = [shard["path"] for shard in read_manifest(data_dir, name)["shards"]]
     images, boxes = [], []
-    for serialized in tf.data.TFRecordDataset(files).take(n):
+    for serialized in tf.data.TFRecordDataset(files):
+        if len(images) == n:
+            break
         features = _parse(serialized)
-        image = tf.io.decode_jpeg(features["image/encoded"], channels=3)
+        try:
+            image = tf.io.decode_jpeg(features["image/encoded"], channels=3)
+        except tf.errors.InvalidArgumentError:  # an image that does not decode: training skips it too
+            continue
         images.append(tf.cast(tf.clip_by_value(tf.round(presets.resize(image, image_size)), 0, 255), tf.uint8))
         image_boxes = record_boxes(features)
         boxes.append(image_boxes if image_boxes.shape[0] else tf.constant([[0.0, 0.0, 1.0, 1.0]]))

@@ -67,16 +67,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of `hpcvision evaluate`."""
+    from hpcvision.data.pipeline import naming_corrupt_shards
     from hpcvision.infer.evaluate import evaluate
 
     config = load_config(EvaluateConfig, args)
     classifier = _load(config)
     log_dir = Path(config.checkpoint_dir) / "logs" / "eval" if config.checkpoint_dir else None
-    metrics = evaluate(classifier, config.data, config.name, config.out, batch_size=config.batch_size,
-                       log_dir=log_dir)
+    with naming_corrupt_shards(config.data, config.name):
+        metrics = evaluate(classifier, config.data, config.name, config.out, batch_size=config.batch_size,
+                           log_dir=log_dir)
+    skipped = f", {metrics['skipped_records']} skipped" if metrics["skipped_records"] else ""
     print(
         f"{config.name}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
-        f"({metrics['num_examples']} images, step {metrics['checkpoint_step']})"
+        f"({metrics['num_examples']} images{skipped}, step {metrics['checkpoint_step']})"
     )
     print(f"wrote {Path(config.out) / 'metrics.json'} and confusion_matrix.png")
     if log_dir is not None:

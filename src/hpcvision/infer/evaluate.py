@@ -5,6 +5,7 @@ Every record of the split is read exactly once (no repeat, last partial batch ke
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from hpcvision.data.shards import manifest_path, read_manifest
 from hpcvision.errors import UserError
+from hpcvision.files import write_atomic
 from hpcvision.infer.predict import Classifier
 from hpcvision.progress import progress
 
@@ -71,8 +73,8 @@ def _check_labels(classifier: Classifier, manifest: dict, source: str) -> None:
                 )
 
 
-def plot_confusion(confusion: np.ndarray, classes: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Row-normalised confusion matrix as a PNG (class names on the axes up to 30 classes)."""
+def confusion_png(confusion: np.ndarray, classes: list[dict[str, Any]], title: str) -> bytes:
+    """Row-normalised confusion matrix as PNG bytes (class names on the axes up to 30 classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,21 +99,43 @@ def plot_confusion(confusion: np.ndarray, classes: list[dict[str, Any]], path: P
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
                         color="white" if share[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    return buffer.getvalue()
 
 
-def write_summaries(log_dir: str | Path, metrics: dict[str, Any], png: Path, step: int) -> None:
-    """top1/top5 scalars and the confusion matrix image in `log_dir` (a run's logs/eval)."""
+def write_summaries(writer, metrics: dict[str, Any], png: bytes, step: int) -> None:
+    """top1/top5 scalars and the confusion matrix image through `writer` (a run's logs/eval)."""
     import tensorflow as tf
 
     from hpcvision.train.summaries import write_scalars
 
-    writer = tf.summary.create_file_writer(str(log_dir))
     write_scalars(writer, {name: metrics[name] for name in ("top1", "top5")}, step)
     with writer.as_default(step=step):
-        tf.summary.image("confusion_matrix", tf.io.decode_png(png.read_bytes(), channels=3)[tf.newaxis], step=step)
+        tf.summary.image("confusion_matrix", tf.io.decode_png(png, channels=3)[tf.newaxis], step=step)
     writer.close()
+
+
+def _open_outputs(out: Path, log_dir: str | Path | None):
+    """Create OUT and the summary writer before the long part, so an unwritable folder (a read-only
+    checkpoint folder) ends the command before anything is written; the writer, or None."""
+    import tensorflow as tf
+
+    out.mkdir(parents=True, exist_ok=True)
+    return None if log_dir is None else tf.summary.create_file_writer(str(log_dir))
+
+
+def _tally(classifier: Classifier, dataset, manifest: dict, name: str, source: str) -> Tally:
+    tally = Tally(len(classifier.classes))
+    with progress(manifest.get("num_examples"), f"evaluate {name}") as bar:
+        for images, labels in dataset:
+            labels = labels.numpy()
+            if labels.size and (labels.min() < 0 or labels.max() >= len(classifier.classes)):
+                raise UserError(f"{source}: label {labels.min()}..{labels.max()} outside the model's classes")
+            tally.add(classifier.logits(images), labels)
+            bar.update(len(labels))
+    return tally
 
 
 def evaluate(
@@ -123,38 +147,35 @@ def evaluate(
     batch_size: int = 64,
     log_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate over every record of `DIR/<name>-*`; writes OUT/metrics.json and the confusion PNGs."""
+    """Evaluate over every record of `DIR/<name>-*`; writes OUT/metrics.json and the confusion PNGs.
+
+    A record whose image does not decode is skipped and counted (`skipped_records`), not fatal.
+    """
     from hpcvision.data.input_config import InputConfig
-    from hpcvision.data.pipeline import make_dataset
+    from hpcvision.data.pipeline import make_dataset, report_skipped
 
     manifest = read_manifest(data_dir, name)
     source = str(manifest_path(data_dir, name))
     _check_labels(classifier, manifest, source)
+    out = Path(out_dir)
+    writer = _open_outputs(out, log_dir)
     preprocessing = InputConfig(normalize=classifier.normalize, central_fraction=classifier.central_fraction)
     dataset = make_dataset(data_dir, name, preprocessing, training=False, batch_size=batch_size,
                            image_size=classifier.image_size)
-    tally = Tally(len(classifier.classes))
-    with progress(manifest.get("num_examples"), f"evaluate {name}") as bar:
-        for images, labels in dataset:
-            labels = labels.numpy()
-            if labels.size and (labels.min() < 0 or labels.max() >= len(classifier.classes)):
-                raise UserError(f"{source}: label {labels.min()}..{labels.max()} outside the model's classes")
-            tally.add(classifier.logits(images), labels)
-            bar.update(len(labels))
+    tally = _tally(classifier, dataset, manifest, name, source)
     metrics = tally.metrics(classifier.classes)
     metrics.update(
         {"checkpoint_step": classifier.step, "model": classifier.model_name, "source": classifier.source,
-         "data": str(data_dir), "name": name}
+         "data": str(data_dir), "name": name,
+         "skipped_records": report_skipped(data_dir, name, tally.count)}
     )
-    if metrics["num_examples"] != manifest["num_examples"]:
-        log.warning("%s lists %d examples but %d were read", source, manifest["num_examples"], tally.count)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    np.save(out / "confusion_matrix.npy", tally.confusion)
-    png = out / "confusion_matrix.png"
     title = f"{classifier.model_name} step {classifier.step}: top-1 {metrics['top1']:.2%} on {name}"
-    plot_confusion(tally.confusion, classifier.classes, png, title)
-    if log_dir is not None:
-        write_summaries(log_dir, metrics, png, int(classifier.step or 0))
+    png = confusion_png(tally.confusion, classifier.classes, title)
+    matrix = io.BytesIO()
+    np.save(matrix, tally.confusion)
+    write_atomic(out / "confusion_matrix.npy", matrix.getvalue())
+    write_atomic(out / "confusion_matrix.png", png)
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    if writer is not None:
+        write_summaries(writer, metrics, png, int(classifier.step or 0))
     return metrics

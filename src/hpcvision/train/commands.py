@@ -42,9 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of `hpcvision train`."""
+    from hpcvision.data.pipeline import naming_corrupt_shards
     from hpcvision.train.loop import train
 
-    return train(load_config(TrainConfig, args, args.config))
+    config = load_config(TrainConfig, args, args.config)
+    with naming_corrupt_shards(None if config.synthetic else config.data, config.train_name, config.val_name):
+        return train(config)
 
 
 def run_launch(args: argparse.Namespace) -> int:
