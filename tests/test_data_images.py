@@ -189,5 +189,5 @@ def test_a_png_above_the_pixel_limit_is_skipped_without_decoding(monkeypatch):
     huge = png[:ihdr] + b"IHDR" + (30_000).to_bytes(4, "big") * 2 + png[ihdr + 12:]
     body = huge[ihdr: ihdr + 17]
     huge = huge[: ihdr + 17] + zlib.crc32(body).to_bytes(4, "big") + huge[ihdr + 21:]
-    with pytest.raises(ImageProblem, match=r"too large: more than 100,000,000 pixels"):  # Pillow's bomb error
+    with pytest.raises(ImageProblem, match=r"too large: [0-9,]+ pixels is more than 100,000,000 pixels"):  # Pillow's bomb error
         prepare_image(huge)

@@ -29,7 +29,7 @@ def test_a_storage_failure_is_one_line_and_exit_2(monkeypatch, capsys, code):
 
 def test_tensorflow_storage_errors_are_recognised_by_their_text(monkeypatch, capsys):
     tf_error = type("PermissionDeniedError", (Exception,), {"__module__": "tensorflow.python.framework.errors_impl"})
-    exc = tf_error("/ckpt/checkpoint_temp; Read-only file system\n\tcontext")
+    exc = tf_error("{{function_node __wrapped__SaveV2}} /ckpt/checkpoint_temp; Read-only file system [Op:SaveV2]\n\tcontext")
     assert _main_raising(monkeypatch, exc) == 2
     assert capsys.readouterr().err.strip() == "hpcvision: error: /ckpt/checkpoint_temp; Read-only file system"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 
 class UserError(Exception):
@@ -30,7 +31,19 @@ def storage_problem(exc: BaseException) -> str | None:
         where = exc.filename if exc.filename is not None else "output"
         return f"{where}: {exc.strerror or os.strerror(exc.errno)}"
     if type(exc).__module__.startswith("tensorflow"):
-        message = str(getattr(exc, "message", exc)).strip()
-        if any(text in message for text in STORAGE_MESSAGES):
-            return message.splitlines()[0]
+        lines = [line for line in _op_error_lines(exc) if any(text in line for text in STORAGE_MESSAGES)]
+        return lines[0] if lines else None
     return None
+
+
+def op_error_line(exc: BaseException) -> str:
+    """The informative line of a TensorFlow op error, without "Graph execution error:", node names, stacks."""
+    lines = _op_error_lines(exc)
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _op_error_lines(exc: BaseException) -> list[str]:
+    text = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]", "", str(getattr(exc, "message", exc)))
+    skip = ("Graph execution error", "Detected at node", "File ", "Traceback")
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if re.search("[A-Za-z]", line) and not line.startswith(skip)]

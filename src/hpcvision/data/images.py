@@ -10,6 +10,7 @@ whose header claims more than MAX_PIXELS is skipped before any decoding.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ MAX_PIXELS = 100_000_000
 
 class ImageProblem(ValueError):
     """An image that cannot be used; the message is the reason written to skipped.tsv."""
+
+
+class TooLarge(ImageProblem):
+    """An image whose header claims more than MAX_PIXELS: refused before anything is decoded."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,25 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
 def check_pixels(width: int, height: int) -> None:
     """ImageProblem if an image of this size is above MAX_PIXELS (checked before anything is decoded)."""
     if width * height > MAX_PIXELS:
-        raise ImageProblem(f"too large: {width}x{height} is more than {MAX_PIXELS:,} pixels")
+        raise TooLarge(f"too large: {width}x{height} is more than {MAX_PIXELS:,} pixels")
+
+
+def check_header_pixels(data: bytes) -> None:
+    """TooLarge if the image's header claims more than MAX_PIXELS; nothing is decoded.
+
+    A header that does not parse passes: whoever decodes the image then says what is wrong with it.
+    """
+    header = jpeg_header(data)
+    if header is not None:
+        check_pixels(header[0], header[1])
+        return
+    try:
+        size = _open(data).size
+    except TooLarge:
+        raise
+    except ImageProblem:
+        return
+    check_pixels(*size)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -94,7 +117,9 @@ def _open(data: bytes) -> Image.Image:
             warnings.simplefilter("ignore")  # DecompressionBombWarning etc.: reported via the reason
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # Pillow's own limit is above ours: too large for us too
-        raise ImageProblem(f"too large: more than {MAX_PIXELS:,} pixels ({_short(exc)})") from None
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds limit ..."
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than Pillow opens, which"
+        raise TooLarge(f"too large: {size} is more than {MAX_PIXELS:,} pixels") from None
     except Exception as exc:  # Pillow raises many types for garbage input
         raise ImageProblem(f"not a readable image ({type(exc).__name__}: {_short(exc)})") from None
 

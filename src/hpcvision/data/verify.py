@@ -10,14 +10,13 @@ record index (exit code 2).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 
 from hpcvision.data import records
 from hpcvision.data.images import ImageProblem, check_pixels
 from hpcvision.data.shards import manifest_path, read_manifest
-from hpcvision.errors import UserError
+from hpcvision.errors import UserError, op_error_line
 from hpcvision.progress import progress
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,6 @@ def _check_record(data: bytes, labels: dict[int, tuple[str, str]], decode: bool)
     return None
 
 
-def _op_message(exc: Exception) -> str:
-    """TensorFlow's reason without its op/device decoration: 'jpeg::Uncompress failed. Invalid JPEG data...'."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(getattr(exc, "message", exc))).split(" [Op:")[0]
-    return text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__
-
-
 def _check_pixels(features: dict) -> str | None:
     """Decode the JPEG as training does (TensorFlow's decode_jpeg, stricter than Pillow about a
     damaged scan) and compare its size; a size above MAX_PIXELS is refused before decoding."""
@@ -66,7 +59,7 @@ def _check_pixels(features: dict) -> str | None:
     try:
         shape = tf.io.decode_jpeg(features["image/encoded"][0], channels=3).shape
     except tf.errors.OpError as exc:
-        return f"JPEG does not decode ({_op_message(exc)})"
+        return f"JPEG does not decode ({op_error_line(exc)})"
     if (shape[1], shape[0]) != (width, height):
         return f"decoded {shape[1]}x{shape[0]} differs from the stored {width}x{height}"
     return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from hpcvision.errors import UserError
+from hpcvision.errors import UserError, op_error_line
 from hpcvision.train.checkpoint import load_labels
 
 log = logging.getLogger(__name__)
@@ -164,15 +163,6 @@ def load_classifier(checkpoint_dir: str | Path | None = None, model_path: str | 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
-def _op_error_line(exc: Exception) -> str:
-    """The informative line of a TensorFlow op error (not "Graph execution error:", node names, stacks)."""
-    text = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]", "", str(getattr(exc, "message", exc)))
-    skip = ("Graph execution error", "Detected at node", "File ", "Traceback")
-    lines = [line.strip() for line in text.splitlines()]
-    useful = [line for line in lines if re.search("[A-Za-z]", line) and not line.startswith(skip)]
-    return (useful[-1] if useful else type(exc).__name__)[:200]
-
-
 def _check_truncated_jpeg(path: str | Path, encoded: bytes) -> None:
     # No end marker: decode with Pillow first, so a cut-off file gets our one-line error rather than
     # libjpeg's messages on stderr.
@@ -190,32 +180,16 @@ def _check_truncated_jpeg(path: str | Path, encoded: bytes) -> None:
 def _check_pixel_count(path: str | Path, encoded: bytes) -> None:
     """Refuse an image whose header claims more than MAX_PIXELS, before anything is decoded.
 
-    Pillow's open reads the header only. Refusing rather than decoding at reduced size: only JPEG can
-    be decoded smaller (DCT scaling), a PNG is decoded whole whatever size is asked; and it is the limit
-    `data build` applies, so nothing the model was trained or evaluated on is refused here.
+    Refusing rather than decoding at reduced size: only JPEG can be decoded smaller (DCT scaling), a
+    PNG is decoded whole whatever size is asked; and it is the limit `data build` applies, so nothing
+    the model was trained or evaluated on is refused here.
     """
-    import io
-    import warnings
-
-    from PIL import Image
-
-    from hpcvision.data.images import MAX_PIXELS
-
-    def too_large(size: str) -> UserError:
-        return UserError(f"{path}: too large: {size}, the limit is {MAX_PIXELS:,}; not decoded")
+    from hpcvision.data.images import TooLarge, check_header_pixels
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(encoded)) as image:
-                width, height = image.size
-    except Image.DecompressionBombError as exc:  # Pillow's own limit (2 x 89 Mpx) is above ours
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise too_large(f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels than Pillow opens") from None
-    except Exception:  # noqa: BLE001 - a header Pillow cannot read: TensorFlow's decode says what is wrong
-        return
-    if width * height > MAX_PIXELS:
-        raise too_large(f"{width}x{height} = {width * height:,} pixels")
+        check_header_pixels(encoded)
+    except TooLarge as exc:
+        raise UserError(f"{path}: {exc}; not decoded") from None
 
 
 def read_and_preprocess(classifier: Classifier, path: str | Path) -> tf.Tensor:
@@ -234,7 +208,7 @@ def read_and_preprocess(classifier: Classifier, path: str | Path) -> tf.Tensor:
     try:
         return classifier.preprocess(encoded)
     except (tf.errors.OpError, ValueError) as exc:
-        raise UserError(f"{path}: not a decodable image ({_op_error_line(exc)})") from None
+        raise UserError(f"{path}: not a decodable image ({op_error_line(exc)})") from None
 
 
 def predict_files(classifier: Classifier, paths: Sequence[str | Path], k: int = 5):
