@@ -90,11 +90,7 @@ def _digest(value: object) -> str:
 
 
 def _check_config(config: BuildConfig) -> tuple[int, int]:
-    """(rank, ranks) after validating the arguments; UserError naming the bad one."""
-    if config.shards < 1:
-        raise UserError(f"--shards {config.shards}: must be at least 1")
-    if config.workers < 1:
-        raise UserError(f"--workers {config.workers}: must be at least 1")
+    """(rank, ranks) after validating what BuildConfig's declared bounds do not; UserError naming the bad one."""
     if not config.name or "/" in config.name or config.name.startswith("."):
         raise UserError(f"--name {config.name!r}: must be a plain file name prefix")
     return resolve_rank(config.rank, config.ranks)

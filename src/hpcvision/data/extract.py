@@ -187,10 +187,8 @@ def merge(total: SynsetResult, part: SynsetResult) -> None:
 
 
 def _check_config(config: ExtractConfig) -> tuple[int, int]:
-    """(rank, ranks) after validating the arguments; UserError naming the bad one."""
+    """(rank, ranks) after validating what ExtractConfig's declared bounds do not; UserError naming the bad one."""
     rank, ranks = resolve_rank(config.rank, config.ranks)
-    if config.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {config.workers}")
     if config.out.exists() and not config.out.is_dir():
         raise UserError(f"{config.out}: --out exists and is not a folder")
     return rank, ranks

@@ -250,10 +250,6 @@ def _write_archives(jobs: list[ClassJob], workers: int, images_path: Path, annot
 
 def make_sample(config: SampleConfig) -> dict[str, int]:
     """Write the sample under `config.out`; returns {"train": n, "validation": n} image counts."""
-    if config.size < 64:
-        raise UserError(f"--size {config.size}: must be at least 64 pixels")
-    if config.per_class is not None and config.per_class < 1:
-        raise UserError(f"--per-class {config.per_class}: must be at least 1")
     jobs = class_jobs(config)
     out = config.out
     try:

@@ -67,10 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of `hpcvision evaluate`."""
+    config = load_config(EvaluateConfig, args)  # options checked before TensorFlow is imported
     from hpcvision.data.pipeline import naming_corrupt_shards
     from hpcvision.infer.evaluate import evaluate
 
-    config = load_config(EvaluateConfig, args)
     classifier = _load(config)
     log_dir = Path(config.checkpoint_dir) / "logs" / "eval" if config.checkpoint_dir else None
     with naming_corrupt_shards(config.data, config.name):
@@ -89,9 +89,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of `hpcvision export`."""
+    config = load_config(ExportConfig, args)  # options checked before TensorFlow is imported
     from hpcvision.infer.export import export_model
 
-    config = load_config(ExportConfig, args)
     info = export_model(config.checkpoint_dir, config.out)
     print(f"exported {info['model']} (step {info['step']}) to {config.out}: SavedModel, model.keras, labels.json")
     print(f"try: hpcvision predict --model-path {config.out} IMAGE.JPEG")
@@ -100,9 +100,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of `hpcvision predict`: exit 1 if any image could not be predicted."""
+    config = load_config(PredictConfig, args)  # options checked before TensorFlow is imported
     from hpcvision.infer.predict import format_prediction, predict_files
 
-    config = load_config(PredictConfig, args)
     classifier = _load(config)
     failed = 0
     for path, top, error in predict_files(classifier, config.images, config.top):
@@ -118,9 +118,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_features(args: argparse.Namespace) -> int:
     """Handler of `hpcvision features`."""
+    config = load_config(FeaturesConfig, args)  # options checked before TensorFlow is imported
     from hpcvision.infer.features import write_features
 
-    config = load_config(FeaturesConfig, args)
     classifier = _load(config)
     written, skipped = write_features(classifier, config.image_dir, config.out, batch_size=config.batch_size)
     txt = Path(config.out).with_suffix(".txt")

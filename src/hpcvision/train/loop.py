@@ -418,6 +418,10 @@ def evaluate(run: Run, steps: Steps, step_value: int) -> None:
     if sharded:
         totals = _sum_over_workers(run.strategy, totals, role.num_workers, tf)
     loss, top1, top5, count = (float(v) for v in totals.numpy())
+    if role.is_chief:  # records whose image does not decode were dropped: say how many, and how to name them
+        from hpcvision.data.pipeline import report_skipped
+
+        report_skipped(cfg.data, cfg.val_name, int(count))
     count = max(count, 1.0)
     log.info("eval step %d: loss %.4f top-1 %.4f top-5 %.4f (%d images)", step_value, loss / count,
              top1 / count, top5 / count, count)
