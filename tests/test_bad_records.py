@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import train_records
 from PIL import Image
 
 NUM_CLASSES = 2
@@ -46,22 +47,9 @@ def huge_header_jpeg() -> bytes:
 
 def write_split(out: Path, name: str, encoded: list[bytes], shards: int = 2) -> None:
     """Shards of `encoded` (labels alternate) and a manifest counting every record, bad ones too."""
-    from hpcvision.data.records import Box, RecordWriter, encode_example
-
-    entries = []
-    for s in range(shards):
-        file = f"{name}-{s:05d}-of-{shards:05d}"
-        part = list(range(s, len(encoded), shards))
-        with RecordWriter(out / file) as writer:
-            for i in part:
-                writer.write(encode_example(encoded=encoded[i], filename=f"{name}_{i}.JPEG", height=SIZE, width=SIZE,
-                                            label=1 + i % NUM_CLASSES, synset=f"n0{i % NUM_CLASSES}", text="thing",
-                                            boxes=[Box(0.1, 0.1, 0.9, 0.9)]))
-        entries.append({"file": file, "count": len(part)})
-    labels = [{"label": c + 1, "wnid": f"n0{c}", "text": "thing"} for c in range(NUM_CLASSES)]
-    manifest = {"num_examples": len(encoded), "shards": entries, "label_offset": 1, "labels": labels,
-                "num_classes": NUM_CLASSES}
-    (out / f"{name}-manifest.json").write_text(json.dumps(manifest))
+    classes = [{"wnid": f"n0{c}", "text": "thing"} for c in range(NUM_CLASSES)]
+    train_records.write_split(out, name, [(jpeg, i % NUM_CLASSES, SIZE, SIZE) for i, jpeg in enumerate(encoded)],
+                              classes, shards)
 
 
 def flip_byte_in_second_record(shard: Path) -> None:

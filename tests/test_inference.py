@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import train_records
 from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
@@ -54,25 +55,8 @@ def _classes():
 
 
 def _write_split(out: Path, name: str, images: list[np.ndarray], labels: list[int], shards: int = 3) -> None:
-    from hpcvision.data.records import Box, RecordWriter, encode_example
-
-    entries = []
-    for s in range(shards):
-        file = f"{name}-{s:05d}-of-{shards:05d}"
-        part = list(range(s, len(images), shards))
-        with RecordWriter(out / file) as writer:
-            for i in part:
-                cls = _classes()[labels[i]]
-                writer.write(encode_example(
-                    encoded=_jpeg(images[i]), filename=f"{i}.JPEG", height=images[i].shape[0],
-                    width=images[i].shape[1], label=labels[i] + 1, synset=cls["wnid"], text=cls["text"],
-                    boxes=[Box(0.1, 0.1, 0.9, 0.9)],
-                ))
-        entries.append({"file": file, "count": len(part)})
-    labels_list = [{"label": c["index"] + 1, "wnid": c["wnid"], "text": c["text"]} for c in _classes()]
-    manifest = {"num_examples": len(images), "shards": entries, "label_offset": 1,
-                "labels": labels_list, "num_classes": NUM_CLASSES}
-    (out / f"{name}-manifest.json").write_text(json.dumps(manifest))
+    examples = [(_jpeg(image), label, *image.shape[:2]) for image, label in zip(images, labels, strict=True)]
+    train_records.write_split(out, name, examples, _classes(), shards)
 
 
 def _save_checkpoint(model, directory: Path, step: int) -> None:
