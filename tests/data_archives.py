@@ -89,13 +89,20 @@ def write_images_tar(
 
 
 def write_annotations_tgz(
-    path: Path, images: dict[str, dict[str, bytes]], skip: set[str] = frozenset()
+    path: Path,
+    images: dict[str, dict[str, bytes]],
+    skip: set[str] = frozenset(),
+    folders: dict[str, str] | None = None,
 ) -> Path:
-    """`Annotation.tar.gz`: one `<wnid>.tar.gz` per synset holding `Annotation/<wnid>/<name>.xml`."""
-    outer = {}
+    """`Annotation.tar.gz`: one `<wnid>.tar.gz` per synset holding `Annotation/<wnid>/<name>.xml`;
+    `folders` puts a named image's XML (naming that synset) in another synset's folder instead."""
+    inner: dict[str, dict[str, bytes]] = {wnid: {} for wnid in images}
     for wnid, members in images.items():
-        inner = {f"Annotation/{wnid}/{name}.xml": voc_xml(wnid, name) for name in members if name not in skip}
-        outer[f"{wnid}.tar.gz"] = tar_bytes(inner, mode="w:gz")
+        for name in members:
+            folder = (folders or {}).get(name, wnid)
+            if name not in skip:
+                inner.setdefault(folder, {})[f"Annotation/{folder}/{name}.xml"] = voc_xml(folder, name)
+    outer = {f"{wnid}.tar.gz": tar_bytes(members, mode="w:gz") for wnid, members in inner.items()}
     path.write_bytes(gzip.compress(tar_bytes(outer)))
     return path
 

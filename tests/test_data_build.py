@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_archives import DEAD_PID
+from data_archives import DEAD_PID, sample_images, write_annotations_tgz, write_images_tar
 from PIL import Image
 
 from hpcvision.files import temporary_path
@@ -429,6 +429,34 @@ def test_flat_validation_tar_with_labels_file(run_cli, tmp_path):
             features = decode_example(record)
             seen[features["image/filename"][0].decode()] = features["image/class/synset"][0].decode()
     assert seen == {f"{n}.JPEG": w for n, w in names.items()}
+
+
+def _records_by_file(out: Path, name: str) -> dict[str, dict]:
+    from hpcvision.data.records import decode_example, read_records
+
+    return {features["image/filename"][0].decode(): features
+            for shard in sorted(out.glob(f"{name}-0000?-of-0000?")) for features in map(decode_example, read_records(shard))}
+
+
+def test_a_course_line_takes_the_image_synset_from_the_name_and_the_xml_from_column_1(run_cli, tmp_path):
+    a, b = "n00000001", "n00000002"
+    images = sample_images({a: 1, b: 2})
+    write_images_tar(tmp_path / "Images.tar", images)
+    write_annotations_tgz(tmp_path / "Annotation.tar.gz", images, folders={f"{b}_2": a})  # Annotation/a/b_2.xml
+    (tmp_path / "synsets.txt").write_text(f"{a}\n{b}\n")
+    out = tmp_path / "r"
+    boxed = []
+    for xml_folder in (b, a):  # b's own folder has no XML of b_2; then the list says where it is
+        (tmp_path / "list.txt").write_text(f"{a} {a}_1\n{b} {b}_1\n{xml_folder} {b}_2\n")
+        code, _, stderr = run_cli(*_build_args(tmp_path / "Images.tar", tmp_path / "list.txt",
+                                               tmp_path / "synsets.txt", out, "--annotations",
+                                               tmp_path / "Annotation.tar.gz"))
+        assert code == 0, stderr
+        boxed.append(json.loads((out / "train-manifest.json").read_text())["images_with_boxes"])
+    assert boxed == [2, 3]  # the XML folder is part of what makes a shard complete
+    moved = _records_by_file(out, "train")[f"{b}_2.JPEG"]
+    assert moved["image/class/synset"] == [b.encode()] and moved["image/class/label"] == [2]
+    assert moved["image/object/bbox/label"] == [2] and len(moved["image/object/bbox/xmin"]) == 1
 
 
 def test_a_replaced_archive_makes_complete_shards_stale(run_cli, dataset, tmp_path):

@@ -284,6 +284,27 @@ def test_ilsvrc2012_train_and_flat_val_layouts(tmp_path, run_cli, images):
     }
 
 
+def test_a_course_line_extracts_image_and_xml_under_the_image_synset_and_builds_from_them(tmp_path, run_cli):
+    a, b = "n00000001", "n00000002"
+    images = sample_images({a: 1, b: 2})
+    archive = write_images_tar(tmp_path / "Images.tar", images)
+    xml = write_annotations_tgz(tmp_path / "Annotation.tar.gz", images, folders={f"{b}_2": a})  # Annotation/a/b_2.xml
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{a} {a}_1\n{b} {b}_1\n{a} {b}_2\n")
+    out = tmp_path / "x"
+    code, stdout, _ = run_cli("data", "extract", "--images", archive, "--annotations", xml, "--list", listing,
+                              "--out", out)
+    assert code == 0 and counts(stdout) == (3, 3, 0)
+    moved = {f"images/{b}/{b}_2.JPEG": images[b][f"{b}_2"], f"annotations/{b}/{b}_2.xml": voc_xml(a, f"{b}_2")}
+    assert moved.items() <= tree(out).items()
+    synsets = tmp_path / "synsets.txt"
+    synsets.write_text(f"{a}\n{b}\n")
+    code, stdout, stderr = run_cli("data", "build", "--images", out / "images", "--annotations", out / "annotations",
+                                   "--list", listing, "--synsets", synsets, "--out", tmp_path / "r", "--shards", "1")
+    assert code == 0, stderr
+    assert "listed 3 = written 3 + skipped 0" in stdout and "3 with boxes" in stdout
+
+
 def test_folder_input(tmp_path, run_cli, images):
     """A folder laid out like extract's output is an input too (extract -> re-extract a subset)."""
     archive = write_images_tar(tmp_path / "Images.tar", images)

@@ -34,6 +34,22 @@ def test_val_layout_and_relative_path_form(tmp_path):
     ]
 
 
+def test_an_imagenet_name_gives_the_image_synset_and_column_1_the_xml_folder(tmp_path):
+    text = (
+        "n03636649 n04065464_94\n"  # the course's own: image of n04065464, XML under Annotation/n03636649/
+        "n04065464 n04065464_94.JPEG\n"  # the same image again
+        "n01751748 ILSVRC2012_val_00000001\n"  # no synset in the name: column 1 is the image's synset
+        "n04065464/n04065464_95.JPEG\n"
+    )
+    files = read_file_list(write(tmp_path, "l.txt", text), synsets=["n04065464", "n01751748"])
+    assert [(i.wnid, i.name, i.xml_wnid) for i in files.images] == [
+        ("n04065464", "n04065464_94", "n03636649"),
+        ("n01751748", "ILSVRC2012_val_00000001", "n01751748"),
+        ("n04065464", "n04065464_95", "n04065464"),
+    ]
+    assert files.skipped == [("n04065464 n04065464_94.JPEG", "duplicate of line 1")]
+
+
 def test_duplicates_unknown_and_malformed_are_skipped_with_reasons(tmp_path):
     text = (
         "n1 n1_1\n"

@@ -104,6 +104,11 @@ def _stamp(path: Path | None) -> list[int] | None:
     return [stat.st_size, int(stat.st_mtime)]
 
 
+def _planned(item: ListedImage) -> list[str]:
+    """What of an item decides its record: its image, and its XML folder where the list names another."""
+    return [item.wnid, item.name] + ([item.xml_wnid] if item.xml_wnid != item.wnid else [])
+
+
 def make_plan(config: BuildConfig) -> Plan:
     """Read the synsets, metadata and list; shuffle and cut into shards (the same for every rank)."""
     wnids = read_synsets(config.synsets)
@@ -124,7 +129,7 @@ def make_plan(config: BuildConfig) -> Plan:
         chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
         fingerprint = _digest({
             "format": FORMAT_VERSION, "shard": s, "shards": config.shards, "name": config.name,
-            "items": [[i.wnid, i.name] for i in chunk], "annotations": config.annotations is not None,
+            "items": [_planned(i) for i in chunk], "annotations": config.annotations is not None,
             "archives": stamps,
             "labels": {w: list(labels[w]) for w in sorted({i.wnid for i in chunk})},
         })
@@ -269,11 +274,11 @@ def read_voc_group(annotations: Source, items: list[ListedImage], _report: Repor
 
 
 def annotation_groups(tasks: list[ShardTask], groups: int) -> list[list[ListedImage]]:
-    """The tasks' items split by synset into `groups` lists, so each synset archive is read once."""
+    """The tasks' items split by XML folder into `groups` lists, so each synset archive is read once."""
     by_wnid: dict[str, list[ListedImage]] = {}
     for task in tasks:
         for item in task.items:
-            by_wnid.setdefault(item.wnid, []).append(item)
+            by_wnid.setdefault(item.xml_wnid, []).append(item)
     split: list[list[ListedImage]] = [[] for _ in range(groups)]
     for i, wnid in enumerate(sorted(by_wnid)):
         split[i % groups].extend(by_wnid[wnid])

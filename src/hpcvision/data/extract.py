@@ -1,6 +1,7 @@
 """`hpcvision data extract`: copy exactly the listed images (and their XML) out of ImageNet archives.
 
-Writes `OUT/images/<wnid>/<name>.JPEG` and `OUT/annotations/<wnid>/<name>.xml`. Work is split by
+Writes `OUT/images/<wnid>/<name>.JPEG` and `OUT/annotations/<wnid>/<name>.xml`, both under the image's
+synset even where the list reads the XML from another synset's folder (see lists.py). Work is split by
 synset: across ranks (`--rank/--ranks`, disjoint slices that together cover the list) and, within a
 rank, across `--workers` processes. Files land under their final name only when complete (a hidden
 temporary, renamed), and a file already present with the member's size is kept, so a rerun resumes.
@@ -134,7 +135,7 @@ def extract_synset(
     if annotations is not None and done:
         xml_done, _, xml_problems = copy_members(annotations, done, out / "annotations", XML_SUFFIX)
         result.xml_written = len(xml_done)
-        result.xml_missing = [(f"{i.wnid}/{i.name}{XML_SUFFIX}", reason) for i, reason in xml_problems]
+        result.xml_missing = [(f"{i.xml_wnid}/{i.name}{XML_SUFFIX}", reason) for i, reason in xml_problems]
     return result
 
 

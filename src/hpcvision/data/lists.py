@@ -1,9 +1,12 @@
 """The text files that drive the data stage: image lists, the synset list, synset metadata, val labels.
 
-Image list lines follow the course format `<wnid> <wnid>_<n>` (the name may carry `.JPEG`); the flat
-ILSVRC-2012 validation layout uses `<wnid> ILSVRC2012_val_00000001`, and its labels file gives each
-image's wnid (`<filename> <wnid>`, or one wnid a line in image order). Problems with single lines are
-collected (`FileList.skipped`) so a caller can report them; an unreadable file is a `UserError`.
+Image list lines follow the course format `<col1> <name>` (the name may carry `.JPEG`). As the course's
+scripts read them, a name `n########_<n>` carries the image's synset (its tar, folder and label) and
+column 1 is the folder of its XML, which may be another synset's (`n03636649 n04065464_94`); any other
+name, like the flat ILSVRC-2012 validation layout's `<wnid> ILSVRC2012_val_00000001`, takes column 1
+as its synset. The validation labels file gives each image's wnid (`<filename> <wnid>`, or one wnid a
+line in image order). Problems with single lines are collected (`FileList.skipped`) so a caller can
+report them; an unreadable file is a `UserError`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from hpcvision.errors import UserError
 # tokens: no separators, no leading dot (which also rules out "." and "..").
 WNID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# An ImageNet image name: its synset (n + 8 digits) decides the image's tar, folder and label.
+SYNSET_NAME_RE = re.compile(r"^(n[0-9]{8})_")
 # The images' file suffix in every layout (archives, extracted folders, record file names).
 IMAGE_SUFFIX = ".JPEG"
 IMAGE_SUFFIXES = (IMAGE_SUFFIX.lower(),)  # stripped from listed names, in any case
@@ -27,11 +32,17 @@ IMAGE_SUFFIXES = (IMAGE_SUFFIX.lower(),)  # stripped from listed names, in any c
 
 @dataclass(frozen=True)
 class ListedImage:
-    """One image asked for by a list: its synset, its basename without extension, its list line."""
+    """One image asked for by a list: its synset, its basename without extension, its list line, and
+    the synset folder holding its XML (`xml_wnid`, the image's own unless the list line says another)."""
 
     wnid: str
     name: str
     line: int
+    xml_wnid: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.xml_wnid:
+            object.__setattr__(self, "xml_wnid", self.wnid)
 
 
 @dataclass
@@ -67,20 +78,24 @@ def strip_image_suffix(name: str) -> str:
     return name
 
 
-def parse_list_line(text: str) -> tuple[str, str]:
-    """(wnid, name) of one list line; ValueError saying what is wrong."""
+def parse_list_line(text: str) -> tuple[str, str, str]:
+    """(image wnid, name, XML folder wnid) of one list line; ValueError saying what is wrong.
+
+    A name `n########_…` gives the image's synset and column 1 its XML's folder; otherwise column 1 is both.
+    """
     fields = text.split()
     if len(fields) == 1 and "/" in fields[0]:
         # Also accept "<wnid>/<name>.JPEG", the relative path extract writes.
         fields = fields[0].split("/", 1)
     if len(fields) != 2:
         raise ValueError(f"expected '<wnid> <name>', got {len(fields)} field(s)")
-    wnid, name = fields[0], strip_image_suffix(fields[1])
-    if not WNID_RE.match(wnid):
-        raise ValueError(f"bad synset id {wnid!r}")
+    column1, name = fields[0], strip_image_suffix(fields[1])
+    if not WNID_RE.match(column1):
+        raise ValueError(f"bad synset id {column1!r}")
     if not NAME_RE.match(name):
         raise ValueError(f"bad image name {fields[1]!r}")
-    return wnid, name
+    own = SYNSET_NAME_RE.match(name)
+    return (own.group(1) if own else column1), name, column1
 
 
 def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> FileList:
@@ -94,7 +109,7 @@ def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> 
             continue
         result.listed += 1
         try:
-            wnid, name = parse_list_line(text)
+            wnid, name, xml_wnid = parse_list_line(text)
         except ValueError as exc:
             result.skipped.append((text, f"malformed line: {exc} (line {number})"))
             continue
@@ -105,7 +120,7 @@ def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> 
         if known is not None and wnid not in known:
             result.skipped.append((text, f"unknown synset {wnid}"))
             continue
-        result.images.append(ListedImage(wnid=wnid, name=name, line=number))
+        result.images.append(ListedImage(wnid=wnid, name=name, line=number, xml_wnid=xml_wnid))
     return result
 
 

@@ -7,7 +7,8 @@ Layouts (see shared FORMATS.md):
 - annotations: `DIR/<wnid>/<name>.xml` or `Annotation.tar.gz` (a tar of `<wnid>.tar.gz`, each holding
   `Annotation/<wnid>/<name>.xml`).
 
-Annotations are served by the same sources as images; an absent one is reported as `NO_ANNOTATION`.
+Annotations are served by the same sources as images, wrapped in `ListedXml`, which looks for each
+image's XML in the folder its list line names (`xml_wnid`); an absent one is reported as `NO_ANNOTATION`.
 A synset tar is indexed (name -> absolute offset, size) the first time one of its images is asked
 for, and cached next to the outer index; after that every image is one `os.pread`.
 """
@@ -21,7 +22,7 @@ import os
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hpcvision.data.archive import ArchiveFile
@@ -342,6 +343,54 @@ class FlatTarSource(Source):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Annotations where the list says
+
+
+def _at_xml_folder(item: ListedImage) -> ListedImage:
+    return item if item.xml_wnid == item.wnid else replace(item, wnid=item.xml_wnid)
+
+
+class ListedXml(Source):
+    """Each image's XML from its list line's XML folder (`xml_wnid`), served under the image itself;
+    where that has none, from the image's own synset folder, where `data extract` writes it."""
+
+    def __init__(self, inner: Source):
+        self.inner = inner
+
+    def _moved(self, items: Sequence[ListedImage]) -> dict[ListedImage, ListedImage]:
+        return {_at_xml_folder(item): item for item in items}
+
+    def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
+        moved = self._moved(items)
+        elsewhere: list[ListedImage] = []
+        for fetched in self.inner.fetch(list(moved)):
+            item = moved[fetched.item]
+            if fetched.problem == NO_ANNOTATION and item.xml_wnid != item.wnid:
+                elsewhere.append(item)
+            else:
+                yield Fetched(item, fetched.data, fetched.problem)
+        yield from self.inner.fetch(elsewhere)
+
+    def sizes(self, items: Sequence[ListedImage]) -> dict[ListedImage, int]:
+        moved = self._moved(items)
+        found = {moved[key]: size for key, size in self.inner.sizes(list(moved)).items()}
+        elsewhere = [item for item in items if item.xml_wnid != item.wnid and item not in found]
+        return {**self.inner.sizes(elsewhere), **found} if elsewhere else found
+
+    def stamps(self, items: Sequence[ListedImage]) -> list | None:
+        # both places an item's XML may be fetched from: editing either makes its shard stale
+        listed = self.inner.stamps([_at_xml_folder(item) for item in items])
+        own = [item for item in items if item.xml_wnid != item.wnid]
+        return listed if listed is None or not own else [listed, self.inner.stamps(own)]
+
+    def prepare(self, items: Sequence[ListedImage]) -> None:
+        self.inner.prepare(list(self._moved(items)))
+
+    def synsets(self) -> set[str]:
+        return self.inner.synsets()
+
+
+# ---------------------------------------------------------------------------------------------------
 # Opening
 
 
@@ -371,14 +420,14 @@ def open_images(
 
 
 def open_annotations(path: str | Path, *, index_dir: str | Path | None = None) -> Source:
-    """A folder `DIR/<wnid>/<name>.xml` or a tar(.gz) of `<wnid>.tar.gz` holding `.../<name>.xml`;
-    an item without XML is fetched as missing with reason `NO_ANNOTATION`."""
+    """A folder `DIR/<wnid>/<name>.xml` or a tar(.gz) of `<wnid>.tar.gz` holding `.../<name>.xml`, read
+    where each item's list line puts its XML (`ListedXml`); one without is missing with `NO_ANNOTATION`."""
     path = Path(path)
     if path.is_dir():
-        return FolderSource(path, XML_SUFFIX, missing=NO_ANNOTATION)
+        return ListedXml(FolderSource(path, XML_SUFFIX, missing=NO_ANNOTATION))
     if not path.exists():
         raise UserError(f"{path}: annotation archive not found")
     archive = ArchiveFile(path, (".tar.gz",), Path(index_dir) if index_dir else None, spill=True)
     if not archive.members and not archive.truncated:
         raise UserError(f"{path}: holds no <wnid>.tar.gz annotation archives")
-    return NestedTarSource(archive, XML_SUFFIX, missing=NO_ANNOTATION)
+    return ListedXml(NestedTarSource(archive, XML_SUFFIX, missing=NO_ANNOTATION))
