@@ -55,8 +55,9 @@ class ExtractConfig:
     annotations: Path | None = option(
         None, "Annotation.tar.gz (tar of <wnid>.tar.gz) or a folder <wnid>/<name>.xml (default: none)",
         metavar="ARCHIVE")
-    synsets: Path | None = option(None, "synsets.txt: list lines of other synsets are skipped as unknown "
-                                  "(default: every synset is known)", metavar="FILE")
+    synsets: Path | None = option(None, "synsets.txt, or 'ilsvrc2012' for the built-in 1,000: list lines of "
+                                  "other synsets are skipped as unknown (default: every synset is known)",
+                                  metavar="FILE")
     val_labels: Path | None = option(
         None, "labels of a flat validation tar: '<filename> <wnid>' a line, or one wnid a line in image order "
         "(default: none)", metavar="FILE")
