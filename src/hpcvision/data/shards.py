@@ -70,7 +70,9 @@ def read_manifest(out: str | Path, name: str, required: tuple[str, ...] = ("shar
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path}: no manifest (build the '{name}' shards with `hpcvision data build`)") from None
+        from hpcvision.data.index import no_manifest_error  # names `data index` when shards are already there
+
+        raise no_manifest_error(out, name) from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read manifest: {exc}") from None
     if not isinstance(manifest, dict):
