@@ -187,3 +187,68 @@ def test_tidy_lists_the_checkpoints_a_killed_save_left_out_of_the_state_file(tmp
     assert (tmp_path / "checkpoint").stat().st_mtime_ns == written
     manager(2).save(checkpoint_number=4)
     assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-3.index", "ckpt-4.index"]
+
+
+# --- the data a run reads: empty splits, the validation label map, --val-data (issue 10, items 6-7) ------
+
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 20, 200)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _split(out, name, wnids, count=3):
+    import train_records
+
+    out.mkdir(parents=True, exist_ok=True)
+    classes = [{"wnid": w, "text": w} for w in wnids]
+    train_records.write_split(out, name, [(_jpeg(), i % len(wnids), 8, 8) for i in range(count)], classes, 1)
+    return out
+
+
+def _config(data, **kwargs):
+    from hpcvision.train.config import TrainConfig
+
+    return TrainConfig(data=str(data), checkpoint_dir=str(data / "run"), **kwargs)
+
+
+def test_train_refuses_a_split_with_no_examples_in_one_line(run_cli, tmp_path):
+    _split(tmp_path, "train", ["n1", "n2"], count=0)
+    code, _, stderr = run_cli("train", "--data", tmp_path, "--checkpoint-dir", tmp_path / "run")
+    assert code == 2 and "train-manifest.json: the 'train' split has 0 examples" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    _split(tmp_path, "train", ["n1", "n2"])
+    _split(tmp_path, "validation", ["n1", "n2"], count=0)
+    from hpcvision.train.inputs import describe_data
+
+    with pytest.raises(UserError, match="the 'validation' split has 0 examples"):
+        describe_data(_config(tmp_path))
+
+
+def test_a_reordered_validation_split_is_refused_naming_both_manifests(tmp_path):
+    from hpcvision.train.inputs import describe_data
+
+    _split(tmp_path, "train", ["n1", "n2", "n3"])
+    _split(tmp_path, "validation", ["n3", "n2", "n1"])
+    with pytest.raises(UserError) as refused:
+        describe_data(_config(tmp_path))
+    assert str(refused.value) == (f"{tmp_path}/validation-manifest.json: label 1 is n3 here but n1 in "
+                                  f"{tmp_path}/train-manifest.json")
+    assert describe_data(_config(tmp_path, eval=False)).has_validation is False  # not evaluated, not read
+
+
+def test_val_data_takes_validation_from_another_folder(tmp_path):
+    from hpcvision.train.inputs import describe_data, eval_dataset
+
+    train, val = _split(tmp_path / "train", "train", ["n1", "n2"]), _split(tmp_path / "val", "validation",
+                                                                           ["n1", "n2"], count=5)
+    assert describe_data(_config(train)).has_validation is False
+    cfg = _config(train, val_data=str(val), batch_size=2)
+    assert describe_data(cfg).has_validation is True
+    assert sum(int(labels.shape[0]) for _, labels in eval_dataset(cfg, 8, num_workers=1, worker_index=0)) == 5
+    with pytest.raises(UserError, match="no manifest"):
+        describe_data(_config(train, val_data=str(tmp_path / "nothing")))

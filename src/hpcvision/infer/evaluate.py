@@ -57,19 +57,20 @@ class Tally:
         }
 
 
-def _check_labels(classifier: Classifier, manifest: dict, source: str) -> None:
-    """The split's classes must be the model's (same count; same wnids where both list them)."""
-    wanted = len(classifier.classes)
+def check_label_map(classes: list[dict[str, Any]], manifest: dict, source: str, reference: str) -> None:
+    """The split's classes (manifest at `source`) must be `classes`, the 0-based label map of `reference`
+    (a model's labels.json, a training split): same count, same wnid at each index where both name one."""
+    wanted = len(classes)
     if manifest.get("num_classes") and int(manifest["num_classes"]) != wanted:
-        raise UserError(f"{source}: {manifest['num_classes']} classes, but the model has {wanted}")
+        raise UserError(f"{source}: {manifest['num_classes']} classes, but {reference} has {wanted}")
     offset = int(manifest.get("label_offset", 1))
     for item in manifest.get("labels", []):
         index = int(item["label"]) - offset
-        if 0 <= index < wanted and item.get("wnid") and classifier.classes[index].get("wnid"):
-            if item["wnid"] != classifier.classes[index]["wnid"]:
+        if 0 <= index < wanted and item.get("wnid") and classes[index].get("wnid"):
+            if item["wnid"] != classes[index]["wnid"]:
                 raise UserError(
                     f"{source}: label {item['label']} is {item['wnid']} here but "
-                    f"{classifier.classes[index]['wnid']} in the model's labels.json"
+                    f"{classes[index]['wnid']} in {reference}"
                 )
 
 
@@ -156,7 +157,7 @@ def evaluate(
 
     manifest = read_manifest(data_dir, name)
     source = str(manifest_path(data_dir, name))
-    _check_labels(classifier, manifest, source)
+    check_label_map(classifier.classes, manifest, source, "the model's labels.json")
     out = Path(out_dir)
     writer = _open_outputs(out, log_dir)
     preprocessing = InputConfig(normalize=classifier.normalize, central_fraction=classifier.central_fraction)

@@ -28,6 +28,8 @@ class TrainConfig:
     data: str | None = option(None, "directory with the TFRecord shards and their manifest")
     train_name: str = option("train", "shard name of the training split")
     val_name: str = option("validation", "shard name of the validation split (skipped if absent)")
+    val_data: str | None = option(None, "directory with the validation shards and their manifest, when not "
+                                  "in --data (e.g. the original's separate train/ and validation/ folders)")
     model: str = option("resnet50", "network name (see `hpcvision models`)")
     checkpoint_dir: str | None = option(None, "where checkpoints, run.yaml, labels.json and logs go")
     epochs: float = option(1.0, "epochs to train (ignored when --steps is set)", above=0)

@@ -23,7 +23,8 @@ class DataInfo:
 
 
 def describe_data(cfg) -> DataInfo:
-    """Classes, epoch size, labels.json content and whether validation shards exist."""
+    """Classes, epoch size, labels.json content and whether validation shards exist (checked against the
+    training split's label map, as `evaluate` checks a split against the model's)."""
     if cfg.synthetic:
         if not cfg.num_classes:
             raise UserError("--synthetic needs --num-classes")
@@ -31,15 +32,44 @@ def describe_data(cfg) -> DataInfo:
         return DataInfo(cfg.num_classes, examples, synthetic_labels(cfg.num_classes), False)
     if not cfg.data:
         raise UserError("--data DIR is required (or --synthetic --num-classes N)")
-    from hpcvision.data.shards import has_manifest, read_manifest
-
-    manifest = read_manifest(cfg.data, cfg.train_name)
+    manifest = _read_split(cfg.data, cfg.train_name)
     num_classes = int(manifest["num_classes"])
     if cfg.num_classes and cfg.num_classes != num_classes:
         raise UserError(f"{cfg.data}: manifest has {num_classes} classes, --num-classes says {cfg.num_classes}")
     examples = cfg.examples_per_epoch or int(manifest["num_examples"])
-    has_validation = has_manifest(cfg.data, cfg.val_name)
-    return DataInfo(num_classes, examples, labels_from_manifest(manifest), has_validation)
+    labels = labels_from_manifest(manifest)
+    return DataInfo(num_classes, examples, labels, _check_validation(cfg, labels["classes"]))
+
+
+def val_dir(cfg) -> str | None:
+    """Where the validation split is: --val-data, else --data."""
+    return cfg.val_data or cfg.data
+
+
+def _read_split(folder: str, name: str) -> dict:
+    """A split's manifest; UserError when it holds no examples (a silent empty epoch otherwise)."""
+    from hpcvision.data.shards import manifest_path, read_manifest
+
+    manifest = read_manifest(folder, name)
+    if int(manifest["num_examples"]) <= 0:
+        raise UserError(f"{manifest_path(folder, name)}: the '{name}' split has 0 examples; rebuild it "
+                        "(see its skipped report) or point --data/--val-data elsewhere")
+    return manifest
+
+
+def _check_validation(cfg, classes: list[dict]) -> bool:
+    """True when the loop evaluates: a validation split exists (required with --val-data) and `cfg.eval`;
+    a split with 0 examples or another label map is refused before training."""
+    from hpcvision.data.shards import has_manifest, manifest_path
+
+    if not cfg.eval or not (cfg.val_data or has_manifest(cfg.data, cfg.val_name)):
+        return False
+    from hpcvision.infer.evaluate import check_label_map
+
+    manifest = _read_split(val_dir(cfg), cfg.val_name)
+    check_label_map(classes, manifest, str(manifest_path(val_dir(cfg), cfg.val_name)),
+                    str(manifest_path(cfg.data, cfg.train_name)))
+    return True
 
 
 def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip: int, seeded: bool = True):
@@ -68,7 +98,7 @@ def eval_dataset(cfg, image_size: int, *, num_workers: int, worker_index: int):
 
     context = tf.distribute.InputContext(num_input_pipelines=num_workers, input_pipeline_id=worker_index,
                                          num_replicas_in_sync=num_workers)
-    return make_dataset(cfg.data, cfg.val_name, cfg.input, training=False, batch_size=cfg.batch_size,
+    return make_dataset(val_dir(cfg), cfg.val_name, cfg.input, training=False, batch_size=cfg.batch_size,
                         image_size=image_size, input_context=context if num_workers > 1 else None, repeat=False)
 
 

@@ -421,7 +421,7 @@ def evaluate(run: Run, steps: Steps, step_value: int) -> None:
     if role.is_chief:  # records whose image does not decode were dropped: say how many, and how to name them
         from hpcvision.data.pipeline import report_skipped
 
-        report_skipped(cfg.data, cfg.val_name, int(count))
+        report_skipped(inputs.val_dir(cfg), cfg.val_name, int(count))
     count = max(count, 1.0)
     log.info("eval step %d: loss %.4f top-1 %.4f top-5 %.4f (%d images)", step_value, loss / count,
              top1 / count, top5 / count, count)
