@@ -228,8 +228,10 @@ def test_flat_val_tar_with_labels(tmp_path):
 def test_flat_tar_without_labels_or_with_bad_labels_is_a_user_error(tmp_path):
     path = tmp_path / "val.tar"
     path.write_bytes(tar_bytes({"ILSVRC2012_val_00000001.JPEG": jpeg_bytes(1)}))
-    with pytest.raises(UserError, match="labels"):
-        open_images(path)
+    other = tmp_path / "other.tar"
+    other.write_bytes(tar_bytes({"photo_1.JPEG": jpeg_bytes(1)}))
+    with pytest.raises(UserError, match="not ILSVRC-2012 validation images: give their labels with --val-labels"):
+        open_images(other)
     bad = tmp_path / "labels.txt"
     bad.write_text("a b c\n")
     with pytest.raises(UserError, match=r"labels.txt:1"):

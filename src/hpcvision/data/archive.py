@@ -102,7 +102,10 @@ class ArchiveFile:
         return suffix, scans[suffix]
 
     def _keep_member(self, name: str, data: bytes) -> None:
-        """Keep a member read in passing: under the index folder, else (none, or unwritable) in memory."""
+        """Keep a member read in passing: under the index folder, else (none, or unwritable) in memory.
+        Only nested archives are kept (read whole later); loose XML members are read by offset."""
+        if not name.endswith(".tar.gz"):
+            return
         if self.folder is not None:
             target = self.folder / "members" / name
             try:

@@ -18,7 +18,8 @@ from hpcvision.files import write_atomic
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2
+# 3: synset tars index every image suffix (.jpeg, .jpg, .png), not .JPEG alone
+INDEX_VERSION = 3
 
 
 def archive_stamp(path: Path) -> dict:

