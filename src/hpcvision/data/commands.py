@@ -9,7 +9,14 @@ import argparse
 import logging
 
 from hpcvision.config import add_config_arguments, load_config
-from hpcvision.data.config import BuildConfig, ExtractConfig, IndexConfig, SampleConfig, VerifyConfig
+from hpcvision.data.config import (
+    BuildConfig,
+    ExtractConfig,
+    IndexConfig,
+    ListConfig,
+    SampleConfig,
+    VerifyConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_verify(commands)
     _add_metadata(commands)
     _add_index(commands)
+    _add_list(commands)
 
 
 # --- extract ---------------------------------------------------------------------------------------
@@ -152,3 +160,23 @@ def run_index(args: argparse.Namespace) -> int:
     from hpcvision.data.index import index
 
     return index(load_config(IndexConfig, args))
+
+
+# --- list (issue 10, item 4) -----------------------------------------------------------------------
+
+def _add_list(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "list", help="write the list of every image a folder or archive holds ('<wnid> <name>' a line)",
+        description="List every image of --images (an ImageFolder tree <wnid>/<name>.JPEG|.jpg|.png, a tar "
+        "of <wnid>.tar, or ILSVRC2012_img_val.tar with its labels built in) from the archive's index, "
+        "reading no image data, into --out in the course's list format. build and extract do the same "
+        "when --list is left out.")
+    add_config_arguments(p, ListConfig)
+    p.set_defaults(func=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision data list`."""
+    from hpcvision.data.sources import write_list
+
+    return write_list(load_config(ListConfig, args))

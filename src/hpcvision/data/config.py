@@ -22,7 +22,7 @@ VAL_LABELS_HELP = ("labels of a flat validation tar: '<filename> <wnid>' a line,
                    "or the devkit's class numbers with --val-label-ids (default: the built-in ILSVRC-2012 labels)")
 VAL_LABEL_IDS_HELP = ("class number -> wnid for a --val-labels file of numbers (the devkit's "
                       "ILSVRC2012_validation_ground_truth.txt): '<id> <wnid>' a line, or map_clsloc.txt's "
-                      "'<wnid> <id> <words>'")
+                      "'<wnid> <id> <words>' (default: none)")
 # build and extract exit 2 above this (the output stays): a silently thin or empty split is worse.
 MAX_SKIPPED_HELP = "exit 2 if more than this fraction of the list is skipped, 0.05 = 5 %% (or if nothing is written)"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +127,11 @@ def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> 
             continue
         result.images.append(ListedImage(wnid=wnid, name=name, line=number, xml_wnid=xml_wnid))
     return result
+
+
+def list_text(images: Iterable[ListedImage]) -> str:
+    """An image list in the course's format, `<wnid> <name>` a line, as `read_file_list` reads it back."""
+    return "".join(f"{item.wnid} {item.name}\n" for item in images)
 
 
 def read_synsets(path: str | Path) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from hpcvision.data.archive import ArchiveFile
 from hpcvision.data.archive_index import inner_from_json, inner_json, load_json, save_json
+from hpcvision.data.config import INDEX_FOLDER, ListConfig
 from hpcvision.data.config import index_dir as default_index_dir
 from hpcvision.data.lists import (
     IMAGE_SUFFIX,
@@ -44,6 +45,7 @@ from hpcvision.data.lists import (
     FileList,
     ListedImage,
     ilsvrc2012_val_labels,
+    list_text,
     read_file_list,
     read_val_labels,
 )
@@ -59,6 +61,7 @@ from hpcvision.data.tarscan import (
     scan_tar,
 )
 from hpcvision.errors import UserError
+from hpcvision.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -661,3 +664,22 @@ def listed_images(list_file: Path | None, options: SourceOptions, synsets: Colle
     source = open_images(options.images, val_labels=options.val_labels, val_label_ids=options.val_label_ids,
                          index_dir=default_index_dir(options.index_dir, options.out))
     return listed_from_source(source, synsets)
+
+
+def write_list(config: ListConfig) -> int:
+    """`data list`: every image of `config.images` written to `config.out` as a course-format list;
+    what is not a usable image is counted and its first few rows logged."""
+    folder = config.index_dir or config.out.parent / INDEX_FOLDER
+    source = open_images(config.images, val_labels=config.val_labels, val_label_ids=config.val_label_ids,
+                         index_dir=folder)
+    found = listed_from_source(source)
+    if not found.images:
+        raise UserError(f"{config.images}: no images found ({len(found.skipped)} other entries)")
+    write_atomic(config.out, list_text(found.images))
+    print(f"listed {len(found.images)} images in {len(source.synsets() or {i.wnid for i in found.images})} "
+          f"synsets from {config.images} -> {config.out}")
+    for where, reason in found.skipped[:5]:
+        log.warning("not listed: %s: %s", where, reason)
+    if found.skipped:
+        log.warning("%d entries not listed (first %d above)", len(found.skipped), min(5, len(found.skipped)))
+    return 0
