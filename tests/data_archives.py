@@ -112,3 +112,11 @@ def write_list(path: Path, images: dict[str, dict[str, bytes]], extra_lines: tup
     lines = [f"{wnid} {name}" for wnid, members in images.items() for name in members]
     path.write_text("\n".join([*lines, *extra_lines]) + "\n")
     return path
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (24, 20)) -> bytes:
+    """A small RGB PNG whose pixels depend on `seed` (an ImageFolder tree may hold PNGs)."""
+    image = Image.new("RGB", size, ((seed * 53) % 256, (seed * 17) % 256, (seed * 29) % 256))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

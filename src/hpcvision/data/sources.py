@@ -145,6 +145,19 @@ def fetch_ranges(archive: ArchiveFile, ranges: list[tuple[ListedImage, int, int]
             yield Fetched(item, data, None)
 
 
+def fetch_located(archive: ArchiveFile, locate: Callable[[ListedImage], Entry],
+                  items: Sequence[ListedImage]) -> Iterator[Fetched]:
+    """Each item `locate` finds in `archive` read by offset (in offset order); the rest with why not."""
+    ranges = []
+    for item in items:
+        entry = locate(item)
+        if isinstance(entry, Missing):
+            yield Fetched(item, None, entry.reason)
+        else:
+            ranges.append((item, entry.offset, entry.size))
+    yield from fetch_ranges(archive, ranges)
+
+
 # ---------------------------------------------------------------------------------------------------
 # A folder
 
@@ -465,14 +478,7 @@ class FlatTarSource(Source):
         return found_sizes(self._locate, items)
 
     def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
-        ranges = []
-        for item in items:
-            entry = self._locate(item)
-            if isinstance(entry, Missing):
-                yield Fetched(item, None, entry.reason)
-            else:
-                ranges.append((item, entry.offset, entry.size))
-        yield from fetch_ranges(self.archive, ranges)
+        return fetch_located(self.archive, self._locate, items)
 
     def list_all(self) -> FileList:
         """Every image of the tar under its label; one without a label is reported."""
@@ -511,14 +517,7 @@ class LooseXmlSource(Source):
         return found_sizes(self._locate, items)
 
     def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
-        ranges = []
-        for item in items:
-            entry = self._locate(item)
-            if isinstance(entry, Missing):
-                yield Fetched(item, None, entry.reason)
-            else:
-                ranges.append((item, entry.offset, entry.size))
-        yield from fetch_ranges(self.archive, ranges)
+        return fetch_located(self.archive, self._locate, items)
 
 
 # ---------------------------------------------------------------------------------------------------
