@@ -224,9 +224,13 @@ class FolderSource(Source):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_listings": {}}
 
-    def _file(self, item: ListedImage) -> str:
+    def _exact(self, item: ListedImage) -> str:
         # a plain string: 3x faster than a Path for the per-file stamps of a million images
-        exact = os.path.join(self.root, item.wnid, f"{item.name}{self.suffix}")
+        return os.path.join(self.root, item.wnid, f"{item.name}{self.suffix}")
+
+    def _file(self, item: ListedImage) -> str:
+        """The item's file: `<name><suffix>`, else (any_image_suffix) its name under another image suffix."""
+        exact = self._exact(item)
         if not self.any_image_suffix or os.path.lexists(exact):
             return exact
         other = self._names(item.wnid).get(item.name)
@@ -291,7 +295,13 @@ class FolderSource(Source):
 
         One lstat per file (~6 us on a local disk, more on a network file system): see docs/data.md.
         """
-        return [file_stamp(self._file(item)) for item in items]
+        stamps = []
+        for item in items:
+            stamp = file_stamp(self._exact(item))  # the common case costs one lstat, as before
+            if stamp is None and self.any_image_suffix:
+                stamp = file_stamp(self._file(item))
+            stamps.append(stamp)
+        return stamps
 
     def sizes(self, items: Sequence[ListedImage]) -> dict[ListedImage, int]:
         found = {item: self._locate(item) for item in items}
