@@ -144,6 +144,18 @@ def test_a_corrupt_shard_is_named_in_one_line_by_train(run_cli, good_data, tmp_p
                     f"hpcvision data verify {data} --name train")
 
 
+def test_a_corrupt_shard_in_val_data_is_named_by_train(run_cli, good_data, tmp_path):
+    val = tmp_path / "val"
+    shutil.copytree(good_data, val)
+    shard = val / "validation-00001-of-00002"
+    flip_byte_in_second_record(shard)
+    code, _out, err = run_cli(*train_args(good_data, tmp_path / "run", steps=2), "--val-data", val)
+    assert code == 2
+    (line,) = [line for line in err.splitlines() if line.startswith("hpcvision: error:")]
+    assert line == (f"hpcvision: error: {shard}: record 1: data CRC mismatch; check the split with: "
+                    f"hpcvision data verify {val} --name validation")
+
+
 def test_evaluate_into_a_read_only_checkpoint_folder_writes_nothing(run_cli, trained, good_data, tmp_path,
                                                                     monkeypatch):
     import tensorflow as tf

@@ -245,30 +245,31 @@ def report_skipped(data_dir: str | Path, name: str, read: int) -> int:
 
 
 @contextmanager
-def naming_corrupt_shards(data_dir: str | Path | None, *names: str) -> Iterator[None]:
-    """Turn a DataLossError from reading these splits' shards into a UserError naming the shard."""
+def naming_corrupt_shards(*splits: tuple[str | Path | None, str]) -> Iterator[None]:
+    """Turn a DataLossError from reading these (folder, name) splits' shards into a UserError naming the shard."""
     try:
         yield
     except tf.errors.DataLossError as exc:
-        if data_dir is None:
+        known = [(Path(folder), name) for folder, name in splits if folder is not None]
+        if not known:
             raise
-        raise corrupt_shard_error(Path(data_dir), names, exc) from None
+        raise corrupt_shard_error(known, exc) from None
 
 
-def corrupt_shard_error(data_dir: Path, names: tuple[str, ...], exc: Exception) -> UserError:
+def corrupt_shard_error(splits: list[tuple[Path, str]], exc: Exception) -> UserError:
     """One line for TFRecordDataset's "corrupted record at OFFSET" (which names no file): the shard and record."""
     found = re.search(r"corrupted record at (\d+)", str(getattr(exc, "message", exc)))
     offset = int(found.group(1)) if found else 0
-    for name in (n for n in names if has_manifest(data_dir, n)):
-        for path in (Path(shard["path"]) for shard in read_manifest(data_dir, name)["shards"]):
+    for folder, name in ((f, n) for f, n in splits if has_manifest(f, n)):
+        for path in (Path(shard["path"]) for shard in read_manifest(folder, name)["shards"]):
             problem = _record_problem_at(path, offset) if _size(path) > offset else None
             if problem:
-                return UserError(f"{path}: {problem}; check the split with: hpcvision data verify {data_dir} "
+                return UserError(f"{path}: {problem}; check the split with: hpcvision data verify {folder} "
                                  f"--name {name}")
     what = f"a corrupted record at byte {offset}" if found else "a corrupted record"
-    split = " / ".join(names)
-    return UserError(f"{data_dir}: {what} in a shard of {split}; find it with: hpcvision data verify {data_dir} "
-                     f"--name {names[0]}")
+    folder, name = splits[0]
+    where = " / ".join(f"{f}/{n}" for f, n in splits)
+    return UserError(f"{what} in a shard of {where}; find it with: hpcvision data verify {folder} --name {name}")
 
 
 def _size(path: Path) -> int:

@@ -73,7 +73,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     classifier = _load(config)
     log_dir = Path(config.checkpoint_dir) / "logs" / "eval" if config.checkpoint_dir else None
-    with naming_corrupt_shards(config.data, config.name):
+    with naming_corrupt_shards((config.data, config.name)):
         metrics = evaluate(classifier, config.data, config.name, config.out, batch_size=config.batch_size,
                            log_dir=log_dir)
     skipped = f", {metrics['skipped_records']} skipped" if metrics["skipped_records"] else ""

@@ -42,11 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of `hpcvision train`."""
+    config = load_config(TrainConfig, args, args.config)  # options checked before TensorFlow is imported
     from hpcvision.data.pipeline import naming_corrupt_shards
+    from hpcvision.train.inputs import val_dir
     from hpcvision.train.loop import train
 
-    config = load_config(TrainConfig, args, args.config)
-    with naming_corrupt_shards(None if config.synthetic else config.data, config.train_name, config.val_name):
+    data = None if config.synthetic else config.data
+    with naming_corrupt_shards((data, config.train_name), (data and val_dir(config), config.val_name)):
         return train(config)
 
 
