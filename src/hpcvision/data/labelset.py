@@ -17,6 +17,7 @@ from pathlib import Path
 from hpcvision.data.config import MetadataConfig
 from hpcvision.data.lists import FileList, ListedImage, read_file_list, read_synsets
 from hpcvision.data.wordnet import DEFAULT_DATA_NOUN, read_words
+from hpcvision.errors import UserError
 from hpcvision.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,12 @@ def record_synsets(out: Path, labels: LabelSet) -> None:
     text = "".join(f"{w}\n" for w in labels.wnids)
     if not path.is_file():
         write_atomic(path, text)
-    elif path.read_text(encoding="utf-8-sig").split() != labels.wnids:
+        return
+    try:
+        kept = read_synsets(path)
+    except UserError as exc:  # not ours to repair: the build uses `labels` and says so
+        kept = [str(exc)]
+    if kept != labels.wnids:
         log.warning("%s holds another label map than %s: splits built from each disagree on labels",
                     path, labels.origin)
 
