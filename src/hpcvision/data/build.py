@@ -146,8 +146,9 @@ def make_plan(config: BuildConfig) -> Plan:
     order = np.random.default_rng(config.seed).permutation(len(items))
     shuffled = [items[i] for i in order]
     bounds = np.linspace(0, len(shuffled), config.shards + 1).astype(int)
-    # Everything else that changes a record: the archives, the validation labels (by content).
-    stamps = [_stamp(config.images), _stamp(config.annotations), _content(config.val_labels)]
+    # Everything else that changes a record: the archives, the validation labels and their id map (by content).
+    stamps = [_stamp(config.images), _stamp(config.annotations), _content(config.val_labels),
+              _content(config.val_label_ids)]
     shards = []
     for s in range(config.shards):
         chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
