@@ -13,6 +13,7 @@ image/format (b"JPEG"), image/filename, image/encoded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Iterator, Sequence
@@ -86,6 +87,14 @@ def _entry(key: str, kind: int, values: Sequence[Any]) -> bytes:
     return _field(1, _field(1, key.encode()) + _field(2, _feature(kind, values)))
 
 
+@functools.lru_cache(maxsize=8192)
+def _single_entry(key: str, kind: int, value: Any) -> bytes:
+    """`_entry` of one value, remembered: heights, widths, labels, synsets and their words repeat from
+    record to record (1,000 synsets, a few hundred sizes), and encoding them in Python was most of a
+    writer's time on small images (benchmarks/imagenet_scale.py)."""
+    return _entry(key, kind, [value])
+
+
 def _bytes_entry_header(key: str, value: bytes) -> bytes:
     """Everything of the entry {key: BytesList[value]} that precedes `value` (so `value` is not copied)."""
     length = len(value)
@@ -111,11 +120,11 @@ def encode_example(*, encoded: bytes, filename: str, height: int, width: int, la
                    synset: str, text: str, boxes: Sequence[Box] = ()) -> bytes:
     """One serialised tf.train.Example with exactly the inception keys (an RGB JPEG in `encoded`)."""
     entries = dict(_CONSTANT)
-    entries["image/height"] = _entry("image/height", _INT64, [height])
-    entries["image/width"] = _entry("image/width", _INT64, [width])
-    entries["image/class/label"] = _entry("image/class/label", _INT64, [label])
-    entries["image/class/synset"] = _entry("image/class/synset", _BYTES, [synset.encode()])
-    entries["image/class/text"] = _entry("image/class/text", _BYTES, [text.encode()])
+    entries["image/height"] = _single_entry("image/height", _INT64, height)
+    entries["image/width"] = _single_entry("image/width", _INT64, width)
+    entries["image/class/label"] = _single_entry("image/class/label", _INT64, label)
+    entries["image/class/synset"] = _single_entry("image/class/synset", _BYTES, synset.encode())
+    entries["image/class/text"] = _single_entry("image/class/text", _BYTES, text.encode())
     entries["image/filename"] = _entry("image/filename", _BYTES, [filename.encode()])
     entries["image/encoded"] = b""  # placed below without copying the JPEG into an entry first
     if boxes:
