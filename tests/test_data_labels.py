@@ -180,3 +180,36 @@ def test_extract_exits_2_when_nothing_was_written(run_cli, tmp_path):
     code, _, stderr = run_cli("data", "extract", "--images", images, "--list", file_list, "--out", tmp_path / "x")
     assert code == 2 and "nothing written: all 2 listed images skipped (2 not in archive" in stderr
     assert str(tmp_path / "x" / "extract-report-rank0.tsv") in stderr
+
+
+def test_the_val_label_ids_map_is_part_of_what_decides_a_shard_is_complete(run_cli, tmp_path):
+    """Devkit integers mapped by --val-label-ids; a changed map rebuilds instead of 'already complete'."""
+    archive, val, _ = _flat_val(tmp_path)
+    truth = _list(tmp_path / "ILSVRC2012_validation_ground_truth.txt", [str(1 + i % 3) for i in range(1, 7)])
+    ids = _list(tmp_path / "ids.txt", [f"1 {A}", f"2 {B}", f"3 {C}"])
+    out = tmp_path / "rec"
+    args = ("data", "build", "--images", archive, "--list", val, "--val-labels", truth, "--val-label-ids", ids,
+            "--out", out, "--shards", "1", "--name", "validation", "--max-skipped", "1")
+    code, _, stderr = run_cli(*args)
+    assert code == 0, stderr
+    assert _manifest(out, "validation")["written"] == 6
+    ids.write_text(f"1 {B}\n2 {A}\n3 {C}\n")  # A and B swapped: their 4 images now disagree with the list
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0, stderr
+    assert "already complete" not in stdout and _manifest(out, "validation")["written"] == 2
+
+
+def test_an_explicit_synsets_file_that_differs_from_the_folders_label_map_is_a_warning(run_cli, tmp_path, caplog):
+    images = _folder(tmp_path / "images", {A: 2, B: 2})
+    file_list = _list(tmp_path / "l.txt", [f"{w} {w}_{i}" for w in (A, B) for i in range(2)])
+    out = tmp_path / "rec"
+    assert run_cli("data", "build", "--images", images, "--list", file_list, "--out", out, "--shards", "1")[0] == 0
+    assert (out / "synsets.txt").read_text() == f"{A}\n{B}\n"
+    reordered = _list(tmp_path / "mine.txt", [B, A])
+    with caplog.at_level(logging.WARNING):
+        code, _, stderr = run_cli("data", "build", "--images", images, "--list", file_list, "--out", out,
+                                  "--shards", "1", "--name", "validation", "--synsets", reordered)
+    assert code == 0, stderr
+    (warning,) = [r.getMessage() for r in caplog.records if "label map" in r.getMessage()]
+    assert f"{out / 'synsets.txt'} holds another label map than {reordered}" in warning
+    assert (out / "synsets.txt").read_text() == f"{A}\n{B}\n"  # the folder's map is not overwritten
