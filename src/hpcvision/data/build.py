@@ -28,6 +28,7 @@ from hpcvision.data.annotations import VocBoxes, normalise, read_voc
 from hpcvision.data.config import BuildConfig, index_dir
 from hpcvision.data.images import ImageProblem, prepare_image
 from hpcvision.data.labelset import LabelSet, choose_synsets, keep_known, record_synsets, synset_words
+from hpcvision.data.listing import listed_images
 from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage, read_metadata
 from hpcvision.data.shards import (
     FORMAT_VERSION,
@@ -40,7 +41,7 @@ from hpcvision.data.shards import (
     write_tsv,
 )
 from hpcvision.data.skips import check_skipped
-from hpcvision.data.sources import NO_ANNOTATION, Source, listed_images, open_annotations, open_images
+from hpcvision.data.sources import NO_ANNOTATION, Source, open_annotations, open_images
 from hpcvision.data.workers import Report, Workers
 from hpcvision.errors import CountMismatch, UserError
 from hpcvision.files import atomic_path, remove_temporaries

@@ -169,6 +169,6 @@ def _add_list(commands: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     """Handler of `hpcvision data list`."""
-    from hpcvision.data.sources import write_list
+    from hpcvision.data.listing import write_list
 
     return write_list(load_config(ListConfig, args))

@@ -22,10 +22,11 @@ from pathlib import Path
 from hpcvision.cluster.discovery import resolve_rank
 from hpcvision.data.config import ExtractConfig, index_dir
 from hpcvision.data.labelset import choose_synsets
+from hpcvision.data.listing import listed_images
 from hpcvision.data.lists import IMAGE_SUFFIX, ListedImage
 from hpcvision.data.shards import write_tsv
 from hpcvision.data.skips import check_skipped
-from hpcvision.data.sources import XML_SUFFIX, Source, listed_images, open_annotations, open_images
+from hpcvision.data.sources import XML_SUFFIX, Source, open_annotations, open_images
 from hpcvision.data.workers import Report, Workers
 from hpcvision.errors import CountMismatch, UserError
 from hpcvision.files import remove_temporaries, write_atomic
