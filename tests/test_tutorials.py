@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -250,11 +251,27 @@ def test_cnn_falls_back_to_synthetic_data_with_a_note(tmp_path, capsys):
 # --- distributed regression ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_distributed_regression_recovers_m_b_and_stops_its_processes(tmp_path):
+def _distributed_regression_in(tmp_path):
+    """(folder, results) of the tutorial's cluster, run once more only if a task died of a signal before
+    writing a line: TensorFlow's start-up crashed so (SIGSEGV, empty log) in 1 of 7 runs on the loaded
+    2-core CI VM, then passed 3 reruns. The crash is reported as a warning; a second one fails the test."""
+    from hpcvision.errors import UserError
     from hpcvision.tutorials import distributed_regression
 
-    results = distributed_regression.main(tmp_path, steps=300, timeout=240)
+    try:
+        return tmp_path, distributed_regression.main(tmp_path, steps=300, timeout=240)
+    except UserError as exc:
+        if "exited with code -" not in str(exc) or not str(exc).endswith("(empty log)"):
+            raise
+        warnings.warn(f"distributed_regression: a task crashed at start-up, run again once: {exc}", stacklevel=2)
+    again = tmp_path / "again"
+    again.mkdir()
+    return again, distributed_regression.main(again, steps=300, timeout=240)
+
+
+@pytest.mark.slow
+def test_distributed_regression_recovers_m_b_and_stops_its_processes(tmp_path):
+    tmp_path, results = _distributed_regression_in(tmp_path)
     _, pngs = outputs(tmp_path)
     assert pngs == ["convergence.png", "fit.png"]
     assert results["m"] == pytest.approx(0.3, rel=0.02)
