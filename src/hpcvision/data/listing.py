@@ -11,7 +11,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
 
-from hpcvision.data.config import INDEX_FOLDER, ListConfig
+from hpcvision.data.config import ListConfig
 from hpcvision.data.config import index_dir as default_index_dir
 from hpcvision.data.lists import FileList, list_text, read_file_list
 from hpcvision.data.sources import Source, open_images
@@ -47,17 +47,19 @@ def listed_images(list_file: Path | None, options: SourceOptions, synsets: Colle
     """The images of `list_file`, or without one every image `options.images` holds (from its index)."""
     if list_file is not None:
         return read_file_list(list_file, synsets)
-    source = open_images(options.images, val_labels=options.val_labels, val_label_ids=options.val_label_ids,
-                         index_dir=default_index_dir(options.index_dir, options.out))
-    return listed_from_source(source, synsets)
+    return listed_from_source(_open(options, options.out), synsets)
+
+
+def _open(options: SourceOptions | ListConfig, out_folder: Path) -> Source:
+    """The image source the options name, its index cached under `options.index_dir` or OUT's default."""
+    return open_images(options.images, val_labels=options.val_labels, val_label_ids=options.val_label_ids,
+                       index_dir=default_index_dir(options.index_dir, out_folder))
 
 
 def write_list(config: ListConfig) -> int:
     """`data list`: every image of `config.images` written to `config.out` as a course-format list;
     what is not a usable image is counted and its first few rows logged."""
-    folder = config.index_dir or config.out.parent / INDEX_FOLDER
-    source = open_images(config.images, val_labels=config.val_labels, val_label_ids=config.val_label_ids,
-                         index_dir=folder)
+    source = _open(config, config.out.parent)  # --out is the list file: the index goes beside it
     found = listed_from_source(source)
     if not found.images:
         raise UserError(f"{config.images}: no images found ({len(found.skipped)} other entries)")
