@@ -439,3 +439,83 @@ def test_visible_gpus_one_task_per_gpu_and_none_for_ps():
     assert [s["cuda_visible_devices"] for s in shown] == ["", "", "1", "0", "1"]
     bound = plan.describe(1, {**env, "SLURM_PROCID": "2", "CUDA_VISIBLE_DEVICES": "3"})
     assert bound["cuda_visible_devices"] is None  # the scheduler's binding is kept
+
+
+# ------------------------------------------------------------------------------ issue 13: GPUs, Torque, het jobs
+
+
+def test_inherited_multi_gpu_list_is_split_by_local_rank():
+    # Slurm without --gpus-per-task/--gpu-bind hands every task of a 4-GPU node the same four GPUs.
+    env = slurm_env("g[1-2]", "4(x2)", 8, SLURM_GPUS_PER_NODE="4", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    shown = [plan.describe(0, {**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r % 4)}) for r in range(8)]
+    assert [s["cuda_visible_devices"] for s in shown] == ["0", "1", "2", "3"] * 2
+    assert "given to all 4 tasks on g1: local rank 2 takes 2" in shown[2]["gpu_binding"]
+    # Eight GPUs for four tasks: two each; a list that does not split evenly is kept and said so.
+    two = plan.describe(0, {**env, "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
+    assert two["cuda_visible_devices"] == "2,3"
+    uneven = plan.describe(0, {**env, "SLURM_PROCID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2"})
+    assert uneven["cuda_visible_devices"] is None and "does not split evenly" in uneven["gpu_binding"]
+    bound = plan.describe(0, {**env, "SLURM_PROCID": "1", "CUDA_VISIBLE_DEVICES": "1"})
+    assert bound["cuda_visible_devices"] is None and "set by the launcher: kept" in bound["gpu_binding"]
+    # A parameter server holds no GPU even when the launcher gave it some.
+    ps = plan.describe(1, {**env, "SLURM_PROCID": "0"})
+    assert ps["role"]["type"] == "ps" and ps["cuda_visible_devices"] == ""
+
+
+def torque_env(tmp_path, hosts: int, ppn: int, ranks: int, **extra: str) -> dict:
+    nodefile = tmp_path / "torque-nodes"
+    nodefile.write_text("".join(f"n{h}\n" * ppn for h in range(1, hosts + 1)))
+    return {**BASE, "PBS_NODEFILE": str(nodefile), "PBS_JOBID": "12.torque", "OMPI_COMM_WORLD_SIZE": str(ranks),
+            **extra}
+
+
+def test_torque_nodefile_spreads_tasks_per_node_and_warns_when_one_host_gets_all(tmp_path):
+    # nodes=4:ppn=16 lists each host 16 times; mpirun --map-by ppr:4:node starts 4 ranks on each.
+    env = torque_env(tmp_path, 4, 16, 16, HPCVISION_TASKS_PER_NODE="4")
+    configs = all_ranks(env, 16, "OMPI_COMM_WORLD_RANK")
+    assert configs[0]["cluster"]["worker"] == [f"n{h}:{5000 + i}" for h in range(1, 5) for i in range(4)]
+    assert_consistent(configs)
+    found = discover({**env, "OMPI_COMM_WORLD_RANK": "5"})
+    assert found.tasks[5] == Task("n2", 1, 0)
+    assert any("HPCVISION_TASKS_PER_NODE=4: ranks per host n1 4" in n for n in found.notes)
+    # Cores per task (mixed Torque jobs): a host listed 8 times with 4 cores a task runs 2 ranks.
+    cores = discover({**torque_env(tmp_path, 2, 8, 4, HPCVISION_CORES_PER_TASK="4"), "OMPI_COMM_WORLD_RANK": "0"})
+    assert [h["tasks"] for h in cores.hosts()] == [2, 2]
+    # Without either variable all 16 ranks fill n1: cluster show says so.
+    blind = plan.describe(0, {**torque_env(tmp_path, 4, 16, 16), "OMPI_COMM_WORLD_RANK": "0"})
+    assert blind["hosts"] == [{"host": "n1", "tasks": 16, "gpus": 0}]
+    assert any("all 16 ranks are on n1 though the job has 4 hosts" in n for n in blind["notes"])
+    with pytest.raises(UserError, match="HPCVISION_TASKS_PER_NODE='x'"):
+        discover({**env, "HPCVISION_TASKS_PER_NODE": "x", "OMPI_COMM_WORLD_RANK": "0"})
+
+
+def het_env(**extra: str) -> dict:
+    """A heterogeneous Slurm job: 2 CPU nodes (3 tasks: ps, ps, chief) + 2 GPU nodes with 2 GPUs and 2 tasks each."""
+    return {
+        **BASE, "SLURM_JOB_ID": "900", "SLURM_HET_SIZE": "2",
+        "SLURM_JOB_NODELIST": "cpu[01-02],gpu[01-02]", "SLURM_STEP_NODELIST": "cpu[01-02],gpu[01-02]",
+        "SLURM_STEP_NUM_TASKS": "7",
+        "SLURM_JOB_NODELIST_HET_GROUP_0": "cpu[01-02]", "SLURM_TASKS_PER_NODE_HET_GROUP_0": "2,1",
+        "SLURM_JOB_NODELIST_HET_GROUP_1": "gpu[01-02]", "SLURM_TASKS_PER_NODE_HET_GROUP_1": "2(x2)",
+        "SLURM_GPUS_PER_NODE_HET_GROUP_1": "a100:2", **extra,
+    }
+
+
+def test_slurm_heterogeneous_job_cpu_component_holds_the_ps_and_chief():
+    configs = all_ranks(het_env(), 7, "SLURM_PROCID", num_ps=2)
+    assert configs[0]["cluster"] == {"ps": ["cpu01:5000", "cpu02:5000"], "chief": ["cpu01:5001"],
+                                     "worker": ["gpu01:5000", "gpu01:5001", "gpu02:5000", "gpu02:5001"]}
+    assert_consistent(configs)
+    found = discover({**het_env(), "SLURM_PROCID": "4"})
+    assert found.hosts() == [{"host": "cpu01", "tasks": 2, "gpus": 0}, {"host": "cpu02", "tasks": 1, "gpus": 0},
+                             {"host": "gpu01", "tasks": 2, "gpus": 2}, {"host": "gpu02", "tasks": 2, "gpus": 2}]
+    assert "components 0,1 with 3 + 4 tasks" in found.notes[0]
+    worker = plan.describe(2, {**het_env(CUDA_VISIBLE_DEVICES="0,1"), "SLURM_PROCID": "4", "SLURM_LOCALID": "1"})
+    assert worker["role"] == {"type": "worker", "index": 1} and worker["cuda_visible_devices"] == "1"
+    # A step in one component only (srun --het-group=1): its own SLURM_STEP_* describe it.
+    one = {**het_env(), "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+           "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3"}
+    assert [t.host for t in discover(one).tasks] == ["gpu01", "gpu01", "gpu02", "gpu02"]
+    # HPCVISION_HET_GROUPS (set by job scripts) names the components; a missing one is one line.
+    with pytest.raises(UserError, match="SLURM_JOB_NODELIST_HET_GROUP_2 is not set"):
+        discover({**het_env(HPCVISION_HET_GROUPS="0,2"), "SLURM_PROCID": "0"})

@@ -7,7 +7,8 @@ Stable entry points:
   `hpcvision.cluster.plan` turns into roles, ports and the TF_CONFIG.
 
 Sources, first match wins: an explicit TF_CONFIG; Slurm (SLURM_PROCID + the step's node list and
-tasks per node); PBS Pro / Torque ($PBS_NODEFILE, rank from the MPI launcher or pbsdsh); plain
+tasks per node, or each component's in a heterogeneous job); PBS Pro / Torque ($PBS_NODEFILE, ranks
+per host from the node file or HPCVISION_TASKS_PER_NODE, rank from the MPI launcher or pbsdsh); plain
 mpirun (mpi4py allgather of host names and GPU counts). Nothing here imports TensorFlow.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hpcvision.cluster.formats import (
+    cores_per_task,
     expand_nodelist,
     expand_tasks_per_node,
     gpu_overrides,
@@ -27,6 +29,8 @@ from hpcvision.cluster.formats import (
     pbs_gpu_counts,
     read_nodefile,
     slurm_gpus_per_node,
+    slurm_het_groups,
+    tasks_per_host,
 )
 from hpcvision.cluster.spec import load_tf_config, task_of, tasks_in_order
 from hpcvision.errors import UserError
@@ -189,10 +193,24 @@ def _in_slurm_step(env: Mapping[str, str]) -> bool:
 def _from_slurm(env: Mapping[str, str]) -> Discovery:
     if "SLURM_PROCID" not in env or not _slurm_nodelist(env):
         raise UserError("Slurm: SLURM_PROCID and SLURM_STEP_NODELIST are not set (run under srun)")
-    hosts = expand_nodelist(_slurm_nodelist(env))
-    per_node_text = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
     size_var = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
     size = env_int(env, size_var) if size_var in env else None
+    het = _slurm_het_tasks(env, size)
+    if het is not None:
+        tasks, notes = het
+    else:
+        tasks, notes = _slurm_step_tasks(env, size, size_var), []
+    rank = env_int(env, "SLURM_PROCID")
+    _check_rank(rank, tasks, "SLURM_PROCID")
+    if het is None and "SLURM_LOCALID" in env and env_int(env, "SLURM_LOCALID") != tasks[rank].local_index:
+        notes.append("SLURM_LOCALID differs from block distribution; use srun --distribution=block (the default)")
+    return Discovery("slurm", rank, tuple(tasks), job_id=env.get("SLURM_JOB_ID"), notes=tuple(notes))
+
+
+def _slurm_step_tasks(env: Mapping[str, str], size: int | None, size_var: str) -> list[Task]:
+    """One Task per rank of an ordinary step: its node list, tasks per node (block distribution), GPUs."""
+    hosts = expand_nodelist(_slurm_nodelist(env))
+    per_node_text = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
     if per_node_text:
         per_node = expand_tasks_per_node(per_node_text)
     else:
@@ -202,16 +220,47 @@ def _from_slurm(env: Mapping[str, str]) -> Discovery:
             f"Slurm: {len(hosts)} hosts in the node list but tasks per node {per_node_text!r} "
             f"names {len(per_node)}"
         )
-    uniform = slurm_gpus_per_node(env)
-    tasks = _block_tasks(list(zip(hosts, per_node, strict=True)), env, uniform)
+    tasks = _block_tasks(list(zip(hosts, per_node, strict=True)), env, slurm_gpus_per_node(env))
     if size is not None and size != len(tasks):
         raise UserError(f"Slurm: {size_var}={size} but tasks per node {per_node_text!r} add up to {len(tasks)}")
-    rank = env_int(env, "SLURM_PROCID")
-    _check_rank(rank, tasks, "SLURM_PROCID")
-    notes = []
-    if "SLURM_LOCALID" in env and env_int(env, "SLURM_LOCALID") != tasks[rank].local_index:
-        notes.append("SLURM_LOCALID differs from block distribution; use srun --distribution=block (the default)")
-    return Discovery("slurm", rank, tuple(tasks), job_id=env.get("SLURM_JOB_ID"), notes=tuple(notes))
+    return tasks
+
+
+def _slurm_het_tasks(env: Mapping[str, str], size: int | None) -> tuple[list[Task], list[str]] | None:
+    """Tasks of a step spanning the components of a heterogeneous job (`srun --het-group=0,1`), component 0's
+    first; None when this is no heterogeneous job or the step covers one component only (its SLURM_STEP_* say).
+
+    SLURM_PROCID counts across the components of such a step; each component's hosts, tasks per node and
+    GPUs come from its own variables (SLURM_JOB_NODELIST_HET_GROUP_<n>, ...).
+    """
+    groups = slurm_het_groups(env)
+    if not groups:
+        return None
+    tasks: list[Task] = []
+    counts = []
+    for group in groups:
+        suffix = f"_HET_GROUP_{group}"
+        nodelist = env.get(f"SLURM_STEP_NODELIST{suffix}") or env.get(f"SLURM_JOB_NODELIST{suffix}")
+        if not nodelist:
+            raise UserError(f"Slurm heterogeneous job: SLURM_JOB_NODELIST{suffix} is not set (no component {group})")
+        hosts = expand_nodelist(nodelist)
+        per_node_text = env.get(f"SLURM_STEP_TASKS_PER_NODE{suffix}") or env.get(f"SLURM_TASKS_PER_NODE{suffix}")
+        if per_node_text:
+            per_node = expand_tasks_per_node(per_node_text)
+        elif f"SLURM_NTASKS{suffix}" in env:
+            per_node = _block_split(env_int(env, f"SLURM_NTASKS{suffix}"), len(hosts))
+        else:
+            raise UserError(f"Slurm heterogeneous job: SLURM_TASKS_PER_NODE{suffix} is not set")
+        if len(per_node) != len(hosts):
+            raise UserError(f"Slurm: {len(hosts)} hosts in SLURM_JOB_NODELIST{suffix} but tasks per node "
+                            f"{per_node_text!r} names {len(per_node)}")
+        tasks += _block_tasks(list(zip(hosts, per_node, strict=True)), env, slurm_gpus_per_node(env, suffix))
+        counts.append(str(sum(per_node)))
+    if size is not None and size != len(tasks) and "HPCVISION_HET_GROUPS" not in env:
+        return None  # a step in one component: its own SLURM_STEP_* describe it
+    note = (f"heterogeneous job: components {','.join(map(str, groups))} with {' + '.join(counts)} tasks; "
+            "SLURM_PROCID counts across them")
+    return tasks, [note]
 
 
 def _block_split(total: int, nodes: int) -> list[int]:
@@ -221,17 +270,23 @@ def _block_split(total: int, nodes: int) -> list[int]:
 
 
 def _from_pbs(env: Mapping[str, str]) -> Discovery:
-    slots = group_slots(read_nodefile(env["PBS_NODEFILE"]))
     rank, size = process_rank(env)
+    slots, notes = _pbs_slots(env)
     tasks = _block_tasks(slots, env, None)
     if size > len(tasks):
         raise UserError(f"{env['PBS_NODEFILE']}: {size} ranks but the node file holds {len(tasks)} slots")
     _check_rank(rank, tasks[:size], "rank")
-    notes = []
     if size == 1 and len(tasks) > 1:
         notes.append(
             f"not started by a launcher: one process (the job has {len(tasks)} slots on {len(slots)} hosts; "
             "start ranks with mpirun/aprun/pbsdsh)"
+        )
+    used = {task.host for task in tasks[:size]}
+    if size > 1 and len(used) == 1 and len(slots) > 1:
+        notes.append(
+            f"all {size} ranks are on {tasks[0].host} though the job has {len(slots)} hosts: a Torque node file "
+            "lists a host once per core (ppn); start T ranks per host (mpirun --map-by ppr:T:node) and set "
+            "HPCVISION_TASKS_PER_NODE=T, as `job pbs --flavor torque` does"
         )
     local = env.get("OMPI_COMM_WORLD_LOCAL_RANK") or env.get("MPI_LOCALRANKID")
     if local is not None and local.isdigit() and int(local) != tasks[rank].local_index:
@@ -240,6 +295,25 @@ def _from_pbs(env: Mapping[str, str]) -> Discovery:
             "map ranks by slot (the mpirun default) or set HPCVISION_DISCOVERY=mpi"
         )
     return Discovery("pbs", rank, tuple(tasks[:size]), job_id=env.get("PBS_JOBID"), notes=tuple(notes))
+
+
+def _pbs_slots(env: Mapping[str, str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """(host, ranks) from the node file: one rank per line (PBS Pro's mpiprocs), or spread when the job
+    says how (Torque lists a host once per core): HPCVISION_TASKS_PER_NODE=T, HPCVISION_CORES_PER_TASK=C."""
+    slots = group_slots(read_nodefile(env["PBS_NODEFILE"]))
+    per_host, cores = tasks_per_host(env), cores_per_task(env)
+    if per_host is not None:
+        spread = [(host, min(per_host, lines)) for host, lines in slots]
+        why = f"HPCVISION_TASKS_PER_NODE={per_host}"
+    elif cores is not None:
+        spread = [(host, max(lines // cores, 1)) for host, lines in slots]
+        why = f"HPCVISION_CORES_PER_TASK={cores}"
+    else:
+        return slots, []
+    if spread == slots:
+        return slots, []
+    described = ", ".join(f"{host} {n}" for host, n in spread[:4]) + (", ..." if len(spread) > 4 else "")
+    return spread, [f"{why}: ranks per host {described} (the node file lists {sum(n for _, n in slots)} lines)"]
 
 
 def _from_mpi(env: Mapping[str, str], gather_hosts: HostGather) -> Discovery:

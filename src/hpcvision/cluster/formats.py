@@ -95,10 +95,13 @@ def group_slots(hosts: list[str]) -> list[tuple[str, int]]:
     return list(counts.items())
 
 
-def slurm_gpus_per_node(env: Mapping[str, str]) -> int | None:
-    """GPUs per node from SLURM_GPUS_PER_NODE (`4`, `a100:4`, `gpu:a100:4`); 0 when the job asked for none."""
+def slurm_gpus_per_node(env: Mapping[str, str], suffix: str = "") -> int | None:
+    """GPUs per node from SLURM_GPUS_PER_NODE (`4`, `a100:4`, `gpu:a100:4`); 0 when the job asked for none.
+
+    `suffix` reads one component of a heterogeneous job (`_HET_GROUP_1`).
+    """
     for name in ("SLURM_GPUS_PER_NODE", "SLURM_GPUS_ON_NODE"):
-        value = env.get(name, "").strip()
+        value = env.get(name + suffix, "").strip()
         if value:
             match = re.search(r"(\d+)\s*$", value.split(",")[0].split("(")[0])
             if match:
@@ -142,3 +145,42 @@ def pbs_gpu_counts(env: Mapping[str, str]) -> dict[str, int]:
         host = re.sub(r"-gpu\d+$", "", line)
         counts[host] = counts.get(host, 0) + 1
     return counts
+
+
+def tasks_per_host(env: Mapping[str, str]) -> int | None:
+    """HPCVISION_TASKS_PER_NODE: ranks started on each host when the node file lists a host once per core.
+
+    Torque writes one line per core (ppn), PBS Pro one per MPI process (mpiprocs); job scripts for
+    Torque set this variable so discovery spreads ranks as `mpirun --map-by ppr:T:node` does.
+    """
+    text = env.get("HPCVISION_TASKS_PER_NODE", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"HPCVISION_TASKS_PER_NODE={text!r}: expected a whole number >= 1")
+    return int(text)
+
+
+def cores_per_task(env: Mapping[str, str]) -> int | None:
+    """HPCVISION_CORES_PER_TASK: a Torque host listed N times runs N // C ranks (mixed jobs, `--map-by slot:PE=C`)."""
+    text = env.get("HPCVISION_CORES_PER_TASK", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"HPCVISION_CORES_PER_TASK={text!r}: expected a whole number >= 1")
+    return int(text)
+
+
+def slurm_het_groups(env: Mapping[str, str]) -> list[int]:
+    """The components of a Slurm heterogeneous job this step spans: HPCVISION_HET_GROUPS (`0,1`), else every
+    component the job has (SLURM_JOB_NODELIST_HET_GROUP_0, _1, ...); [] outside a heterogeneous job."""
+    text = env.get("HPCVISION_HET_GROUPS", "").strip()
+    if text:
+        groups = [item.strip() for item in text.split(",")]
+        if not all(g.isdigit() for g in groups):
+            raise UserError(f"HPCVISION_HET_GROUPS={text!r}: expected component numbers such as 0,1")
+        return [int(g) for g in groups]
+    count = 0
+    while f"SLURM_JOB_NODELIST_HET_GROUP_{count}" in env:
+        count += 1
+    return list(range(count)) if count > 1 else []

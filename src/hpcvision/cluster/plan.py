@@ -48,12 +48,15 @@ class ClusterPlan:
     is_chief: bool  # writes checkpoints, summaries, run.yaml (`spec.chief_of`)
     base_port: int | None  # first port of this job on each host; None: no ports of ours (alone, TF_CONFIG given)
     visible_gpus: str | None  # CUDA_VISIBLE_DEVICES to set before TensorFlow starts; None: leave it
+    gpu_reason: str = ""  # why `visible_gpus` is what it is (`cluster show`, train's log)
 
     def log_notes(self) -> None:
         """Warn about anything odd discovery found (an explicit TF_CONFIG is used as is: nothing to say)."""
         if self.found.tf_config is None:
             for note in self.found.notes:
                 log.warning("cluster discovery: %s", note)
+        if self.gpu_reason:
+            log.info("cluster GPUs: %s", self.gpu_reason)
 
 
 def plan_cluster(num_ps: int = 0, environ: Mapping[str, str] | None = None, source: str | None = None,
@@ -70,7 +73,7 @@ def plan_cluster(num_ps: int = 0, environ: Mapping[str, str] | None = None, sour
         return _given_plan(found)
     if found.size <= 1:
         roles = tuple(assign_roles(found.tasks, 0))
-        return ClusterPlan(found, roles, "worker", 0, None, None, True, None, visible_gpus(found, roles, env))
+        return ClusterPlan(found, roles, "worker", 0, None, None, True, None, *gpu_choice(found, roles, env))
     return _discovered_plan(found, num_ps, env)
 
 
@@ -81,7 +84,7 @@ def _given_plan(found: Discovery) -> ClusterPlan:
     task_type, task_index = task_of(config)
     roles = tuple((t, i) for t, i, _ in tasks_in_order(cluster))
     return ClusterPlan(found, roles, task_type, task_index, config, chief_address(cluster),
-                       is_chief(task_type, task_index, cluster), None, None)
+                       is_chief(task_type, task_index, cluster), None, None, "TF_CONFIG given: GPUs left as they are")
 
 
 def _discovered_plan(found: Discovery, num_ps: int, env: Mapping[str, str]) -> ClusterPlan:
@@ -93,7 +96,7 @@ def _discovered_plan(found: Discovery, num_ps: int, env: Mapping[str, str]) -> C
     cluster = cluster_spec(roles, [f"{task.host}:{port + task.local_index}" for task in found.tasks])
     return ClusterPlan(found, roles, task_type, task_index, tf_config(cluster, task_type, task_index),
                        chief_address(cluster), is_chief(task_type, task_index, cluster), port,
-                       visible_gpus(found, roles, env))
+                       *gpu_choice(found, roles, env))
 
 
 def base_port(environ: Mapping[str, str] | None = None, job_id: str | None = None) -> int:
@@ -144,21 +147,56 @@ def assign_roles(tasks: Sequence[Task], num_ps: int = 0) -> list[tuple[str, int]
 
 
 def visible_gpus(found: Discovery, roles: Sequence[tuple[str, int]], environ: Mapping[str, str]) -> str | None:
-    """The CUDA_VISIBLE_DEVICES this task should use, or None to leave it as the launcher set it.
+    """The CUDA_VISIBLE_DEVICES this task should use, or None to leave it as the launcher set it (`gpu_choice`)."""
+    return gpu_choice(found, roles, environ)[0]
 
-    Parameter servers (and the PS chief) get "" so they hold no GPU memory. With one task per GPU
-    (as many tasks on the host as GPUs) each task gets the GPU of its slot.
+
+# Local rank on this host, as the launcher numbers it (Slurm, Open MPI, MPICH/Intel MPI).
+LOCAL_RANK_VARS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
+
+
+def gpu_choice(found: Discovery, roles: Sequence[tuple[str, int]],
+               environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(CUDA_VISIBLE_DEVICES for this task or None to leave it, why), decided once.
+
+    Parameter servers (and the PS chief) get "" so they hold no GPU memory. Several tasks on a host that
+    all inherited the same GPU list (Slurm without --gpus-per-task/--gpu-bind does this) split it by local
+    rank; with nothing inherited, as many tasks on a host as it has GPUs take the GPU of their slot.
     """
-    if "CUDA_VISIBLE_DEVICES" in environ:
-        return None  # the scheduler bound GPUs already (e.g. srun --gpu-bind)
     me = found.tasks[found.rank]
     task_type = roles[found.rank][0]
     if task_type == "ps" or (task_type == "chief" and any(r[0] == "ps" for r in roles)):
-        return ""
+        return "", f"{task_type} of a parameter-server job: no GPU (it computes no gradients)"
     on_host = sum(1 for t in found.tasks if t.host == me.host)
+    inherited = environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is not None:
+        ids = [v.strip() for v in inherited.split(",") if v.strip()]
+        if on_host > 1 and len(ids) > 1 and len(ids) % on_host == 0:
+            local = _local_rank(environ, me.local_index, on_host)
+            share = len(ids) // on_host
+            mine = ",".join(ids[local * share:(local + 1) * share])
+            return mine, (f"CUDA_VISIBLE_DEVICES={inherited} was given to all {on_host} tasks on {me.host}: "
+                          f"local rank {local} takes {mine}")
+        if on_host > 1 and len(ids) > 1:
+            return None, (f"CUDA_VISIBLE_DEVICES={inherited} for {on_host} tasks on {me.host} does not split "
+                          "evenly: left as is (the tasks share these GPUs)")
+        return None, f"CUDA_VISIBLE_DEVICES={inherited!r} set by the launcher: kept"
     if me.host_gpus > 1 and on_host == me.host_gpus:
-        return str(me.local_index)
-    return None
+        return str(me.local_index), f"{on_host} tasks on {me.host}'s {on_host} GPUs: slot {me.local_index} takes GPU {me.local_index}"
+    if me.host_gpus and on_host > 1:
+        return None, f"{on_host} tasks share {me.host}'s {me.host_gpus} GPU(s): each sees all of them"
+    if not me.host_gpus:
+        return None, f"no GPU on {me.host}"
+    return None, f"{me.host}'s {me.host_gpus} GPU(s) for this task"
+
+
+def _local_rank(environ: Mapping[str, str], slot: int, on_host: int) -> int:
+    """The launcher's local rank when it gives one that fits, else the slot discovery placed the task in."""
+    for name in LOCAL_RANK_VARS:
+        value = environ.get(name, "")
+        if value.isdigit() and int(value) < on_host:
+            return int(value)
+    return slot
 
 
 def describe(num_ps: int = 0, environ: Mapping[str, str] | None = None, source: str | None = None,
@@ -179,5 +217,6 @@ def describe(num_ps: int = 0, environ: Mapping[str, str] | None = None, source: 
         "base_port": base_port(env, found.job_id) if plan.base_port is None else plan.base_port,
         "tf_config": plan.tf_config,
         "cuda_visible_devices": plan.visible_gpus,
+        "gpu_binding": plan.gpu_reason,
         "notes": list(found.notes),
     }
