@@ -201,6 +201,25 @@ def load_labels(checkpoint_dir: str | Path) -> dict:
     return labels
 
 
+def _load_moving_averages(model, prefix: str) -> None:
+    """Replace the model's trainable weights by the moving averages the run kept (`--ema-decay`)."""
+    import tensorflow as tf
+
+    from hpcvision.train.optim import ema_key
+
+    reader = tf.train.load_checkpoint(prefix)
+    missing = []
+    for variable in model.trainable_variables:
+        key = f"ema/{ema_key(variable)}/.ATTRIBUTES/VARIABLE_VALUE"
+        if reader.has_tensor(key):
+            variable.assign(reader.get_tensor(key))
+        else:
+            missing.append(variable.path)
+    if missing:
+        raise UserError(f"{prefix}: run.yaml says --ema-decay, but the checkpoint has no moving average of "
+                        f"{len(missing)} weights (e.g. {missing[0]})")
+
+
 def load_trained_model(checkpoint_dir: str | Path):
     """(keras.Model returning logits, TrainConfig, labels) from the newest usable checkpoint."""
     import keras
@@ -216,7 +235,9 @@ def load_trained_model(checkpoint_dir: str | Path):
     aux = model_spec(config.model).has_aux
     trained = build_model(config.model, len(labels["classes"]), config.image_size, aux=aux)
     expected = f"run.yaml's {config.model} with {len(labels['classes'])} classes"
-    restore_newest(tf.train.Checkpoint(model=trained), checkpoint_dir, model=expected, partial=True)
+    prefix = restore_newest(tf.train.Checkpoint(model=trained), checkpoint_dir, model=expected, partial=True)
+    if config.ema_decay:
+        _load_moving_averages(trained, prefix)
     if isinstance(trained.outputs, list) and len(trained.outputs) > 1:
         return keras.Model(trained.inputs, trained.outputs[0], name=trained.name), config, labels
     return trained, config, labels

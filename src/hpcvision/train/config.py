@@ -16,7 +16,7 @@ from hpcvision.config import option, required
 from hpcvision.data.input_config import InputConfig
 
 STRATEGIES = ["auto", "one", "mirrored", "multi-worker", "parameter-server"]
-OPTIMIZERS = ["sgd", "rmsprop", "adam"]
+OPTIMIZERS = ["sgd", "rmsprop", "adam", "adamw", "lion", "lamb"]
 SCHEDULES = ["cosine", "step", "constant"]
 PRECISIONS = ["auto", "off", "mixed_bfloat16", "mixed_float16"]
 
@@ -38,7 +38,8 @@ class TrainConfig:
     image_size: int | None = option(None, "input resolution (default: the model's published size)", minimum=1)
     strategy: str = option("auto", "distribution strategy", choices=STRATEGIES)
     num_ps: int = option(0, "parameter-server tasks expected in the cluster (for discovery)", minimum=0)
-    optimizer: str = option("sgd", "sgd (Nesterov momentum), rmsprop or adam", choices=OPTIMIZERS)
+    optimizer: str = option("sgd", "sgd (Nesterov momentum), rmsprop, adam, adamw, lion or lamb (Keras')",
+                            choices=OPTIMIZERS)
     momentum: float = option(0.9, "momentum of sgd/rmsprop", minimum=0, maximum=1)
     learning_rate: float = option(0.1, "base learning rate for a global batch of 256", above=0)
     warmup_epochs: float = option(0.0, "linear warm-up length in epochs", minimum=0)
@@ -49,6 +50,9 @@ class TrainConfig:
     )
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", minimum=0, maximum=1)
     weight_decay: float = option(1e-4, "decoupled weight decay (not on biases and normalisation)", minimum=0)
+    clip_norm: float = option(0.0, "clip the gradient to this global norm, over all replicas (0 = off)", minimum=0)
+    ema_decay: float = option(0.0, "keep an exponential moving average of the weights with this decay per "
+                              "update, used by evaluation and export (0 = off; e.g. 0.9998)", minimum=0, below=1)
     aux_loss_weight: float = option(0.3, "weight of auxiliary-head losses (googlenet, inception_v3)", minimum=0)
     mixed_precision: str = option(
         "off", "auto = bf16 on CPU, fp16 with loss scaling on GPU", choices=PRECISIONS

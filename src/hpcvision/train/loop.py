@@ -152,8 +152,11 @@ def build_run(cfg, role: Role) -> Run:
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     with strategy.scope():
         model, optimizer, step, epoch, learning_rate = _build_model_and_optimizer(
-            cfg, spec.has_aux, loss_scaling, global_batch, steps_per_epoch, total_steps)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, epoch=epoch)
+            cfg, spec.has_aux, loss_scaling, global_batch, steps_per_epoch, total_steps,
+            strategy.num_replicas_in_sync)
+    # The weights' moving averages also under the model's own names, for evaluate and export (optim.py).
+    averages = {"ema": optim.ema_variables(optimizer)} if cfg.ema_decay else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, epoch=epoch, **averages)
     checkpoint_dir = Path(cfg.checkpoint_dir)
     restored = ckpt_lib.restore_newest(checkpoint, checkpoint_dir, model=f"--model {cfg.model} with "
                                        f"{cfg.num_classes} classes", hint=RESUME_HINT)
@@ -199,7 +202,7 @@ def _model_spec(cfg):
 
 
 def _build_model_and_optimizer(cfg, aux: bool, loss_scaling: bool, global_batch: int, steps_per_epoch: int,
-                               total_steps: int):
+                               total_steps: int, replicas: int):
     """(model, optimizer, step, epoch, learning rate): the trained state, built in the strategy's scope."""
     import tensorflow as tf
 
@@ -216,8 +219,11 @@ def _build_model_and_optimizer(cfg, aux: bool, loss_scaling: bool, global_batch:
                                       total_steps=total_steps, warmup_epochs=cfg.warmup_epochs,
                                       schedule=cfg.schedule, step_epochs=cfg.step_epochs)
 
+    # Keras clips each replica's gradient before its all-reduce; the step hands it the all-reduced gradient
+    # divided by the replicas instead (_make_train_step), whose norm is the global one / replicas.
     optimizer = optim.make_optimizer(cfg.optimizer, learning_rate, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay, loss_scaling=loss_scaling)
+                                     weight_decay=cfg.weight_decay, loss_scaling=loss_scaling,
+                                     clip_norm=cfg.clip_norm / replicas, ema_decay=cfg.ema_decay)
     optimizer.build(model.trainable_variables)
     return model, optimizer, step, epoch, learning_rate
 
@@ -236,6 +242,8 @@ def _make_train_step(run: Run):
     import tensorflow as tf
 
     cfg, model, optimizer = run.cfg, run.model, run.optimizer
+    replicas = run.strategy.num_replicas_in_sync
+    clips_reduced = cfg.clip_norm > 0 and replicas > 1
 
     def replica_step(images, labels, flags):
         with tf.GradientTape() as tape:
@@ -247,7 +255,10 @@ def _make_train_step(run: Run):
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled = optimizer.scale_loss(loss) if run.loss_scaling else loss
-        optimizer.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        if clips_reduced:  # one all-reduce more: Keras clips before its own all-reduce (see _build_model...)
+            gradients = [g / replicas for g in tf.distribute.get_replica_context().all_reduce("SUM", gradients)]
+        optimizer.apply(gradients, model.trainable_variables)
         return tf.concat([_batch_sums(losses, logits, labels, tf), flags], axis=0)
 
     if cfg.xla:
@@ -413,8 +424,9 @@ def evaluate(run: Run, steps: Steps, step_value: int) -> None:
     dataset = inputs.eval_dataset(cfg, cfg.image_size, num_workers=role.num_workers if sharded else 1,
                                   worker_index=role.worker_index if sharded else 0)
     totals = tf.zeros([4])
-    for images, labels in dataset:
-        totals += steps.evaluate(images, labels)
+    with optim.ema_weights_in(run.model, run.optimizer):  # the averages, when kept, are what is evaluated
+        for images, labels in dataset:
+            totals += steps.evaluate(images, labels)
     if sharded:
         totals = _sum_over_workers(run.strategy, totals, role.num_workers, tf)
     loss, top1, top5, count = (float(v) for v in totals.numpy())
