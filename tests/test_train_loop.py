@@ -192,16 +192,54 @@ def test_nothing_left_to_do_writes_nothing(train, finished_run, tmp_path):
     assert snapshot(run) == before
 
 
-def test_a_folder_holding_another_model_is_refused_and_keeps_its_run_files(train, finished_run, tmp_path):
+@pytest.mark.parametrize(("flags", "theirs", "ours"), [
+    (["--num-classes", "7"], "10 classes", "7 classes"),
+    (["--optimizer", "adam"], "--optimizer sgd", "--optimizer adam"),
+    (["--model", "resnet18"], "--model small", "--model resnet18"),
+])
+def test_a_folder_holding_another_run_is_refused_in_one_line(train, finished_run, tmp_path, caplog, flags, theirs,
+                                                             ours):
     run = run_copy(finished_run, tmp_path)
     before = snapshot(run)
-    code, messages = train(*SYNTHETIC, "--num-classes", "7", "--steps", "5", "--checkpoint-dir", run)
+    code, messages = train(*SYNTHETIC, *flags, "--steps", "5", "--checkpoint-dir", run)
     assert code == 2
     assert snapshot(run) == before  # run.yaml and labels.json still describe the checkpoints
-    errors = [m for m in messages if m.startswith("hpcvision: error:")]
-    assert errors == [f"hpcvision: error: {run}: ckpt-3 holds another model than --model small with 7 classes "
-                      "(logits/kernel has shape (256, 10) in the checkpoint, (256, 7) in the model); to resume it, "
-                      "use the settings of its run.yaml; for a new run, another --checkpoint-dir"], messages
+    assert messages[-1] == (f"hpcvision: error: {run / 'run.yaml'}: the run there has {theirs}, this command {ours}; "
+                            f"to resume it, `hpcvision train --checkpoint-dir {run}` alone uses its settings; for a "
+                            "new run, another --checkpoint-dir"), messages
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "warnings besides the one line"
+
+
+def test_checkpoint_dir_alone_resumes_as_run_yaml_says_with_absolute_paths(train, finished_run, tmp_path,
+                                                                         monkeypatch):
+    from hpcvision.train.checkpoint import load_run_config
+
+    run_copy(finished_run, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, messages = train("--checkpoint-dir", "run", "--steps", "5")
+    assert code == 0, messages
+    assert any("resumed from run/ckpt-3 at step 3" in m for m in messages), messages
+    assert any("finished at step 5" in m for m in messages)
+    config = load_run_config(tmp_path / "run")
+    assert (config.checkpoint_dir, config.model, config.steps) == (str(tmp_path / "run"), "small", 5)
+
+
+def test_a_changed_global_batch_is_refused_unless_allowed_and_the_epoch_stays_true(train, tmp_path):
+    from hpcvision.train.checkpoint import load_run_config
+
+    epoch = [*SYNTHETIC, "--examples-per-epoch", "64", "--log-every", "1", "--checkpoint-dir", tmp_path]
+    assert train(*epoch, "--epochs", "1")[0] == 0  # 4 steps of 16
+    code, messages = train(*epoch, "--epochs", "2", "--batch-size", "32")
+    assert code == 2 and "the run's steps so far are of global batch 16, this command's is 32" in messages[-1]
+    code, messages = train(*epoch, "--epochs", "2", "--batch-size", "32", "--allow-batch-change")
+    assert code == 0, messages
+    assert any("global batch 16 -> 32 at step 4: the run is at epoch 1.00" in m for m in messages), messages
+    # Epoch 2 ends after 2 more steps of 32 (steps 5 and 6), at epoch 2.00, not 1.50 or 3.00.
+    assert re.findall(r"step (\d+)/(\d+) epoch (\S+)", "\n".join(messages)) == [
+        ("5", "6", "1.50"), ("6", "6", "2.00")]
+    config = load_run_config(tmp_path)
+    assert (config.global_batch, config.step_shift, config.allow_batch_change) == (32, -2, False)
+    assert train(*epoch, "--epochs", "2", "--batch-size", "32")[0] == 0  # the same batch again: no question
 
 
 def test_leftovers_of_killed_saves_go_and_pruning_resumes(train, finished_run, tmp_path):

@@ -107,7 +107,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     Field metadata may also set `flag` (another option name), `aliases` (more names), `metavar`,
     `positional`, `nargs` (e.g. argparse.REMAINDER), `repeat` (a list given one value per use of the
     flag) and `one_of` (a group name: its fields become a required mutually exclusive group); a field
-    without a default is a required option.
+    without a default is a required option. A `recorded` field gets no flag: only its YAML key (what a
+    command writes there for itself, such as run.yaml's global batch).
     """
     _add_arguments(parser, cls, "")
 
@@ -117,6 +118,8 @@ def _add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cl
     hints = typing.get_type_hints(cls)
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for field in dataclasses.fields(cls):
+        if field.metadata.get("recorded"):  # bookkeeping a command writes into its YAML, not an option
+            continue
         section = _section(hints[field.name])
         if section is not None:
             title = f"{field.name} options (the '{field.name}:' section of a config file)"

@@ -57,7 +57,7 @@ def write_run_files(config, labels: dict, checkpoint_dir: str | Path) -> None:
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / RUN_FILE) as tmp:
-        save_config(config, tmp)
+        save_config(absolute_paths(config), tmp)
     write_atomic(directory / LABELS_FILE, json.dumps(labels, indent=1) + "\n")
 
 
@@ -190,6 +190,67 @@ def load_run_config(checkpoint_dir: str | Path):
     return load_config(TrainConfig, None, path)
 
 
+# What a checkpoint of the folder is made of, as the message names it: another value cannot resume it.
+GUARDED = {"model": "--model {}".format, "num_classes": "{} classes".format, "optimizer": "--optimizer {}".format,
+           "freeze_backbone": lambda frozen: "--freeze-backbone" if frozen else "no --freeze-backbone"}
+
+
+def check_resume(config, global_batch: int, steps_per_epoch: int, examples_per_epoch: int) -> int:
+    """Before a resume builds anything: the folder's run.yaml must record this run's model, class count,
+    optimizer, frozen backbone and global batch (another batch only with `allow_batch_change`); the step
+    shift to use (UserError naming both values otherwise).
+
+    The shift places the step counter in epochs of the new batch: epoch = (step + shift) / steps_per_epoch.
+    """
+    directory = Path(config.checkpoint_dir)
+    if not (directory / RUN_FILE).is_file() or not checkpoint_prefixes(directory):
+        return 0
+    recorded = load_run_config(directory)
+    hint = (f"to resume it, `hpcvision train --checkpoint-dir {directory}` alone uses its settings; "
+            "for a new run, another --checkpoint-dir")
+    for name, text in GUARDED.items():
+        theirs, ours = getattr(recorded, name), getattr(config, name)
+        if theirs is not None and theirs != ours:
+            raise UserError(f"{directory / RUN_FILE}: the run there has {text(theirs)}, this command "
+                            f"{text(ours)}; {hint}")
+    old = recorded.global_batch
+    if old is None or old == global_batch:
+        return recorded.step_shift
+    if not config.allow_batch_change:
+        raise UserError(f"{directory / RUN_FILE}: the run's steps so far are of global batch {old}, this command's "
+                        f"is {global_batch}; --allow-batch-change continues at the epoch reached with the new batch, "
+                        "or resume with the same --batch-size and replicas")
+    step = newest_step(directory)
+    epoch = (step + recorded.step_shift) / max(1, examples_per_epoch // old)
+    shift = round(epoch * steps_per_epoch) - step
+    log.warning("global batch %d -> %d at step %d: the run is at epoch %.2f and continues there, %d steps per epoch "
+                "from now on; the schedule keeps its place in epochs (warm-up, decay, step boundaries), its rate scaled "
+                "to the new batch; steps keep counting from %d", old, global_batch, step, epoch, steps_per_epoch, step)
+    return shift
+
+
+def newest_step(checkpoint_dir: str | Path) -> int:
+    """The step counter of the newest checkpoint whose index reads (read from the file, no model built)."""
+    import tensorflow as tf
+
+    for prefix in checkpoint_prefixes(checkpoint_dir):
+        try:
+            return int(tf.train.load_checkpoint(prefix).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+        except (tf.errors.OpError, ValueError):
+            continue
+    raise UserError(f"{checkpoint_dir}: no usable checkpoint (all unreadable)")
+
+
+def absolute_paths(config):
+    """`config` with its file and folder options absolute, so run.yaml means the same from any directory."""
+    import dataclasses
+
+    paths = {name: os.path.abspath(getattr(config, name)) for name in ("data", "val_data", "checkpoint_dir",
+                                                                        "init_checkpoint")
+             if getattr(config, name, None)}
+    return dataclasses.replace(config, **paths)
+
+
 def load_labels(checkpoint_dir: str | Path) -> dict:
     """The labels.json of a run: {"label_offset": k, "classes": [{"index", "wnid", "text"}]}."""
     path = Path(checkpoint_dir) / LABELS_FILE
@@ -223,6 +284,18 @@ def _load_moving_averages(model, prefix: str) -> None:
 def load_trained_model(checkpoint_dir: str | Path):
     """(keras.Model returning logits, TrainConfig, labels) from the newest usable checkpoint."""
     import keras
+
+    config = load_run_config(checkpoint_dir)
+    labels = load_labels(checkpoint_dir)
+    trained = restore_run_model(checkpoint_dir)
+    if isinstance(trained.outputs, list) and len(trained.outputs) > 1:
+        return keras.Model(trained.inputs, trained.outputs[0], name=trained.name), config, labels
+    return trained, config, labels
+
+
+def restore_run_model(checkpoint_dir: str | Path, prefix: str | Path | None = None):
+    """The model of a run (aux heads included) as its run.yaml describes it, with the weights of its newest
+    usable checkpoint, or of `prefix` when given."""
     import tensorflow as tf
 
     from hpcvision.models import build_model, model_spec
@@ -235,9 +308,16 @@ def load_trained_model(checkpoint_dir: str | Path):
     aux = model_spec(config.model).has_aux
     trained = build_model(config.model, len(labels["classes"]), config.image_size, aux=aux)
     expected = f"run.yaml's {config.model} with {len(labels['classes'])} classes"
-    prefix = restore_newest(tf.train.Checkpoint(model=trained), checkpoint_dir, model=expected, partial=True)
-    if config.ema_decay:
-        _load_moving_averages(trained, prefix)
-    if isinstance(trained.outputs, list) and len(trained.outputs) > 1:
-        return keras.Model(trained.inputs, trained.outputs[0], name=trained.name), config, labels
-    return trained, config, labels
+    checkpoint = tf.train.Checkpoint(model=trained)
+    if prefix is None:
+        prefix = restore_newest(checkpoint, checkpoint_dir, model=expected, partial=True)
+    else:
+        try:
+            checkpoint.restore(str(prefix)).expect_partial().assert_existing_objects_matched()
+        except (AssertionError, ValueError) as exc:
+            raise UserError(f"{prefix}: holds another model than {expected} ({_mismatch(exc)})") from None
+        except tf.errors.OpError as exc:
+            raise UserError(f"{prefix}: unreadable ({str(exc).strip().splitlines()[0]})") from None
+    if config.ema_decay:  # the weights evaluation and export use
+        _load_moving_averages(trained, str(prefix))
+    return trained

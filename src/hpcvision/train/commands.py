@@ -6,13 +6,17 @@ TensorFlow is imported inside the handlers only, so `hpcvision --help` stays fas
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hpcvision.config import add_config_arguments, load_config
 from hpcvision.train.config import LaunchConfig, TrainConfig
 
 TRAIN_EXAMPLE = """example:
   hpcvision train --data records/ --model resnet50 --checkpoint-dir runs/r50 --epochs 90 --batch-size 64
-  (run the same command again to resume; SIGTERM/SIGUSR1 or the job's deadline save and exit 0)"""
+  (run the same command again to resume; SIGTERM/SIGUSR1 or the job's deadline save and exit 0)
+  hpcvision train --checkpoint-dir runs/r50   (resumes with the settings its run.yaml records)
+  hpcvision train --data flowers/ --model resnet50 --checkpoint-dir runs/ft --init-checkpoint runs/r50 \
+      --freeze-backbone                          (fine-tune: weights by layer name, a fresh head)"""
 
 LAUNCH_EXAMPLE = """example:
   hpcvision launch --workers 2 -- --data records/ --model small --checkpoint-dir runs/s --steps 200
@@ -42,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of `hpcvision train`."""
-    config = load_config(TrainConfig, args, args.config)  # options checked before TensorFlow is imported
+    # options checked before TensorFlow is imported; a folder's run.yaml is the base of its resume
+    config = load_config(TrainConfig, args, args.config or _run_file(args))
     from hpcvision.data.pipeline import naming_corrupt_shards
     from hpcvision.train.inputs import val_dir
     from hpcvision.train.loop import train
@@ -50,6 +55,15 @@ def run_train(args: argparse.Namespace) -> int:
     data = None if config.synthetic else config.data
     with naming_corrupt_shards((data, config.train_name), (data and val_dir(config), config.val_name)):
         return train(config)
+
+
+def _run_file(args: argparse.Namespace) -> Path | None:
+    """--checkpoint-dir's run.yaml when it has one: `train --checkpoint-dir X` alone resumes X as it ran."""
+    from hpcvision.train.checkpoint import RUN_FILE
+
+    folder = getattr(args, "checkpoint_dir", None)
+    path = Path(folder) / RUN_FILE if folder else None
+    return path if path is not None and path.is_file() else None
 
 
 def run_launch(args: argparse.Namespace) -> int:

@@ -84,6 +84,21 @@ class TrainConfig:
         minimum=0, maximum=255)
     collective_timeout_s: float = option(600.0, "a peer silent this long is an error, not a hang (all-reduce)",
                                         above=0)
+    # Fine-tuning (train/init_weights.py) and resumes (train/checkpoint.py check_resume).
+    init_checkpoint: str | None = option(
+        None, "start from these weights, by layer name and shape (step, optimizer state and schedule from zero; "
+        "a head of another class count starts fresh): a run folder (its newest checkpoint), a checkpoint prefix, "
+        "an export folder, a .keras file or a .weights.h5/.h5 file (keras.applications' vgg16, inception_v3); "
+        "used only while --checkpoint-dir holds no checkpoint", metavar="PATH")
+    freeze_backbone: bool = option(False, "train only the classifier head (logits, aux_logits); the rest keeps its "
+                                   "weights and its batch norm runs in inference mode")
+    allow_batch_change: bool = option(
+        False, "resume with another global batch: training continues at the epoch reached, the schedule at that "
+        "epoch in steps of the new batch, the learning rate scaled to the new batch")
+    # Bookkeeping that train writes into run.yaml (no flags): what a resume compares and continues from.
+    global_batch: int | None = option(None, "the global batch of the run's steps so far", minimum=1, recorded=True)
+    step_shift: int = option(0, "added to the step counter to count epochs in steps of the current global batch "
+                             "(nonzero after a batch change)", minimum=-(2**62), maximum=2**62, recorded=True)
 
 
 @dataclass(frozen=True)

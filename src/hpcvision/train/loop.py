@@ -149,7 +149,10 @@ def build_run(cfg, role: Role) -> Run:
     cfg = dataclasses.replace(cfg, image_size=cfg.image_size or spec.image_size, num_classes=info.num_classes)
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = max(1, info.examples_per_epoch // global_batch)
-    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    # Refuses another model, class count, optimizer or (unless allowed) global batch before building anything.
+    shift = ckpt_lib.check_resume(cfg, global_batch, steps_per_epoch, info.examples_per_epoch)
+    cfg = dataclasses.replace(cfg, global_batch=global_batch, step_shift=shift, allow_batch_change=False)
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch) - shift)
     with strategy.scope():
         model, optimizer, step, epoch, learning_rate = _build_model_and_optimizer(
             cfg, spec.has_aux, loss_scaling, global_batch, steps_per_epoch, total_steps,
@@ -160,6 +163,12 @@ def build_run(cfg, role: Role) -> Run:
     checkpoint_dir = Path(cfg.checkpoint_dir)
     restored = ckpt_lib.restore_newest(checkpoint, checkpoint_dir, model=f"--model {cfg.model} with "
                                        f"{cfg.num_classes} classes", hint=RESUME_HINT)
+    if restored is None and cfg.init_checkpoint:
+        from hpcvision.train.init_weights import load_initial_weights
+
+        load_initial_weights(model, cfg.init_checkpoint)
+    elif restored is None and cfg.freeze_backbone:
+        log.warning("--freeze-backbone without --init-checkpoint: only the head trains, on random features")
     start_step = int(step.numpy())
     # Written only now that the checkpoint is known to hold this model, and not at all when nothing is
     # left to do (a finished run's folder may be read-only).
@@ -209,14 +218,19 @@ def _build_model_and_optimizer(cfg, aux: bool, loss_scaling: bool, global_batch:
     from hpcvision.models import build_model
 
     model = build_model(cfg.model, cfg.num_classes, cfg.image_size, aux=aux)
+    if cfg.freeze_backbone:  # before the optimizer is built: it keeps state for the head only
+        from hpcvision.train.init_weights import freeze_backbone
+
+        freeze_backbone(model)
     first = tf.VariableAggregation.ONLY_FIRST_REPLICA
     step = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="step")
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=first, name="epoch")
     peak_rate = optim.scaled_learning_rate(cfg.learning_rate, global_batch)
 
     def learning_rate():
-        return optim.learning_rate_at(step, peak=peak_rate, steps_per_epoch=steps_per_epoch,
-                                      total_steps=total_steps, warmup_epochs=cfg.warmup_epochs,
+        # step_shift places the counter in epochs after a batch change (0 otherwise).
+        return optim.learning_rate_at(step + cfg.step_shift, peak=peak_rate, steps_per_epoch=steps_per_epoch,
+                                      total_steps=total_steps + cfg.step_shift, warmup_epochs=cfg.warmup_epochs,
                                       schedule=cfg.schedule, step_epochs=cfg.step_epochs)
 
     # Keras clips each replica's gradient before its all-reduce; the step hands it the all-reduced gradient
@@ -323,7 +337,7 @@ def train_until_done_or_stopped(run: Run, steps: Steps, stop: StopRequest) -> tu
     step_value, last_save = run.start_step, time.monotonic()
     window, reason = _Window(), None
     while step_value < run.total_steps and reason is None:
-        epoch_index, offset = divmod(step_value, run.steps_per_epoch)
+        epoch_index, offset = divmod(step_value + cfg.step_shift, run.steps_per_epoch)
         iterator = _make_iterator(run, epoch_index, offset)
         for _ in range(min(run.steps_per_epoch - offset, run.total_steps - step_value)):
             timed_save = cfg.checkpoint_every_minutes > 0 and \
@@ -340,7 +354,8 @@ def train_until_done_or_stopped(run: Run, steps: Steps, stop: StopRequest) -> tu
                 _join_workers(run)
                 save(run, steps, step_value)
                 last_save = time.monotonic()
-            if eval_every and step_value % eval_every == 0 and step_value < run.total_steps and not reason:
+            at_eval = eval_every and (step_value + cfg.step_shift) % eval_every == 0
+            if at_eval and step_value < run.total_steps and not reason:
                 _join_workers(run)
                 evaluate(run, steps, step_value)
             if reason:
@@ -401,7 +416,7 @@ def save(run: Run, steps: Steps, step_value: int) -> None:
 
     if steps.sync_batch_norm is not None:
         steps.sync_batch_norm()
-    run.epoch.assign(step_value // run.steps_per_epoch)
+    run.epoch.assign((step_value + run.cfg.step_shift) // run.steps_per_epoch)
     if run.role.is_chief:
         path = run.manager.save(checkpoint_number=step_value)
         log.info("checkpoint %s written (step %d)", path, step_value)
@@ -490,8 +505,8 @@ def _report(run: Run, step_value: int, window, seconds: float) -> None:
     eta = (run.total_steps - step_value) * seconds / steps
     if run.role.is_chief:
         log.info("step %d/%d epoch %.2f loss %.4f top-1 %.3f top-5 %.3f lr %.4g %.1f img/s ETA %s", step_value,
-                 run.total_steps, step_value / run.steps_per_epoch, loss, top1, top5, rate, images_per_s,
-                 _clock(eta))
+                 run.total_steps, (step_value + run.cfg.step_shift) / run.steps_per_epoch, loss, top1, top5, rate,
+                 images_per_s, _clock(eta))
     run.summaries.scalars(step_value, {
         "loss": loss, "top1": top1, "top5": top5, "learning_rate": rate,
         "images_per_sec/global": images_per_s,
