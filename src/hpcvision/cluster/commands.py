@@ -17,6 +17,8 @@ from hpcvision.cluster import jobscript
 from hpcvision.cluster.config import JOB_CONFIGS, JobConfig, ResubmitConfig, ShowConfig
 from hpcvision.cluster.jobscript import JobSpec
 from hpcvision.cluster.plan import describe
+from hpcvision.cluster.stage_options import parse_stage_options
+from hpcvision.cluster.sweep import expand_grid
 from hpcvision.config import add_config_arguments, load_config
 from hpcvision.errors import UserError
 from hpcvision.files import write_atomic
@@ -24,8 +26,10 @@ from hpcvision.files import write_atomic
 STAGE_HELP = {
     "extract": "hpcvision data extract on every task (ranks split the image list)",
     "build": "hpcvision data build on every task (ranks write disjoint shards)",
-    "train": "hpcvision train on every task (roles from discovery; --ps for parameter servers)",
+    "train": "hpcvision train on every task (roles from discovery; --ps for parameter servers; --cpu-nodes for "
+             "a mixed CPU+GPU job)",
     "evaluate": "hpcvision evaluate, one process",
+    "sweep": "hpcvision train over a grid of options (--grid KEY=V1,V2), one array task and run folder per point",
     "pipeline": "all four as dependent jobs; stage arguments: -- extract: ... build: ... train: ... evaluate: ...",
 }
 
@@ -93,10 +97,28 @@ def _stage_args(job: JobConfig) -> list[str]:
 
 
 def _pipeline_options(job: JobConfig, stage: str) -> JobConfig:
-    """A pipeline stage's options: its own job name; re-queueing and parameter servers only for train."""
-    train = stage == "train"
-    return dataclasses.replace(job, job_name=f"{job.job_name}-{stage}" if job.job_name else None,
-                               resubmit=job.resubmit and train, ps=job.ps if train else 0)
+    """A pipeline stage's options: its own job name; re-queueing, parameter servers, CPU nodes only for train."""
+    if stage == "train":
+        return dataclasses.replace(job, job_name=f"{job.job_name}-{stage}" if job.job_name else None)
+    return dataclasses.replace(job, job_name=f"{job.job_name}-{stage}" if job.job_name else None, resubmit=False,
+                               ps="0", cpu_nodes=0, cpu_node_cores=None, cpu_queue=None)
+
+
+def job_spec(scheduler: str, stage: str, job: JobConfig, stage_args: list[str], out: Path | None) -> JobSpec:
+    """The job of one stage, its own options parsed as the stage will parse them (a typo fails here, not in
+    the queue); a sweep's points each parsed with their values."""
+    command = jobscript.STAGE_COMMANDS[stage]
+    config = parse_stage_options(command, stage, stage_args)
+    points = tuple(expand_grid(job.grid)) if stage == "sweep" else ()
+    for point in points:
+        parse_stage_options(command, stage, [*stage_args, *point.args()])
+    training = stage in ("train", "sweep")
+    if training and job.cpu_nodes and config.num_ps:
+        raise UserError("--cpu-nodes: the job places the parameter servers (--ps, auto: one per CPU node); "
+                        "leave train's --num-ps out")
+    return JobSpec(scheduler, stage, job, stage_args, str(out) if out else None,
+                   strategy=config.strategy if training else "auto", points=points,
+                   sweep_root=config.checkpoint_dir if stage == "sweep" else None)
 
 
 def run_job(args: argparse.Namespace) -> int:
@@ -106,7 +128,7 @@ def run_job(args: argparse.Namespace) -> int:
     out = Path(job.out).resolve() if job.out else None
     if args.stage == "pipeline":
         return _run_pipeline(args.scheduler, job, stage_args, out)
-    text = jobscript.render(JobSpec(args.scheduler, args.stage, job, stage_args, str(out) if out else None))
+    text = jobscript.render(job_spec(args.scheduler, args.stage, job, stage_args, out))
     if out is None:
         if job.submit:
             raise UserError("--submit: give --out FILE so the script that ran is kept")
@@ -129,8 +151,8 @@ def _run_pipeline(scheduler: str, job: JobConfig, stage_args: list[str], out: Pa
         raise UserError("pipeline: give --out FILE (the driver; the four stage scripts are written beside it)")
     per_stage = jobscript.split_pipeline_args(stage_args)
     scripts = {stage: jobscript.stage_script_path(out, stage) for stage in jobscript.STAGES}
-    texts = {stage: jobscript.render(JobSpec(scheduler, stage, _pipeline_options(job, stage), per_stage[stage],
-                                             str(scripts[stage])))
+    texts = {stage: jobscript.render(job_spec(scheduler, stage, _pipeline_options(job, stage), per_stage[stage],
+                                              scripts[stage]))
              for stage in jobscript.STAGES}
     for stage, text in texts.items():
         _write_script(scripts[stage], text)

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from hpcvision.cluster.discovery import SOURCES
-from hpcvision.cluster.jobscript import EXIT_MORE_TO_DO, LAUNCHERS, SCHEDULER_LAUNCHERS, SCHEDULERS
+from hpcvision.cluster.jobscript import (
+    EXIT_MORE_TO_DO,
+    LAUNCHERS,
+    PBS_FLAVORS,
+    SCHEDULER_LAUNCHERS,
+    SCHEDULERS,
+)
 from hpcvision.cluster.plan import MAX_BASE_PORT
 from hpcvision.config import option, required
 
@@ -39,7 +45,12 @@ class JobConfig:
     `stage_args` is what followed on the command line (`--` then the stage's own options), as typed.
     """
 
-    nodes: int = option(1, "nodes", minimum=1)
+    nodes: int = option(1, "nodes (the GPU nodes of a mixed job)", minimum=1)
+    cpu_nodes: int = option(0, "train: CPU-only nodes in the same job besides the --nodes GPU nodes; they run "
+                            "the parameter servers (--ps auto) or, with all-reduce, the input service "
+                            "(default: 0, one kind of node)", minimum=0)
+    cpu_node_cores: int | None = option(None, "cores asked for on each CPU node of a mixed job (default: a GPU "
+                                        "node's, --tasks-per-node x --cpus-per-task)", minimum=1)
     tasks_per_node: int = option(1, "processes per node: 1 per node, or one per GPU", minimum=1)
     cpus_per_task: int | None = option(None, "CPU cores per process (default: the scheduler's)", minimum=1)
     gpus_per_node: int = option(0, "GPUs per node", minimum=0)
@@ -47,13 +58,21 @@ class JobConfig:
                                   "(default: the queue's limit)")
     queue: str | None = option(None, "queue (PBS) / partition (Slurm) (default: the scheduler's)",
                                aliases=("--partition",))
+    cpu_queue: str | None = option(None, "Slurm mixed job: partition of the CPU nodes (default: --queue)",
+                                   aliases=("--cpu-partition",))
     account: str | None = option(None, "account/project to charge (default: the scheduler's)")
     job_name: str | None = option(None, "job name: letters, digits, _ . - (default: hpcvision-STAGE)")
     setup: tuple[str, ...] = option((), "shell line run before the stage, verbatim (module load, source venv); "
                                     "repeatable (default: none)", repeat=True, metavar="LINE")
     log_dir: str | None = option(None, "directory for the job's output file (default: the scheduler's)")
     launcher: str = option("auto", LAUNCHER_HELP, choices=LAUNCHERS)
-    ps: int = option(0, "train: parameter-server tasks (default: 0, all-reduce)", minimum=0)
+    ps: str = option("auto", "train: parameter-server tasks, N or auto: one per CPU node of a mixed job when "
+                     "train's --strategy is parameter-server or auto, else 0 (default: auto)",
+                     aliases=("--num-ps",), metavar="{N,auto}")
+    directive: tuple[str, ...] = option((), "an extra #SBATCH/#PBS line, e.g. '--mem=64G' or '-l mem=64gb' "
+                                        "(repeatable; default: none)", repeat=True, metavar="LINE")
+    grid: tuple[str, ...] = option((), "sweep: KEY=V1,V2 over a train option, repeatable; one run per point of "
+                                   "the product (default: none)", repeat=True, metavar="KEY=V1,V2")
     port: int | None = option(None, "base port of the TF servers on each host (default: from the job id)",
                               **PORT_BOUNDS)
     out: str | None = option(None, "write the script here (pipeline: the driver; stage scripts beside it) "
@@ -76,6 +95,8 @@ class PbsJobConfig(JobConfig):
     """`job pbs STAGE`: ranks start with mpirun (or aprun on a Cray)."""
 
     launcher: str = _launcher("pbs")
+    flavor: str = option("pro", "PBS Pro (select=..:mpiprocs=..) or Torque (nodes=N:ppn=P[:gpus=G], mpirun "
+                         "--map-by ppr:T:node)", choices=PBS_FLAVORS)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ DEFAULT_BASE_PORT = 2222
 # Ports of one job on one host: base .. base + PORTS_PER_JOB - 1 (one per local task).
 PORTS_PER_JOB = 64
 MAX_BASE_PORT = 65535 - PORTS_PER_JOB
+# A base port derived from the job id: FIRST_JOB_PORT + (id mod JOB_PORT_WINDOWS) x PORTS_PER_JOB.
+FIRST_JOB_PORT = 20000
+JOB_PORT_WINDOWS = 600
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def base_port(environ: Mapping[str, str] | None = None, job_id: str | None = Non
         return port
     digits = re.match(r"\d+", job_id or "")
     if digits:
-        return 20000 + (int(digits.group()) % 600) * PORTS_PER_JOB
+        return FIRST_JOB_PORT + (int(digits.group()) % JOB_PORT_WINDOWS) * PORTS_PER_JOB
     return DEFAULT_BASE_PORT
 
 

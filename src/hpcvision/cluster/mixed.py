@@ -1,0 +1,186 @@
+"""The body of a mixed CPU+GPU training job: which hosts are which, one base port, what the CPU nodes run.
+
+The CPU nodes serve the GPU nodes in one of two ways (`JobSpec.service` says which):
+- parameter servers, as the course's Blue Waters jobs did (train's --strategy parameter-server or auto, with
+  the job's `--ps auto`: one per CPU node): one launch of every rank; discovery puts the ps and the chief on
+  the GPU-less hosts, the workers on the GPU hosts;
+- the input service, with all-reduce: `hpcvision data serve` runs a tf.data service dispatcher on the first
+  CPU node and a worker on each, and the trainers, on the GPU nodes alone, read their batches from it
+  (`train --data-service HOST:PORT`). The dispatcher stops once the trainers' chief has come and gone, a
+  worker once its dispatcher has; the script's exit trap stops whatever is left.
+
+Slurm: a heterogeneous job, component 0 the CPU nodes, 1 the GPU nodes (SLURM_JOB_NODELIST_HET_GROUP_<n>).
+PBS: one job of two kinds of chunk; PBS lists the hosts in the order of the chunks (CPU nodes first), so the
+script splits $PBS_NODEFILE's hosts there and writes the ranks' own node file, one line per rank, which
+mpirun and discovery read (Torque's lists a host once per core). Every rank gets each host's GPU count
+(HPCVISION_GPUS: PBS Pro keeps no GPU file) and the same HPCVISION_BASE_PORT (a heterogeneous job's
+components have job ids of their own, from which each would derive another base port).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hpcvision.cluster import jobscript
+from hpcvision.cluster.plan import FIRST_JOB_PORT, JOB_PORT_WINDOWS, PORTS_PER_JOB
+
+if TYPE_CHECKING:
+    from hpcvision.cluster.jobscript import JobSpec
+
+
+def rank_environment(spec: JobSpec) -> list[tuple[str, str]]:
+    """What every rank of a mixed job is told besides the usual (values are set by `prelude`)."""
+    pairs = [("HPCVISION_BASE_PORT", '"$HPCVISION_BASE_PORT"'), ("HPCVISION_GPUS", '"$gpus"')]
+    if spec.scheduler == "slurm":
+        # The step spans both components (parameter servers) or the GPU component alone (input service).
+        return pairs + [("HPCVISION_HET_GROUPS", "1" if spec.service else "0,1")]
+    return pairs + [("PBS_NODEFILE", '"$nodefile"')]
+
+
+def prelude(spec: JobSpec) -> list[str]:
+    """Lines before the trainers' launch: host lists, the base port, GPU counts, the node file, the service."""
+    return (_host_lines(spec) + _port_lines(spec) + _gpu_lines(spec) + _nodefile_lines(spec)
+            + _cleanup_lines(spec) + (_service_lines(spec) if spec.service else []))
+
+
+def trainer_launch(spec: JobSpec, command: list[str]) -> list[str]:
+    """The launcher words in front of `command` (env ... hpcvision train ...) for the training ranks."""
+    job = spec.options
+    gpu_options = jobscript.srun_options(spec, job.cpus_per_task, gpus=True)
+    if spec.scheduler == "pbs":
+        return ["mpirun", "-np", str(spec.total_tasks), "-machinefile", '"$nodefile"', *command]
+    if spec.service:
+        return ["srun", "--kill-on-bad-exit=1", "--het-group=1", *gpu_options, *command]
+    cpu_options = jobscript.srun_options(spec, spec.cpu_cores_per_task, gpus=False)
+    # One step over both components: SLURM_PROCID counts across them, component 0's ranks first.
+    return ["srun", "--kill-on-bad-exit=1", "--het-group=0", *cpu_options, *command,
+            ":", "--het-group=1", *gpu_options, *command]
+
+
+def _host_lines(spec: JobSpec) -> list[str]:
+    cpu, gpu = spec.options.cpu_nodes, spec.options.nodes
+    if spec.scheduler == "slurm":
+        return [
+            f"# Mixed job: Slurm component 0 holds the {cpu} CPU node(s), component 1 the {gpu} GPU node(s).",
+            'mapfile -t cpu_hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_0")',
+            'mapfile -t gpu_hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_1")',
+            "",
+        ]
+    return [
+        f"# Mixed job: PBS lists the hosts in the order of the chunks asked for, the {cpu} CPU node(s) first,",
+        f"# then the {gpu} GPU node(s).",
+        "mapfile -t hosts < <(awk '!seen[$0]++' \"$PBS_NODEFILE\")",
+        f'if [ "${{#hosts[@]}}" -ne {cpu + gpu} ]; then',
+        f'    echo "hpcvision: $PBS_NODEFILE names ${{#hosts[@]}} host(s); the job asked for {cpu} CPU + {gpu} GPU '
+        'node(s)" >&2',
+        "    exit 2",
+        "fi",
+        f'cpu_hosts=("${{hosts[@]:0:{cpu}}}")',
+        f'gpu_hosts=("${{hosts[@]:{cpu}}}")',
+        'for host in "${cpu_hosts[@]}"; do',
+        '    if [ -n "${PBS_GPUFILE:-}" ] && grep -q "^$host-gpu" "$PBS_GPUFILE"; then',
+        '        echo "hpcvision: $host has GPUs in $PBS_GPUFILE but comes first, where the CPU nodes are" >&2',
+        "        exit 2",
+        "    fi",
+        "done",
+        "",
+    ]
+
+
+def _port_lines(spec: JobSpec) -> list[str]:
+    lines = ["# One base port for every process of the job (ports: base + slot on each host)."]
+    if spec.options.port is not None:
+        return lines + [f"HPCVISION_BASE_PORT={spec.options.port}", "export HPCVISION_BASE_PORT", ""]
+    job_id = "SLURM_JOB_ID" if spec.scheduler == "slurm" else "PBS_JOBID"
+    return lines + [
+        f"job_number=${{{job_id}:-0}}",
+        "job_number=${job_number%%[!0-9]*}",
+        f"HPCVISION_BASE_PORT=$(( {FIRST_JOB_PORT} + job_number % {JOB_PORT_WINDOWS} * {PORTS_PER_JOB} ))",
+        "export HPCVISION_BASE_PORT",
+        "",
+    ]
+
+
+def _gpu_lines(spec: JobSpec) -> list[str]:
+    return [
+        "# Every host's GPU count, the same for every rank (parameter servers go to the GPU-less hosts).",
+        'gpus=""',
+        'for host in "${cpu_hosts[@]}"; do gpus+="$host=0,"; done',
+        f'for host in "${{gpu_hosts[@]}}"; do gpus+="$host={spec.options.gpus_per_node},"; done',
+        "gpus=${gpus%,}",
+        "",
+    ]
+
+
+def _nodefile_lines(spec: JobSpec) -> list[str]:
+    if spec.scheduler != "pbs":
+        return []
+    what = "the trainers" if spec.service else "the ps and the chief on the CPU nodes, then the workers"
+    lines = [
+        f"# The ranks' node file, one line per rank ({what}): mpirun places",
+        "# the ranks by it and discovery reads it, on every host (so it lives in the shared working directory).",
+        'nodefile="$PWD/.hpcvision-$PBS_JOBID.nodes"',
+        "{",
+    ]
+    for index, tasks in enumerate([] if spec.service else spec.cpu_tasks):
+        lines.append("    printf '%s\\n'" + f' "${{cpu_hosts[{index}]}}"' * tasks)
+    lines += [
+        '    for host in "${gpu_hosts[@]}"; do',
+        "        printf '%s\\n'" + ' "$host"' * spec.options.tasks_per_node,
+        "    done",
+        '} > "$nodefile"',
+        "",
+    ]
+    return lines
+
+
+def _cleanup_lines(spec: JobSpec) -> list[str]:
+    if not spec.service and spec.scheduler != "pbs":
+        return []
+    what = [*(["stop what is left of the input service"] if spec.service else []),
+            *(["remove the node file"] if spec.scheduler == "pbs" else [])]
+    commands = [*(['kill "${service[@]}" 2>/dev/null || true'] if spec.service else []),
+                *(['rm -f "$nodefile"'] if spec.scheduler == "pbs" else [])]
+    return [*(["service=()"] if spec.service else []),
+            f"# On exit, however the job ends: {' and '.join(what)}.",
+            f"trap '{'; '.join(commands)}' EXIT", ""]
+
+
+def _one_process(spec: JobSpec, host: str, cores: int | None, overlap: bool = False) -> list[str]:
+    """The launcher words that start one process on `host` (a shell word) of a mixed job's CPU nodes."""
+    if spec.scheduler == "pbs":
+        return ["mpirun", "-np", "1", "-host", host]
+    words = ["srun", "--het-group=0", "--nodes=1", "--ntasks=1", f"--nodelist={host}"]
+    words += ["--overlap"] if overlap else []  # shares the node's cores with its worker
+    return words + ([f"--cpus-per-task={cores}"] if cores else [])
+
+
+def _service_lines(spec: JobSpec) -> list[str]:
+    """Start the tf.data service in the background: a dispatcher on the first CPU node, a worker on each."""
+    serve = ['"$HPCVISION"', "data", "serve"]
+    several = spec.gpu_tasks > 1
+    watch = (["--trainer", '"$trainer"'] if several else [])
+    stop = ("it stops once the trainers' chief (worker 0, $trainer) has come and gone, each worker once "
+            "its dispatcher has" if several else "the trainer runs no TensorFlow server to watch: the exit "
+            "trap stops the service")
+    wrap = jobscript.wrap_words
+    dispatcher = _one_process(spec, '"${cpu_hosts[0]}"', None, overlap=True) + serve + [
+        "--role", "dispatcher", "--port", '"$HPCVISION_BASE_PORT"', "--host", '"${cpu_hosts[0]}"', *watch]
+    worker = _one_process(spec, '"$host"', spec.cpu_cores_per_task) + serve + [
+        "--role", "worker", "--dispatcher", '"$dispatcher"', "--port", '"$((HPCVISION_BASE_PORT + 1))"',
+        "--host", '"$host"']
+    lines = [
+        "# The input service (tf.data service) on the CPU nodes: a dispatcher on the first, a worker on each;",
+        f"# {stop}.",
+        "# The trainers read their batches from it (--data-service): decoding leaves the GPU nodes' cores.",
+        'dispatcher="${cpu_hosts[0]}:$HPCVISION_BASE_PORT"',
+        *(['trainer="${gpu_hosts[0]}:$HPCVISION_BASE_PORT"'] if several else []),
+        " \\\n    ".join(wrap(dispatcher)) + " &",
+        'service+=("$!")',
+        'for host in "${cpu_hosts[@]}"; do',
+        "    " + " \\\n        ".join(wrap(worker, 86)) + " &",
+        '    service+=("$!")',
+        "done",
+        "",
+    ]
+    return lines
