@@ -1,4 +1,4 @@
-"""Subcommands of the train stage (registered by hpcvision.cli): `train` and `launch`.
+"""Subcommands of the train stage (registered by hpcvision.cli): `train`, `launch` and `runs`.
 
 TensorFlow is imported inside the handlers only, so `hpcvision --help` stays fast.
 """
@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from hpcvision.config import add_config_arguments, load_config
-from hpcvision.train.config import LaunchConfig, TrainConfig
+from hpcvision.train.config import LaunchConfig, RunsConfig, TrainConfig
 
 TRAIN_EXAMPLE = """example:
   hpcvision train --data records/ --model resnet50 --checkpoint-dir runs/r50 --epochs 90 --batch-size 64
@@ -42,6 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(launch, LaunchConfig)
     launch.set_defaults(func=run_launch)
+
+    runs = subparsers.add_parser(
+        "runs", help="training runs side by side: differing options, step, best validation top-1, img/s",
+        description="One row per run folder (a DIR with run.yaml, or every such folder inside DIR, e.g. a "
+        "sweep's): the options in which the runs differ, the newest checkpoint's step, the best validation "
+        "top-1 (%%) and the median training speed, read from what train wrote (no TensorFlow).",
+    )
+    add_config_arguments(runs, RunsConfig)
+    runs.set_defaults(func=run_runs)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -76,3 +85,14 @@ def run_launch(args: argparse.Namespace) -> int:
         train_args = train_args[1:]
     return launch_local(train_args, workers=config.workers, ps=config.ps, threads=config.threads,
                         grace_s=config.grace)
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision runs`."""
+    import sys
+
+    from hpcvision.train.runs import show_runs
+
+    config = load_config(RunsConfig, args)
+    sys.stdout.write(show_runs(config.dirs, as_csv=config.csv))
+    return 0

@@ -4,6 +4,7 @@ The run's checkpoint directory keeps a copy (`run.yaml`), so `evaluate`/`export`
 model and a restarted job continues with the same settings. Preprocessing options are the `input:`
 section (`hpcvision.data.input_config.InputConfig`); their flags stay flat (`--augment`, `--pad`...).
 `LaunchConfig`: the options of `hpcvision launch`, which passes the rest on to each `train` process.
+`RunsConfig`: the options of `hpcvision runs`, which compares the runs' folders.
 """
 
 from __future__ import annotations
@@ -111,3 +112,12 @@ class LaunchConfig:
     ps: int = option(0, "parameter servers; >0 adds a chief", minimum=0)
     threads: int = option(1, "intra-op threads per process, 0 = TensorFlow's default", minimum=0)
     grace: float = option(GRACE_S, "seconds between SIGTERM and SIGKILL when stopping the others", minimum=0)
+
+
+@dataclass(frozen=True)
+class RunsConfig:
+    """Everything `hpcvision runs` needs: which run folders, and how to print them."""
+
+    dirs: tuple[str, ...] = required("run folders (train's --checkpoint-dir), or folders of them such as a sweep's",
+                                     positional=True, metavar="DIR")
+    csv: bool = option(False, "print CSV instead of aligned columns")
