@@ -398,8 +398,9 @@ def _environment(spec: JobSpec) -> list[str]:
         "HPCVISION_JOB_START=$(date +%s)",
         "export HPCVISION_JOB_START",
     ]
+    set_below = {name for name, _ in mixed.rank_environment(spec)} if spec.mixed else set()
     for name, value in _rank_environment(spec)[1:]:
-        if not value.startswith('"$'):  # the mixed job's variables are set further down
+        if name not in set_below:  # a mixed job's own are worked out further down, once its hosts are known
             lines.append(f"export {name}={value}")
     if _launcher(spec) == "aprun":
         lines.append("# Cray: PBS_NODEFILE names the MOM node, not the compute nodes; ranks ask each other (mpi4py).")
