@@ -282,6 +282,12 @@ def test_slurm_job_id_derives_the_same_base_port_on_every_rank():
     assert other_job["cluster"] != configs[0]["cluster"]
 
 
+def test_pbs_array_subjobs_derive_base_ports_of_their_own():
+    ports = [plan.base_port({}, job_id) for job_id in ("4711.srv", "4711[0].srv", "4711[1].srv", "4711[2].srv")]
+    assert ports[0] == ports[1] == 20000 + (4711 % 600) * 64
+    assert len(set(ports[1:])) == 3  # sweep points sharing a node do not collide
+
+
 # ------------------------------------------------------------------------------ MPI, TF_CONFIG, local
 
 

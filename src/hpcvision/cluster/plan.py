@@ -103,7 +103,8 @@ def _discovered_plan(found: Discovery, num_ps: int, env: Mapping[str, str]) -> C
 
 
 def base_port(environ: Mapping[str, str] | None = None, job_id: str | None = None) -> int:
-    """First port of this job on every host: HPCVISION_BASE_PORT, else derived from the job id, else 2222.
+    """First port of this job on every host: HPCVISION_BASE_PORT, else derived from the job id (and a PBS array
+    index), else 2222.
 
     Deriving from the job id keeps two jobs sharing a node apart; every rank derives the same value.
     """
@@ -113,9 +114,12 @@ def base_port(environ: Mapping[str, str] | None = None, job_id: str | None = Non
         if not 1024 <= port <= MAX_BASE_PORT:
             raise UserError(f"HPCVISION_BASE_PORT={port}: choose 1024..{MAX_BASE_PORT}")
         return port
-    digits = re.match(r"\d+", job_id or "")
-    if digits:
-        return FIRST_JOB_PORT + (int(digits.group()) % JOB_PORT_WINDOWS) * PORTS_PER_JOB
+    number = re.match(r"(\d+)(?:\[(\d+)\])?", job_id or "")
+    if number:
+        # The subjobs of a PBS array (a sweep: 4711[3].srv) share the number before the index: add it, so two
+        # points sharing a node get ports of their own. Slurm gives each array task a job id of its own.
+        job = int(number.group(1)) + int(number.group(2) or 0)
+        return FIRST_JOB_PORT + (job % JOB_PORT_WINDOWS) * PORTS_PER_JOB
     return DEFAULT_BASE_PORT
 
 
