@@ -29,8 +29,16 @@ def _config_class(stage: str) -> type:
     return TrainConfig
 
 
-def _subparser(parser: argparse.ArgumentParser, command: tuple[str, ...]) -> argparse.ArgumentParser:
-    """The parser of `hpcvision COMMAND...` inside the top-level parser."""
+def _stage_parser(command: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The parser of `hpcvision COMMAND...`, registered by its stage's commands module (not the whole CLI's)."""
+    if command[0] == "data":
+        from hpcvision.data import commands
+    elif command[0] == "train":
+        from hpcvision.train import commands
+    else:
+        from hpcvision.infer import commands
+    parser = argparse.ArgumentParser(prog="hpcvision")
+    commands.register(parser.add_subparsers(dest="command"))
     for word in command:
         actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         parser = actions[0].choices[word]
@@ -39,14 +47,12 @@ def _subparser(parser: argparse.ArgumentParser, command: tuple[str, ...]) -> arg
 
 def parse_stage_options(command: tuple[str, ...], stage: str, args: list[str]) -> Any:
     """The config `hpcvision COMMAND ARGS` would run with; a one-line UserError for anything it would refuse."""
-    from hpcvision.cli import build_parser  # the CLI imports this package: import it when called
-
     where = f"the {' '.join(command)} options after --"
 
     def refuse(message: str) -> NoReturn:
         raise UserError(f"{where}: {message}")
 
-    parser = _subparser(build_parser(), command)
+    parser = _stage_parser(command)
     parser.error = refuse  # type: ignore[method-assign]  # one line, not argparse's usage and exit
     namespace = parser.parse_args(args)
     try:
