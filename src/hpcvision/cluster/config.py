@@ -69,8 +69,8 @@ class JobConfig:
     ps: str = option("auto", "train: parameter-server tasks, N or auto: one per CPU node of a mixed job when "
                      "train's --strategy is parameter-server or auto, else 0 (default: auto)",
                      aliases=("--num-ps",), metavar="{N,auto}")
-    directive: tuple[str, ...] = option((), "an extra #SBATCH/#PBS line, e.g. '--mem=64G' or '-l mem=64gb' "
-                                        "(repeatable; default: none)", repeat=True, metavar="LINE")
+    directive: tuple[str, ...] = option((), "an extra #SBATCH/#PBS line, repeatable: --directive=--mem=64G, "
+                                        "--directive '-l mem=64gb' (default: none)", repeat=True, metavar="LINE")
     grid: tuple[str, ...] = option((), "sweep: KEY=V1,V2 over a train option, repeatable; one run per point of "
                                    "the product (default: none)", repeat=True, metavar="KEY=V1,V2")
     port: int | None = option(None, "base port of the TF servers on each host (default: from the job id)",

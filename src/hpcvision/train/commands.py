@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "runs", help="training runs side by side: differing options, step, best validation top-1, img/s",
         description="One row per run folder (a DIR with run.yaml, or every such folder inside DIR, e.g. a "
         "sweep's): the options in which the runs differ, the newest checkpoint's step, the best validation "
-        "top-1 (%%) and the median training speed, read from what train wrote (no TensorFlow).",
+        "top-1 (%) and the median training speed, read from what train wrote (no TensorFlow).",
     )
     add_config_arguments(runs, RunsConfig)
     runs.set_defaults(func=run_runs)
