@@ -78,6 +78,11 @@ def test_a_keras_file_a_checkpoint_prefix_and_bad_paths(source_run, tmp_path):
               if "/_trainable_variables/" in k and list(s) == [3, 3, 3, 32]]
     assert np.array_equal(fresh.get_layer("conv1").kernel.numpy(), reader.get_tensor(key))
 
+    same = [f"class_{i}" for i in range(10)]  # the synthetic run's wnids
+    assert load_initial_weights(fresh, source_run, same)[1] == []
+    other = [f"n{i:08d}" for i in range(10)]  # same count, other classes: the head means nothing here
+    assert load_initial_weights(fresh, source_run, other)[1] == ["logits (the source was trained on other classes)"]
+
     with pytest.raises(UserError, match="not found"):
         load_initial_weights(fresh, tmp_path / "missing.h5")
     other = build_model("resnet18", 10, 32)

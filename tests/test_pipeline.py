@@ -184,8 +184,9 @@ def test_synthetic_needs_no_files():
 
 
 def test_sample_batch_with_boxes(numbered):
-    images, boxes = pipeline.sample_batch_with_boxes(numbered, "train", 13, 20)
+    images, boxes, labels = pipeline.sample_batch_with_boxes(numbered, "train", 13, 20)
     assert images.shape == (13, 20, 20, 3) and images.dtype == tf.uint8
+    assert labels == [1, 5, 9, 13, 2, 6, 10, 3, 7, 11, 4, 8, 12]  # as stored, shard by shard
     assert boxes.shape[0] == 13 and boxes.shape[2] == 4
     # Shard 0 holds records 0, 4, 8, 12 (boxed), then shard 1 starts with record 1 (no box).
     np.testing.assert_allclose(boxes.numpy()[1, 0], [0.2, 0.1, 0.9, 0.8], atol=1e-6)  # ymin, xmin, ymax, xmax

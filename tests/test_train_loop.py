@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -97,10 +98,48 @@ def test_records_training_with_eval_then_load_trained_model(train, tmp_path, rec
     for tag, plugin in [("loss", "scalars"), ("top1", "scalars"), ("top5", "scalars"), ("learning_rate", "scalars"),
                         ("images_per_sec/global", "scalars"), ("images_per_sec/worker", "scalars"),
                         ("inputs/with_boxes", "images"), ("filters/first_layer", "images"),
-                        ("train_step", "graph_run_metadata_graph")]:
+                        ("train_step", "graph_run_metadata_graph"), ("keras", "graph_keras_model")]:
         assert train_tags.get(tag) == plugin, (tag, train_tags)
     assert sum(plugin == "histograms" for plugin in train_tags.values()) == len(model.weights)
     assert {eval_tags.get(t) for t in ("loss", "top1", "top5")} == {"scalars"}
+    assert len(summary_steps(tmp_path / "logs" / "eval", "top1")) == 2  # a curve: after epoch 1 and at the end
+    # The layer graph as TensorBoard's graph plugin reads it: logits fed by the features layer.
+    from tensorboard.plugins.graph.keras_util import keras_model_to_graph_def
+
+    graph = keras_model_to_graph_def(json.loads(summary_value(tmp_path / "logs" / "train", "keras")))
+    nodes = {node.name: list(node.input) for node in graph.node}
+    assert nodes["small/logits"] == ["small/features"], nodes
+
+
+def test_training_inputs_carry_their_class_names(records):
+    from hpcvision.train.config import TrainConfig
+    from hpcvision.train.inputs import describe_data, sample_inputs
+
+    config = TrainConfig(data=str(records))
+    labels = describe_data(config).labels
+    images, _boxes, names = sample_inputs(config, 32, labels)
+    texts = {c["text"].split(",")[0] for c in labels["classes"]}
+    assert len(names) == len(images) == 8 and set(names) <= texts and len(set(names)) > 1, names
+
+
+def summary_events(logdir: Path):
+    import tensorflow as tf
+
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in tf.data.TFRecordDataset(str(path)):
+            yield tf.compat.v1.Event.FromString(event.numpy())
+
+
+def summary_steps(logdir: Path, tag: str) -> list[int]:
+    return [e.step for e in summary_events(logdir) for v in e.summary.value if v.tag == tag]
+
+
+def summary_value(logdir: Path, tag: str) -> bytes:
+    """The (last) tensor bytes written under `tag`."""
+    import tensorflow as tf
+
+    values = [v for e in summary_events(logdir) for v in e.summary.value if v.tag == tag]
+    return tf.make_ndarray(values[-1].tensor).item()
 
 
 def summary_tags(logdir: Path) -> dict[str, str]:

@@ -133,6 +133,17 @@ def test_histogram_buckets_and_filter_grid():
     assert grid.min() == 0.0 and grid.max() == 1.0  # normalised over all kernels
 
 
+def test_captioned_grid_writes_each_caption_under_its_image():
+    from hpcvision.train.summaries import captioned_grid
+
+    images = np.zeros((5, 8, 8, 3), np.uint8)  # black images: only a caption darkens the white strips
+    grid = captioned_grid(images, ["coat", "", "sandal", "bag", ""], tile=32, columns=3)
+    assert grid.shape == (2 * (32 + 16), 3 * 32, 3)
+    strips = [grid[row * 48 + 32: row * 48 + 48, column * 32: (column + 1) * 32] for row in (0, 1) for column in (0, 1, 2)]
+    assert [bool((strip < 128).any()) for strip in strips] == [True, False, True, True, False, False]
+    assert (grid[:32, :32] == 0).all()  # the image itself, scaled
+
+
 def test_wait_for_chief_exit_follows_the_chiefs_port():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -301,14 +301,16 @@ def _record_problem_at(path: Path, offset: int) -> str | None:
     return None
 
 
-def sample_batch_with_boxes(data_dir: str | Path, name: str, n: int, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """The first `n` images, whole, resized to uint8 [n,S,S,3], and their boxes [n,K,4] for drawing.
+def sample_batch_with_boxes(data_dir: str | Path, name: str, n: int,
+                            image_size: int) -> tuple[tf.Tensor, tf.Tensor, list[int]]:
+    """The first `n` images, whole, resized to uint8 [n,S,S,3], their boxes [n,K,4] for drawing and their
+    labels as stored (the manifest's label_offset not taken off).
 
     Boxes are (ymin, xmin, ymax, xmax) relative to the image, padded to K by repeating an image's
     last box (an image without boxes gets the whole image), as `tf.image.draw_bounding_boxes` takes.
     """
     files = [shard["path"] for shard in read_manifest(data_dir, name)["shards"]]
-    images, boxes = [], []
+    images, boxes, labels = [], [], []
     for serialized in tf.data.TFRecordDataset(files):
         if len(images) == n:
             break
@@ -318,10 +320,11 @@ def sample_batch_with_boxes(data_dir: str | Path, name: str, n: int, image_size:
         except tf.errors.InvalidArgumentError:  # an image that does not decode: training skips it too
             continue
         images.append(tf.cast(tf.clip_by_value(tf.round(presets.resize(image, image_size)), 0, 255), tf.uint8))
+        labels.append(int(features["image/class/label"]))
         image_boxes = record_boxes(features)
         boxes.append(image_boxes if image_boxes.shape[0] else tf.constant([[0.0, 0.0, 1.0, 1.0]]))
     if not images:
-        return tf.zeros([0, image_size, image_size, 3], tf.uint8), tf.zeros([0, 1, 4])
+        return tf.zeros([0, image_size, image_size, 3], tf.uint8), tf.zeros([0, 1, 4]), []
     most = max(b.shape[0] for b in boxes)
     padded = [tf.concat([b, tf.repeat(b[-1:], most - b.shape[0], axis=0)], axis=0) for b in boxes]
-    return tf.stack(images), tf.stack(padded)
+    return tf.stack(images), tf.stack(padded), labels

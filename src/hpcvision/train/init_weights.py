@@ -5,7 +5,8 @@ an `hpcvision export` folder, a `.keras` file, a Keras 3 `.weights.h5` or a Kera
 (what `keras.applications` downloads). Every source is read into the same form, its weighted layers in
 the file's order with their arrays, and loaded onto the model by layer name and shape: a layer whose
 shapes differ (a head of another class count) or that the source lacks keeps its fresh initialisation,
-and the log names it. Only weights move: step, optimizer state and schedule start from zero.
+and the log names it; so do the heads when the source's labels.json names other classes than this run's.
+Only weights move: step, optimizer state and schedule start from zero.
 
 keras.applications' `vgg16` uses our layer names; its classifier `predictions` is our `logits`. Its
 `inception_v3` names layers by counters (`conv2d_17`, `batch_normalization_17`), so those are matched
@@ -43,17 +44,23 @@ class SourceLayer:
     arrays: tuple[np.ndarray, ...]
 
 
-def load_initial_weights(model, path: str | Path) -> tuple[list[str], list[str]]:
+def load_initial_weights(model, path: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Copy the weights of `path` onto `model` by layer name and shape; (loaded layers, 'name (why)' of the others).
 
-    UserError when `path` is no weights source or shares no layer with `model`."""
+    `classes` (this run's wnids) keeps the heads fresh when the source names other classes in its labels.json
+    (a run or export folder): same shape, other meaning. UserError when `path` is no weights source or
+    shares no layer with `model`."""
     source = Path(path)
     layers = read_source(source)
     by_name = _by_name(model, layers)
+    theirs = source_classes(source)
+    other_classes = classes is not None and theirs is not None and list(theirs) != list(classes)
     loaded, skipped = [], []
     for layer in (layer for layer in model.layers if layer.weights):
         found = by_name.get(layer.name)
         problem = _shape_problem(layer, found)
+        if not problem and other_classes and layer.name in HEAD_LAYERS:
+            problem = "the source was trained on other classes"
         if problem:
             skipped.append(f"{layer.name} ({problem})")
             continue
@@ -66,6 +73,16 @@ def load_initial_weights(model, path: str | Path) -> tuple[list[str], list[str]]
     log.info("initial weights from %s: %d of %d layers loaded%s", source, len(loaded), len(loaded) + len(skipped),
              f"; not loaded (initialised afresh): {', '.join(skipped)}" if skipped else "")
     return loaded, skipped
+
+
+def source_classes(source: Path) -> list[str] | None:
+    """The wnids in the labels.json of a run or export folder (of a checkpoint prefix's folder), else None."""
+    folder = source if source.is_dir() else source.parent if Path(f"{source}.index").is_file() else None
+    if folder is None or not (folder / "labels.json").is_file():
+        return None
+    from hpcvision.train.checkpoint import load_labels
+
+    return [entry.get("wnid", "") for entry in load_labels(folder)["classes"]]
 
 
 def _shape_problem(layer, found: SourceLayer | None) -> str | None:

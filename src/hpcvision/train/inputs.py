@@ -102,10 +102,14 @@ def eval_dataset(cfg, image_size: int, *, num_workers: int, worker_index: int):
                         image_size=image_size, input_context=context if num_workers > 1 else None, repeat=False)
 
 
-def sample_inputs(cfg, image_size: int):
-    """(uint8 images, boxes) of a few training examples for TensorBoard, or None for synthetic input."""
+def sample_inputs(cfg, image_size: int, labels: dict):
+    """(uint8 images, boxes, class names) of a few training examples for TensorBoard, or None for synthetic
+    input; names from `labels` (labels.json's content): a class's first words, else its wnid."""
     if cfg.synthetic:
         return None
     from hpcvision.data.pipeline import sample_batch_with_boxes
 
-    return sample_batch_with_boxes(cfg.data, cfg.train_name, 8, image_size)
+    images, boxes, stored = sample_batch_with_boxes(cfg.data, cfg.train_name, 8, image_size)
+    names = {c["index"]: (c.get("text") or "").split(",")[0] or c.get("wnid", "") for c in labels["classes"]}
+    offset = int(labels.get("label_offset", 0))
+    return images, boxes, [names.get(label - offset, f"label {label}") for label in stored]

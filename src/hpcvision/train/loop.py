@@ -166,7 +166,7 @@ def build_run(cfg, role: Role) -> Run:
     if restored is None and cfg.init_checkpoint:
         from hpcvision.train.init_weights import load_initial_weights
 
-        load_initial_weights(model, cfg.init_checkpoint)
+        load_initial_weights(model, cfg.init_checkpoint, [c["wnid"] for c in info.labels["classes"]])
     elif restored is None and cfg.freeze_backbone:
         log.warning("--freeze-backbone without --init-checkpoint: only the head trains, on random features")
     start_step = int(step.numpy())
@@ -188,14 +188,15 @@ def build_run(cfg, role: Role) -> Run:
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, loss_scaling=loss_scaling, model=model,
                optimizer=optimizer, step=step, epoch=epoch, learning_rate=learning_rate, checkpoint=checkpoint,
                manager=manager, restored=restored, start_step=start_step, coordinator=coordinator,
-               summaries=_open_summaries(cfg, writes_here, start_step))
+               summaries=_open_summaries(cfg, writes_here, start_step, model, info.labels))
 
 
-def _open_summaries(cfg, writes_here: bool, start_step: int) -> Summaries:
-    """TensorBoard writers (when this process `writes_here`: the chief, with steps to do), starting with a
-    few training inputs and their boxes."""
+def _open_summaries(cfg, writes_here: bool, start_step: int, model, labels: dict) -> Summaries:
+    """TensorBoard writers (when this process `writes_here`: the chief, with steps to do), starting with
+    the model's layer graph and a few training inputs with their boxes and class names."""
     summaries = Summaries(Path(cfg.checkpoint_dir) / "logs" if writes_here else None)
-    samples = inputs.sample_inputs(cfg, cfg.image_size) if writes_here else None
+    summaries.model_graph(model, step=start_step)
+    samples = inputs.sample_inputs(cfg, cfg.image_size, labels) if writes_here else None
     if samples is not None:
         summaries.sample_inputs(*samples, step=start_step)
     return summaries

@@ -53,18 +53,32 @@ class Summaries:
             if grid is not None:
                 tf.summary.image("filters/first_layer", tf.image.convert_image_dtype(grid[None], tf.uint8), step=step)
 
-    def sample_inputs(self, images_uint8, boxes, step: int) -> None:
-        """Training inputs with their bounding boxes drawn (boxes: [N, K, 4] ymin, xmin, ymax, xmax)."""
-        if not self.enabled:
+    def sample_inputs(self, images_uint8, boxes, names: list[str], step: int) -> None:
+        """Training inputs with their bounding boxes drawn (boxes: [N, K, 4] ymin, xmin, ymax, xmax), each
+        above its class name, as one image."""
+        if not self.enabled or not len(names):
             return
         tf = self._tf
         drawn = tf.image.draw_bounding_boxes(
             tf.image.convert_image_dtype(images_uint8, tf.float32), tf.cast(boxes, tf.float32),
             colors=tf.constant([[1.0, 0.2, 0.2, 1.0]]),
         )
+        grid = captioned_grid(tf.image.convert_image_dtype(drawn[:8], tf.uint8, saturate=True).numpy(), names[:8])
         with self.train.as_default(step=step):
-            tf.summary.image("inputs/with_boxes", tf.image.convert_image_dtype(drawn[:8], tf.uint8, saturate=True),
-                             step=step, max_outputs=8)
+            tf.summary.image("inputs/with_boxes", grid[None], step=step,
+                             description="the first training records, whole, with their boxes and class names")
+
+    def model_graph(self, model, step: int) -> None:
+        """The model's layer graph (TensorBoard's Graphs tab, tag `keras`: the conceptual graph), as
+        Keras' own TensorBoard callback writes it: the model's JSON under the `graph_keras_model` plugin."""
+        if not self.enabled:
+            return
+        tf = self._tf
+        metadata = tf.compat.v1.SummaryMetadata()
+        metadata.plugin_data.plugin_name = "graph_keras_model"
+        metadata.plugin_data.content = b"1"  # the plugin's format version
+        with self.train.as_default(step=step):
+            tf.summary.write("keras", model.to_json(), step=step, metadata=metadata)
 
     def trace_on(self) -> None:
         """Start recording the graph of the next traced function (the train step)."""
@@ -82,6 +96,25 @@ class Summaries:
         if self.enabled:
             self.train.flush()
             self.eval.flush()
+
+
+def captioned_grid(images, captions: list[str], tile: int = 128, columns: int = 4):
+    """uint8 images [N, H, W, 3] scaled to `tile` pixels, each above its caption, in rows of `columns`:
+    one uint8 [height, width, 3] array (TensorBoard shows a tag's images without captions)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    strip = 16  # caption height in pixels (PIL's default font is ~11 px)
+    columns = max(1, min(columns, len(captions)))
+    rows = -(-len(captions) // columns)
+    canvas = Image.new("RGB", (columns * tile, rows * (tile + strip)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        row, column = divmod(index, columns)
+        x, y = column * tile, row * (tile + strip)
+        canvas.paste(Image.fromarray(np.asarray(image)).resize((tile, tile), Image.NEAREST), (x, y))
+        draw.text((x + 3, y + tile + 2), caption[:24], fill="black")
+    return np.asarray(canvas)
 
 
 def first_layer_filters(model):
