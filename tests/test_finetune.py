@@ -4,6 +4,7 @@ and `--freeze-backbone`."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,11 @@ def test_a_keras_file_a_checkpoint_prefix_and_bad_paths(source_run, tmp_path):
     assert load_initial_weights(fresh, source_run, same)[1] == []
     other = [f"n{i:08d}" for i in range(10)]  # same count, other classes: the head means nothing here
     assert load_initial_weights(fresh, source_run, other)[1] == ["logits (the source was trained on other classes)"]
+    export = tmp_path / "export"  # what `hpcvision export` writes beside its SavedModel
+    export.mkdir()
+    shutil.copy(tmp_path / "model.keras", export)
+    shutil.copy(source_run / "labels.json", export)
+    assert load_initial_weights(fresh, export, other)[1] == ["logits (the source was trained on other classes)"]
 
     with pytest.raises(UserError, match="not found"):
         load_initial_weights(fresh, tmp_path / "missing.h5")

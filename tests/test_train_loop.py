@@ -263,6 +263,18 @@ def test_checkpoint_dir_alone_resumes_as_run_yaml_says_with_absolute_paths(train
     assert (config.checkpoint_dir, config.model, config.steps) == (str(tmp_path / "run"), "small", 5)
 
 
+def test_run_yaml_keeps_absolute_paths_and_not_the_jobs_deadline(tmp_path, monkeypatch):
+    from hpcvision.train.checkpoint import load_run_config, write_run_files
+    from hpcvision.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    write_run_files(TrainConfig(data="rec", val_data="../val", init_checkpoint="runs/a/ckpt-3",
+                                deadline="2026-01-01T00:00:00"), {"classes": []}, "run")
+    config = load_run_config(tmp_path / "run")
+    assert (config.data, config.val_data, config.init_checkpoint, config.deadline) == (
+        str(tmp_path / "rec"), str(tmp_path.parent / "val"), str(tmp_path / "runs/a/ckpt-3"), None)
+
+
 def test_a_changed_global_batch_is_refused_unless_allowed_and_the_epoch_stays_true(train, tmp_path):
     from hpcvision.train.checkpoint import load_run_config
 

@@ -57,7 +57,7 @@ def write_run_files(config, labels: dict, checkpoint_dir: str | Path) -> None:
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / RUN_FILE) as tmp:
-        save_config(absolute_paths(config), tmp)
+        save_config(recorded(config), tmp)
     write_atomic(directory / LABELS_FILE, json.dumps(labels, indent=1) + "\n")
 
 
@@ -241,14 +241,16 @@ def newest_step(checkpoint_dir: str | Path) -> int:
     raise UserError(f"{checkpoint_dir}: no usable checkpoint (all unreadable)")
 
 
-def absolute_paths(config):
-    """`config` with its file and folder options absolute, so run.yaml means the same from any directory."""
+def recorded(config):
+    """`config` as run.yaml keeps it: file and folder options absolute, so it means the same from any
+    directory, and without this job's --deadline (`train --checkpoint-dir DIR` alone, in a later job,
+    would otherwise stop at once at a deadline long past)."""
     import dataclasses
 
     paths = {name: os.path.abspath(getattr(config, name)) for name in ("data", "val_data", "checkpoint_dir",
                                                                         "init_checkpoint")
              if getattr(config, name, None)}
-    return dataclasses.replace(config, **paths)
+    return dataclasses.replace(config, deadline=None, **paths)
 
 
 def load_labels(checkpoint_dir: str | Path) -> dict:
