@@ -141,3 +141,14 @@ def test_keras_applications_weights_files_map_onto_ours(tmp_path):
         loaded, skipped = load_initial_weights(ours, tmp_path / name)
         assert len(loaded) == 189 and skipped == [], name
         np.testing.assert_allclose(keras.ops.softmax(ours(images)).numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_freezing_leaves_every_classifier_layer_trainable_and_nothing_else():
+    from hpcvision.models import build_model
+    from hpcvision.train.init_weights import freeze_backbone
+
+    model = build_model("googlenet", 5, 64, aux=True)
+    freeze_backbone(model)
+    assert {layer.name for layer in model.layers if layer.trainable and layer.weights} == {
+        "logits", "aux1_logits", "aux2_logits"}
+    assert len(model.trainable_variables) == 6

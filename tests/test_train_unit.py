@@ -263,3 +263,16 @@ def test_val_data_takes_validation_from_another_folder(tmp_path):
     assert sum(int(labels.shape[0]) for _, labels in eval_dataset(cfg, 8, num_workers=1, worker_index=0)) == 5
     with pytest.raises(UserError, match="no manifest"):
         describe_data(_config(train, val_data=str(tmp_path / "nothing")))
+
+
+def test_the_layer_graph_of_a_model_with_auxiliary_heads_reads_in_tensorboard():
+    import json
+
+    from tensorboard.plugins.graph.keras_util import keras_model_to_graph_def
+
+    from hpcvision.models import build_model
+
+    graph = keras_model_to_graph_def(json.loads(build_model("googlenet", 5, 64, aux=True).to_json()))
+    nodes = {node.name: list(node.input) for node in graph.node}
+    assert nodes["googlenet/aux1_logits"] == ["googlenet/aux1_dropout"], nodes
+    assert "googlenet/logits" in nodes and len(nodes) > 100

@@ -91,8 +91,8 @@ class TrainConfig:
         "a head of another class count starts fresh): a run folder (its newest checkpoint), a checkpoint prefix, "
         "an export folder, a .keras file or a .weights.h5/.h5 file (keras.applications' vgg16, inception_v3); "
         "used only while --checkpoint-dir holds no checkpoint", metavar="PATH")
-    freeze_backbone: bool = option(False, "train only the classifier head (logits, aux_logits); the rest keeps its "
-                                   "weights and its batch norm runs in inference mode")
+    freeze_backbone: bool = option(False, "train only the classifier layers (logits, and the auxiliary heads' "
+                                   "*_logits); the rest keeps its weights and its batch norm runs in inference mode")
     allow_batch_change: bool = option(
         False, "resume with another global batch: training continues at the epoch reached, the schedule at that "
         "epoch in steps of the new batch, the learning rate scaled to the new batch")

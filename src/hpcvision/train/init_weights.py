@@ -29,9 +29,14 @@ from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
 
-HEAD_LAYERS = ("logits", "aux_logits")  # what --freeze-backbone leaves trainable
 RENAMED = {"predictions": "logits"}  # keras.applications' classifier
 _COUNTER = re.compile(r"(conv2d|batch_normalization|dense)(?:_(\d+))?")  # Keras' automatic layer names
+
+
+def is_head(name: str) -> bool:
+    """A classifier layer: `logits` and the auxiliary heads' (`aux_logits`, googlenet's `aux1_logits`...):
+    what --freeze-backbone leaves trainable, and what starts fresh when the source knew other classes."""
+    return name == "logits" or name.endswith("_logits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +64,7 @@ def load_initial_weights(model, path: str | Path, classes: list[str] | None = No
     for layer in (layer for layer in model.layers if layer.weights):
         found = by_name.get(layer.name)
         problem = _shape_problem(layer, found)
-        if not problem and other_classes and layer.name in HEAD_LAYERS:
+        if not problem and other_classes and is_head(layer.name):
             problem = "the source was trained on other classes"
         if problem:
             skipped.append(f"{layer.name} ({problem})")
@@ -118,7 +123,7 @@ def _by_position(model, counted: list[SourceLayer]) -> dict[str, SourceLayer]:
     plain = model if not spec.has_aux else build_model(spec.name, 2, model.inputs[0].shape[1], aux=False)
     order: dict[str, list[str]] = {}
     for layer in plain.layers:
-        if layer.weights and layer.name not in HEAD_LAYERS:
+        if layer.weights and not is_head(layer.name):
             order.setdefault(_snake(type(layer).__name__), []).append(layer.name)
     mapped, seen = {}, {}
     for layer in counted:
@@ -220,7 +225,7 @@ def freeze_backbone(model) -> int:
     Keras' transfer-learning guide); the number of layers frozen."""
     frozen = 0
     for layer in model.layers:
-        if layer.weights and layer.name not in HEAD_LAYERS:
+        if layer.weights and not is_head(layer.name):
             layer.trainable = False
             frozen += 1
     return frozen
