@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import tarfile
@@ -19,7 +20,7 @@ from data_archives import (
 
 from hpcvision.data.lists import ListedImage
 from hpcvision.data.sources import NO_ANNOTATION, open_annotations, open_images
-from hpcvision.data.tarscan import Found, ScanCache, TarScan
+from hpcvision.data.tarscan import Found, ScanCache, TarScan, _plain_members, scan_tar, scan_tar_bytes
 from hpcvision.errors import UserError
 
 
@@ -346,3 +347,57 @@ def test_the_cached_index_keeps_the_reasons(tmp_path, images):
     assert first[("n05", "n05_2")] == "unsafe member path '../n05_2.JPEG'"
     assert first[("n06", "n06_1")] == "unsafe member path '../n06.tar'"
     assert first[("n08", "n08_1")].startswith("synset tar n08.tar unreadable")
+
+
+def _tar_bytes(members: list[tuple[str, bytes | None, bytes]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar of (name, data or None for a directory, type) members, in memory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "elsewhere.xml"
+            info.size = len(data or b"")
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+PLAIN = [("Annotation/n01/n01_1.xml", b"<a/>", tarfile.REGTYPE), ("Annotation/n01/n01_2.XML", b"x" * 513, tarfile.REGTYPE),
+         ("Annotation/n01/notes.txt", b"?", tarfile.REGTYPE), ("n01_3.xml", b"", tarfile.REGTYPE)]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+@pytest.mark.parametrize("case", ["plain", "unsafe", "unsafe long name", "dir", "symlink", "long name", "truncated", "cut header",
+                                  "garbage after", "not a tar", "empty", "non-ascii"])
+def test_reading_headers_of_an_in_memory_tar_gives_what_tarfile_gives(case, fmt):
+    members = list(PLAIN)
+    if case == "unsafe":
+        members.append(("../n01_4.xml", b"<b/>", tarfile.REGTYPE))
+    if case == "dir":
+        members.insert(1, ("Annotation/n01", None, tarfile.DIRTYPE))
+    if case == "symlink":
+        members.append(("n01_5.xml", None, tarfile.SYMTYPE))
+    if case == "long name":
+        members.append(("A" * 90 + "/" + "b" * 60 + "/n01_6.xml", b"<c/>", tarfile.REGTYPE))
+    if case == "unsafe long name":  # ustar puts ../ in the name prefix
+        members.append(("../" + "a" * 120 + "/n01_7.xml", b"<e/>", tarfile.REGTYPE))
+    if case == "non-ascii":
+        members.append(("Annotation/n01/n01_é.xml", b"<d/>", tarfile.REGTYPE))
+    data = _tar_bytes(members, fmt) if case not in ("not a tar", "empty") else b"x" * 2048 * (case != "empty")
+    if case == "truncated":
+        data = data[:1536 + 100]  # inside the second member's data
+    if case == "cut header":
+        data = data[:1024 + 200]
+    if case == "garbage after":
+        data = data.rstrip(b"\0") + b"\0" * 512 + b"junk" * 128
+    reference = None
+    try:
+        reference = scan_tar(io.BytesIO(data), len(data), (".xml", ".txt"), 0, "n01.tar.gz")
+    except tarfile.ReadError:
+        with pytest.raises(tarfile.ReadError):
+            scan_tar_bytes(data, (".xml", ".txt"), "n01.tar.gz")
+        return
+    assert scan_tar_bytes(data, (".xml", ".txt"), "n01.tar.gz") == reference
+    if case == "plain":  # the fast reader answered, not tarfile
+        assert _plain_members(data, (".xml", ".txt")) == {s: reference[s].entries for s in reference}

@@ -98,15 +98,15 @@ def _entry(key: str, kind: int, values: Sequence[Any]) -> bytes:
     return _field(1, _field(1, key.encode()) + _field(2, _feature(kind, values)))
 
 
-def _bytes_entry_header(key: str, value: bytes) -> bytes:
-    """Everything of the entry {key: BytesList[value]} that precedes `value` (so `value` is not copied)."""
-    length = len(value)
+def _bytes_entry_header(key: str, length: int) -> bytes:
+    """Everything of the entry {key: BytesList[value]} that precedes a `length`-byte value (so the
+    value is not copied)."""
     inner = 1 + len(_varint(length)) + length                 # BytesList.value
     feature = 1 + len(_varint(inner)) + inner                 # Feature.bytes_list
     key_field = _field(1, key.encode())
     body = len(key_field) + 1 + len(_varint(feature)) + feature
-    return (b"\x0a" + _varint(body) + key_field + b"\x12" + _varint(feature) + b"\x0a" + _varint(inner)
-            + b"\x0a" + _varint(length))
+    return b"".join([b"\x0a", _varint(body), key_field, b"\x12", _varint(feature), b"\x0a", _varint(inner),
+                     b"\x0a", _varint(length)])
 
 
 # Entries that are the same in every record, serialised once.
@@ -122,9 +122,11 @@ _NO_BOXES = {key: _entry(key, _FLOAT, []) for key in BBOX_KEYS} | {
 def encode_example(*, encoded: bytes, filename: str, height: int, width: int, label: int,
                    synset: str, text: str, boxes: Sequence[Box] = ()) -> bytes:
     """One serialised tf.train.Example with exactly the inception keys (an RGB JPEG in `encoded`)."""
-    before = _entries_before_encoded(label, synset, text) + _bytes_entry_header("image/encoded", encoded)
-    after = _entry("image/filename", _BYTES, [filename.encode()]) + (
-        _entries_after_filename(height, width, boxes, label) if boxes else _entries_without_boxes(height, width))
+    name = filename.encode()
+    before = _entries_before_encoded(label, synset, text) + _bytes_entry_header("image/encoded", len(encoded))
+    after = b"".join([_filename_header(len(name)), name,
+                      _entries_with_boxes(height, width, label, boxes) if boxes
+                      else _entries_without_boxes(height, width)])
     size = len(before) + len(encoded) + len(after)
     return b"".join([b"\x0a", _varint(size), before, encoded, after])
 
@@ -140,22 +142,44 @@ def _entries_before_encoded(label: int, synset: str, text: str) -> bytes:
                      _entry("image/class/text", _BYTES, [text.encode()]), _CONSTANT["image/colorspace"]])
 
 
+@functools.lru_cache(maxsize=256)
+def _filename_header(length: int) -> bytes:
+    return _bytes_entry_header("image/filename", length)
+
+
 @functools.lru_cache(maxsize=8192)
 def _entries_without_boxes(height: int, width: int) -> bytes:
-    return _entries_after_filename(height, width, (), 0)
+    return b"".join([_CONSTANT["image/format"], _int_entry("image/height", height),
+                     *[_NO_BOXES[key] for key in ("image/object/bbox/label", *sorted(BBOX_KEYS))],
+                     _int_entry("image/width", width)])
 
 
-def _entries_after_filename(height: int, width: int, boxes: Sequence[Box], label: int) -> bytes:
-    entries = [_CONSTANT["image/format"], _entry("image/height", _INT64, [height])]
-    if boxes:
-        entries.append(_entry("image/object/bbox/label", _INT64, [label] * len(boxes)))
-        for key in sorted(BBOX_KEYS):  # xmax, xmin, ymax, ymin
-            entries.append(_entry(key, _FLOAT, [getattr(b, key.rsplit("/", 1)[1]) for b in boxes]))
-    else:
-        entries.extend(_NO_BOXES[key] for key in ("image/object/bbox/label", *sorted(BBOX_KEYS)))
-    entries.append(_entry("image/width", _INT64, [width]))
-    return b"".join(entries)
+@functools.lru_cache(maxsize=8192)
+def _int_entry(key: str, value: int) -> bytes:
+    return _entry(key, _INT64, [value])
 
+
+@functools.lru_cache(maxsize=4096)
+def _box_labels_entry(label: int, count: int) -> bytes:
+    return _entry("image/object/bbox/label", _INT64, [label] * count)
+
+
+@functools.lru_cache(maxsize=1024)
+def _float_entry_header(key: str, count: int) -> bytes:
+    """The entry {key: FloatList[count floats]} up to its packed floats, which depend on the record."""
+    return _entry(key, _FLOAT, [0.0] * count)[: -4 * count]
+
+
+def _entries_with_boxes(height: int, width: int, label: int, boxes: Sequence[Box]) -> bytes:
+    count = len(boxes)
+    pack = _packed_floats(count).pack
+    return b"".join([
+        _CONSTANT["image/format"], _int_entry("image/height", height), _box_labels_entry(label, count),
+        _float_entry_header("image/object/bbox/xmax", count), pack(*[b.xmax for b in boxes]),
+        _float_entry_header("image/object/bbox/xmin", count), pack(*[b.xmin for b in boxes]),
+        _float_entry_header("image/object/bbox/ymax", count), pack(*[b.ymax for b in boxes]),
+        _float_entry_header("image/object/bbox/ymin", count), pack(*[b.ymin for b in boxes]),
+        _int_entry("image/width", width)])
 
 
 # --- protobuf decoding (for verify; strict about the shapes we write) ----------------------------

@@ -23,7 +23,6 @@ for, and cached next to the outer index; after that every image is one `os.pread
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import os
 import stat
@@ -54,6 +53,7 @@ from hpcvision.data.tarscan import (
     Window,
     merged_scan,
     scan_tar,
+    scan_tar_bytes,
 )
 from hpcvision.errors import UserError
 
@@ -381,7 +381,7 @@ class NestedTarSource(Source):
             cut = f"truncated archive: {label} cut off at byte {entry.offset + len(blob)}"
         try:
             data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
-            scans = scan_tar(io.BytesIO(data), len(data), self.inner_suffixes, 0, label)
+            scans = scan_tar_bytes(data, self.inner_suffixes, label)
             scan = merged_scan(scans, self.inner_suffixes)
         except ARCHIVE_ERRORS as exc:
             return Missing(cut or f"synset tar {label} unreadable ({exc})")
@@ -433,12 +433,19 @@ class NestedTarSource(Source):
             yield from self._fetch_synset(wnid, by_synset[wnid])
 
     def _fetch_synset(self, wnid: str, items: list[ListedImage]) -> Iterator[Fetched]:
-        ranges = []
         scan = self._inner_scan(wnid) if isinstance(self.archive.members.get(wnid), Found) else None
-        in_memory = scan.data if isinstance(scan, TarScan) else None
+        if not isinstance(scan, TarScan):  # the synset tar is absent or unreadable: each item says why
+            for item in items:
+                yield Fetched(item, None, self._locate(item).reason)
+            return
+        # What _locate does per item, with the synset's part done once (a shard asks for thousands).
+        entries, absent = scan.entries, scan.truncated or self.missing or NOT_IN_ARCHIVE
+        in_memory, ranges = scan.data, []
         for item in items:
-            entry = self._locate(item)
-            if isinstance(entry, Missing):
+            entry = entries.get(item.name)
+            if entry is None:
+                yield Fetched(item, None, absent)
+            elif isinstance(entry, Missing):
                 yield Fetched(item, None, entry.reason)
             elif in_memory is not None:
                 data = in_memory[entry.offset : entry.offset + entry.size]
@@ -543,6 +550,9 @@ class ListedXml(Source):
         return {_at_xml_folder(item): item for item in items}
 
     def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
+        if all(item.xml_wnid == item.wnid for item in items):  # the common case: each XML in its own folder
+            yield from self.inner.fetch(items)
+            return
         moved = self._moved(items)
         elsewhere: list[ListedImage] = []
         for fetched in self.inner.fetch(list(moved)):

@@ -40,13 +40,18 @@ class Missing:
 Entry = Found | Missing
 
 
+def path_problem(name: str) -> str | None:
+    """Why a member's path must not be used (absolute, or climbing out with `..`), or None."""
+    if name.startswith("/") or posixpath.isabs(name) or ".." in name.split("/"):
+        return f"unsafe member path {name!r}"
+    return None
+
+
 def member_problem(info: tarfile.TarInfo) -> str | None:
     """Why a tar member must not be used (unsafe path, link, device, sparse), or None if it is fine."""
     name = info.name
-    if name.startswith("/") or posixpath.isabs(name):
-        return f"unsafe member path {name!r}"
-    if ".." in name.split("/"):
-        return f"unsafe member path {name!r}"
+    if path_problem(name):
+        return path_problem(name)
     if info.issym():
         return f"symlink member {name!r}"
     if info.islnk():
@@ -158,6 +163,58 @@ def scan_tar(
                 truncated = f"truncated archive: {label} unreadable inside {info.name!r} ({exc})"
                 break
     return {suffix: TarScan(found, truncated) for suffix, found in entries.items()}
+
+
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_USTAR_MAGICS = (b"ustar\x0000", b"ustar  \x00")  # POSIX and GNU
+
+
+def scan_tar_bytes(data: bytes, suffixes: Sequence[str], label: str) -> dict[str, TarScan]:
+    """`scan_tar` of a tar held in memory (a synset's annotation archive, decompressed).
+
+    Reads the headers itself when every member is a plain regular file under a short name that ends
+    cleanly (every ImageNet synset tar): about 10x faster than `tarfile`, which dominated reading
+    ImageNet's annotations. Anything else, and any doubt, goes to `scan_tar`, so results are the same.
+    """
+    found = _plain_members(data, suffixes)
+    if found is None:
+        return scan_tar(io.BytesIO(data), len(data), suffixes, 0, label)
+    return {suffix: TarScan(entries, None) for suffix, entries in found.items()}
+
+
+def _plain_members(data: bytes, suffixes: Sequence[str]) -> dict[str, dict[str, Entry]] | None:
+    """{suffix: key -> entry} of a tar of plain regular files ending cleanly, else None (not that simple)."""
+    entries: dict[str, dict[str, Entry]] = {suffix: {} for suffix in suffixes}
+    offset, end = 0, len(data)
+    if not end:
+        return None  # tarfile: "empty file"
+    while offset < end:
+        header = data[offset : offset + tarfile.BLOCKSIZE]
+        if header == _ZERO_BLOCK and offset > 0:
+            return entries  # the end-of-archive block
+        if len(header) < tarfile.BLOCKSIZE or header[156:157] != b"0" or header[257:265] not in _USTAR_MAGICS:
+            return None  # links, directories, long names (pax, GNU), old formats, a cut-off header
+        if header[345:346] != b"\x00":  # a ustar name prefix
+            return None
+        try:  # octal digits, else (base-256 sizes, garbage) tarfile decides
+            checksum = int(header[148:156].split(b"\x00", 1)[0].strip() or b"0", 8)
+            size = int(header[124:136].split(b"\x00", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None
+        if checksum != sum(header) - sum(header[148:156]) + 8 * 32:  # the checksum field counts as spaces
+            return None
+        start = offset + tarfile.BLOCKSIZE
+        name = header[:100].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+        if not name.isascii():  # a name tarfile may decode otherwise
+            return None
+        for suffix in suffixes:
+            key = member_key(name, suffix)
+            if key is not None:
+                problem = path_problem(name)
+                put_entry(entries[suffix], key, Missing(problem) if problem else Found(start, size))
+                break
+        offset = start + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return entries if offset == end else None  # else cut off inside a member: tarfile says where
 
 
 def merged_scan(scans: dict[str, TarScan], suffixes: Sequence[str]) -> TarScan:
