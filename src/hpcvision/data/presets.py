@@ -3,6 +3,9 @@
 - `train_image`: random crop (`augment`: inception over the stored boxes, pad_crop, or none), flip,
   resize, normalise; random choices from the stateless seeds the pipeline pairs with each record.
 - `eval_image`: the central crop of a stored JPEG, resized and normalised.
+- `crop_resized`: the one JPEG crop-and-resize of all three, decoded at 1/2, 1/4 or 1/8 scale in the DCT
+  domain whenever the crop is still at least the output size there (PSNR against the full decode in
+  tests/test_presets_ratio.py; speed in benchmarks/input_pipeline.py).
 - `preprocess_for_eval` / `preprocess_pixels`: what an export or a loaded checkpoint serves (JPEG, PNG,
   GIF or BMP bytes; or pixels, resized only). Exports record only `normalize` and the crop fraction,
   so these take those two rather than a whole `InputConfig`.
@@ -40,8 +43,8 @@ def normalize_image(image: tf.Tensor, kind: str) -> tf.Tensor:
     return image * scale - shift
 
 
-def inception_crop(encoded: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, config: InputConfig) -> tf.Tensor:
-    """Random crop covering part of a stored box [N, 4] (ymin, xmin, ymax, xmax), fused JPEG decode."""
+def inception_window(encoded: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, config: InputConfig) -> tf.Tensor:
+    """[y, x, h, w] of a random crop of a JPEG covering part of a stored box [N, 4] (ymin, xmin, ymax, xmax)."""
     shape = tf.io.extract_jpeg_shape(encoded)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
@@ -56,12 +59,66 @@ def inception_crop(encoded: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, config
     # Grow a too-small crop (tiny images) to min_crop_size, never past the image, and keep it inside.
     hw = tf.maximum(size[:2], tf.minimum(config.min_crop_size, shape[:2]))
     yx = tf.minimum(begin[:2], shape[:2] - hw)
-    return tf.image.decode_and_crop_jpeg(encoded, tf.concat([yx, hw], 0), channels=3)
+    return tf.concat([yx, hw], 0)
+
+
+# libjpeg's DCT-domain downscaling: the scaled image has ceil(H / r) x ceil(W / r) pixels, and pixel i
+# stands for source pixels [i r, (i + 1) r), i.e. an area average, decoded at a fraction of the cost.
+RATIOS = (1, 2, 4, 8)
+
+
+def decode_ratio_index(hw: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Index in RATIOS of the largest ratio that keeps a crop of `hw` (h, w) >= `image_size` on both sides."""
+    index = tf.constant(0)
+    for ratio in RATIOS[1:]:  # they fit in order: 2 before 4 before 8
+        index += tf.cast(tf.reduce_min(hw) >= ratio * image_size, tf.int32)
+    return index
+
+
+def _scaled_crop(encoded: tf.Tensor, window: tf.Tensor, image_size: int, flip: tf.Tensor, ratio: int) -> tf.Tensor:
+    """The crop decoded at 1/`ratio` scale, then bilinear-sampled at the very points `resize` samples the
+    full-size crop (half-pixel centres), so only the decoder's area average differs from the full path."""
+    scaled_hw = tf.cast(-(-tf.io.extract_jpeg_shape(encoded)[:2] // ratio), tf.float32)  # ceil
+    start, size = tf.cast(window[:2], tf.float32) / ratio, tf.cast(window[2:], tf.float32) / ratio
+    first = tf.floor(start)
+    last = tf.minimum(tf.math.ceil(start + size), scaled_hw)
+    image = tf.io.decode_and_crop_jpeg(
+        encoded, tf.cast(tf.concat([first, last - first], 0), tf.int32), channels=3, ratio=ratio)
+    step = size / image_size  # >= 1 scaled pixel on both sides, as the ratio was chosen so
+    # Output pixel j of `resize` on the full crop samples its centre, (start + (j + 0.5) step) in scaled
+    # pixel edges; in the decoded crop's pixel centres that is start - first + (j + 0.5) step - 0.5.
+    # crop_and_resize samples [begin, end] x (n - 1) of an n-pixel crop in S - 1 equal steps.
+    begin = start - first + 0.5 * step - 0.5
+    extent = tf.maximum(last - first - 1, 1.0)
+    end = tf.minimum(begin + step * (image_size - 1), extent)  # float rounding must not sample past the edge
+    begin, span = tf.maximum(begin, 0.0) / extent, end / extent
+    box = tf.stack([begin[0], tf.where(flip, span[1], begin[1]), span[0], tf.where(flip, begin[1], span[1])])
+    return tf.image.crop_and_resize(image[tf.newaxis], box[tf.newaxis], [0], [image_size, image_size])[0]
+
+
+def crop_resized(encoded: tf.Tensor, window: tf.Tensor, image_size: int, flip: tf.Tensor | bool = False) -> tf.Tensor:
+    """The crop `window` [y, x, h, w] of a JPEG, mirrored if `flip`, as float32 [S, S, 3] in 0..255.
+
+    Decoded at 1/2, 1/4 or 1/8 scale when the crop stays at least S there (much cheaper), else in full.
+    """
+    flip = tf.convert_to_tensor(flip)
+
+    def full() -> tf.Tensor:
+        image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)  # on uint8: fewer bytes to move
+        return resize(image, image_size)
+
+    def scaled(ratio: int):
+        return lambda: _scaled_crop(encoded, window, image_size, flip, ratio)
+
+    image = tf.switch_case(decode_ratio_index(window[2:], image_size), [full] + [scaled(r) for r in RATIOS[1:]])
+    image.set_shape([image_size, image_size, 3])
+    return image
 
 
 def pad_crop(encoded: tf.Tensor, seed: tf.Tensor, image_size: int, pad: int) -> tf.Tensor:
     """CIFAR-style: the whole JPEG resized to S x S (uint8), reflect-padded by `pad`, random S x S crop."""
-    image = tf.cast(tf.round(resize(tf.io.decode_jpeg(encoded, channels=3), image_size)), tf.uint8)
+    image = tf.cast(tf.round(_central_resized(encoded, 1.0, image_size)), tf.uint8)
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     return tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=seed)
 
@@ -73,10 +130,9 @@ def _central_window(shape: tf.Tensor, fraction: float) -> tf.Tensor:
     return tf.stack([(shape[0] - h) // 2, (shape[1] - w) // 2, h, w])
 
 
-def central_crop_jpeg(encoded: tf.Tensor, fraction: float) -> tf.Tensor:
-    """The central crop of a JPEG, decoded with the fused JPEG decoder."""
-    window = _central_window(tf.io.extract_jpeg_shape(encoded), fraction)
-    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+def _central_resized(encoded: tf.Tensor, fraction: float, image_size: int) -> tf.Tensor:
+    """The central `fraction` of a JPEG (all of it at 1.0), resized to float32 [S, S, 3] in 0..255."""
+    return crop_resized(encoded, _central_window(tf.io.extract_jpeg_shape(encoded), fraction), image_size)
 
 
 def _central_crop_any(encoded: tf.Tensor, fraction: float) -> tf.Tensor:
@@ -86,11 +142,6 @@ def _central_crop_any(encoded: tf.Tensor, fraction: float) -> tf.Tensor:
     return image[y : y + h, x : x + w]
 
 
-def _whole_or_central(encoded: tf.Tensor, fraction: float) -> tf.Tensor:
-    """A stored JPEG decoded whole, or its central crop when `fraction` < 1."""
-    return central_crop_jpeg(encoded, fraction) if fraction < 1.0 else tf.io.decode_jpeg(encoded, channels=3)
-
-
 def train_image(encoded: tf.Tensor, boxes: tf.Tensor | None, seeds: tf.Tensor, image_size: int,
                 config: InputConfig) -> tf.Tensor:
     """A stored JPEG as training sees it: float32 [S,S,3] normalised.
@@ -98,23 +149,21 @@ def train_image(encoded: tf.Tensor, boxes: tf.Tensor | None, seeds: tf.Tensor, i
     `boxes` [N, 4] are read by the inception crop only; `seeds` are 4 ints, the crop pair then the flip pair.
     """
     crop_seed, flip_seed = seeds[:2], seeds[2:]
+    # The draw of tf.image.stateless_random_flip_left_right, so a seed flips the same images as before.
+    flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5 if config.flip else tf.constant(False)
     if config.augment == "inception":
-        image = inception_crop(encoded, boxes, crop_seed, config)
+        image = crop_resized(encoded, inception_window(encoded, boxes, crop_seed, config), image_size, flip)
     elif config.augment == "pad_crop":
         image = pad_crop(encoded, crop_seed, image_size, config.pad_pixels(image_size))
+        image = tf.cast(tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image), tf.float32)
     else:
-        image = _whole_or_central(encoded, config.eval_central_fraction())
-    if config.flip and config.augment != "none":  # on the uint8 crop, before resizing: fewer bytes to move
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    # pad_crop is already S x S.
-    image = tf.cast(image, tf.float32) if config.augment == "pad_crop" else resize(image, image_size)
+        image = _central_resized(encoded, config.eval_central_fraction(), image_size)
     return normalize_image(image, config.normalize)
 
 
 def eval_image(encoded: tf.Tensor, image_size: int, config: InputConfig) -> tf.Tensor:
     """A stored JPEG as evaluation sees it: the central crop, resized and normalised."""
-    image = _whole_or_central(encoded, config.eval_central_fraction())
-    return normalize_image(resize(image, image_size), config.normalize)
+    return normalize_image(_central_resized(encoded, config.eval_central_fraction(), image_size), config.normalize)
 
 
 def preprocess_for_eval(
@@ -123,10 +172,9 @@ def preprocess_for_eval(
     """Encoded image bytes (JPEG, or PNG/GIF/BMP) -> float32 [S,S,3] normalised, as evaluation sees it."""
     image = tf.cond(
         tf.io.is_jpeg(encoded),
-        lambda: central_crop_jpeg(encoded, central_fraction),
-        lambda: _central_crop_any(encoded, central_fraction),
+        lambda: _central_resized(encoded, central_fraction, image_size),
+        lambda: resize(_central_crop_any(encoded, central_fraction), image_size),
     )
-    image = resize(image, image_size)
     image.set_shape([image_size, image_size, 3])
     return normalize_image(image, normalize)
 
