@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -247,6 +248,18 @@ def test_a_folder_holding_another_run_is_refused_in_one_line(train, finished_run
                             f"to resume it, `hpcvision train --checkpoint-dir {run}` alone uses its settings; for a "
                             "new run, another --checkpoint-dir"), messages
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "warnings besides the one line"
+
+
+def test_another_runs_folder_and_a_missing_init_checkpoint_are_refused_before_tensorflow_starts(finished_run,
+                                                                                             tmp_path):
+    script = ("import sys; from hpcvision.cli import main; code = main(sys.argv[1:]); "
+              "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow', code)")
+    for flags in (["--optimizer", "adam", "--checkpoint-dir", str(finished_run)],
+                  ["--checkpoint-dir", str(tmp_path / "new"), "--init-checkpoint", str(tmp_path / "none.h5")]):
+        result = subprocess.run([sys.executable, "-c", script, "train", *SYNTHETIC, "--steps", "5", *flags],
+                                capture_output=True, text=True, timeout=120)
+        assert result.stdout.split() == ["no", "tensorflow", "2"], result.stdout + result.stderr
+        assert result.stderr.count("hpcvision: error:") == 1, result.stderr
 
 
 def test_checkpoint_dir_alone_resumes_as_run_yaml_says_with_absolute_paths(train, finished_run, tmp_path,

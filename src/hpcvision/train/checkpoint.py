@@ -202,17 +202,10 @@ def check_resume(config, global_batch: int, steps_per_epoch: int, examples_per_e
 
     The shift places the step counter in epochs of the new batch: epoch = (step + shift) / steps_per_epoch.
     """
-    directory = Path(config.checkpoint_dir)
-    if not (directory / RUN_FILE).is_file() or not checkpoint_prefixes(directory):
+    recorded = check_same_run(config)
+    if recorded is None:
         return 0
-    recorded = load_run_config(directory)
-    hint = (f"to resume it, `hpcvision train --checkpoint-dir {directory}` alone uses its settings; "
-            "for a new run, another --checkpoint-dir")
-    for name, text in GUARDED.items():
-        theirs, ours = getattr(recorded, name), getattr(config, name)
-        if theirs is not None and theirs != ours:
-            raise UserError(f"{directory / RUN_FILE}: the run there has {text(theirs)}, this command "
-                            f"{text(ours)}; {hint}")
+    directory = Path(config.checkpoint_dir)
     old = recorded.global_batch
     if old is None or old == global_batch:
         return recorded.step_shift
@@ -227,6 +220,26 @@ def check_resume(config, global_batch: int, steps_per_epoch: int, examples_per_e
                 "from now on; the schedule keeps its place in epochs (warm-up, decay, step boundaries), its rate scaled "
                 "to the new batch; steps keep counting from %d", old, global_batch, step, epoch, steps_per_epoch, step)
     return shift
+
+
+def check_same_run(config):
+    """UserError when `config.checkpoint_dir` holds checkpoints of a run whose run.yaml records another model,
+    class count, optimizer or --freeze-backbone than `config` (a value `config` leaves unset, such as the
+    class count before the manifest is read, is not compared); that run's TrainConfig, or None without one.
+
+    Needs no TensorFlow: `train` calls it before importing it, and again once the class count is known."""
+    directory = Path(config.checkpoint_dir or "")
+    if not config.checkpoint_dir or not (directory / RUN_FILE).is_file() or not checkpoint_prefixes(directory):
+        return None
+    recorded = load_run_config(directory)
+    hint = (f"to resume it, `hpcvision train --checkpoint-dir {directory}` alone uses its settings; "
+            "for a new run, another --checkpoint-dir")
+    for name, text in GUARDED.items():
+        theirs, ours = getattr(recorded, name), getattr(config, name)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise UserError(f"{directory / RUN_FILE}: the run there has {text(theirs)}, this command "
+                            f"{text(ours)}; {hint}")
+    return recorded
 
 
 def newest_step(checkpoint_dir: str | Path) -> int:

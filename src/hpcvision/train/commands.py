@@ -57,6 +57,12 @@ def run_train(args: argparse.Namespace) -> int:
     """Handler of `hpcvision train`."""
     # options checked before TensorFlow is imported; a folder's run.yaml is the base of its resume
     config = load_config(TrainConfig, args, args.config or _run_file(args))
+    from hpcvision.train.checkpoint import check_same_run
+    from hpcvision.train.init_weights import check_source
+
+    check_same_run(config)  # another run's folder: one line in a second, not after TensorFlow's start
+    if config.init_checkpoint:
+        check_source(Path(config.init_checkpoint))
     from hpcvision.data.pipeline import naming_corrupt_shards
     from hpcvision.train.inputs import val_dir
     from hpcvision.train.loop import train

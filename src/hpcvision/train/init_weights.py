@@ -145,12 +145,17 @@ def read_source(path: Path) -> list[SourceLayer]:
         return read_source(path / "model.keras")  # an export folder
     if path.is_dir() or Path(f"{path}.index").is_file():
         return _read_run(path)
-    if not path.is_file():
-        raise UserError(f"{path}: not found (--init-checkpoint takes a run folder, a checkpoint prefix, an export "
-                        "folder, a .keras file or a .weights.h5/.h5 file)")
+    check_source(path)
     if path.suffix == ".keras":
         return _read_keras_archive(path)
     return _read_h5(path, path)
+
+
+def check_source(path: Path) -> None:
+    """UserError unless `path` is a folder, a file or a checkpoint prefix (no TensorFlow needed)."""
+    if not (path.is_dir() or path.is_file() or Path(f"{path}.index").is_file()):
+        raise UserError(f"{path}: not found (--init-checkpoint takes a run folder, a checkpoint prefix, an export "
+                        "folder, a .keras file or a .weights.h5/.h5 file)")
 
 
 def _read_run(path: Path) -> list[SourceLayer]:
