@@ -56,10 +56,23 @@ def model_spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model '{name}' (choose from {', '.join(sorted(_REGISTRY))})") from None
 
 
-def build_model(name: str, num_classes: int, image_size: int | None = None, *, aux: bool = False) -> keras.Model:
-    """Build the registered network `name` for `num_classes` classes at `image_size` pixels."""
+def build_model(name: str, num_classes: int, image_size: int | None = None, *, aux: bool = False,
+                synchronized_batch_norm: bool = False) -> keras.Model:
+    """Build the registered network `name` for `num_classes` classes at `image_size` pixels; with
+    `synchronized_batch_norm`, every BatchNormalization computes its statistics over all replicas."""
     spec = model_spec(name)
-    return spec.build(num_classes=num_classes, image_size=image_size or spec.image_size, aux=aux and spec.has_aux)
+    model = spec.build(num_classes=num_classes, image_size=image_size or spec.image_size, aux=aux and spec.has_aux)
+    if synchronized_batch_norm:
+        for layer in _every_layer(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True  # Keras' own switch (the constructor's argument), read at each call
+    return model
+
+
+def _every_layer(layer):
+    yield layer
+    for inner in getattr(layer, "layers", []):
+        yield from _every_layer(inner)
 
 
 def _load_all() -> None:

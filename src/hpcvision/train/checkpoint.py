@@ -278,22 +278,21 @@ def load_labels(checkpoint_dir: str | Path) -> dict:
 
 
 def _load_moving_averages(model, prefix: str) -> None:
-    """Replace the model's trainable weights by the moving averages the run kept (`--ema-decay`)."""
+    """Replace the model's weights by the moving averages the run kept (`--ema-decay`); weights without one
+    (frozen by --freeze-backbone) keep their values."""
     import tensorflow as tf
 
     from hpcvision.train.optim import ema_key
 
     reader = tf.train.load_checkpoint(prefix)
-    missing = []
+    found = 0
     for variable in model.trainable_variables:
         key = f"ema/{ema_key(variable)}/.ATTRIBUTES/VARIABLE_VALUE"
         if reader.has_tensor(key):
             variable.assign(reader.get_tensor(key))
-        else:
-            missing.append(variable.path)
-    if missing:
-        raise UserError(f"{prefix}: run.yaml says --ema-decay, but the checkpoint has no moving average of "
-                        f"{len(missing)} weights (e.g. {missing[0]})")
+            found += 1
+    if not found:
+        raise UserError(f"{prefix}: run.yaml says --ema-decay, but the checkpoint holds no moving averages")
 
 
 def load_trained_model(checkpoint_dir: str | Path):

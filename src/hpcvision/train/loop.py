@@ -218,7 +218,8 @@ def _build_model_and_optimizer(cfg, aux: bool, loss_scaling: bool, global_batch:
 
     from hpcvision.models import build_model
 
-    model = build_model(cfg.model, cfg.num_classes, cfg.image_size, aux=aux)
+    model = build_model(cfg.model, cfg.num_classes, cfg.image_size, aux=aux,
+                        synchronized_batch_norm=cfg.sync_batch_norm)
     if cfg.freeze_backbone:  # before the optimizer is built: it keeps state for the head only
         from hpcvision.train.init_weights import freeze_backbone
 

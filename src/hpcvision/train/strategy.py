@@ -102,7 +102,10 @@ def make_strategy(role: Role, collective_timeout_s: float = 600.0):
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if role.kind == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # Without GPUs, every logical CPU device (tf.config.set_logical_device_configuration): MirroredStrategy
+        # alone would take CPU:0 only. This is how tests run several replicas in one process.
+        cpus = [] if tf.config.list_logical_devices("GPU") else tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in cpus] if len(cpus) > 1 else None)
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if role.kind == "multi-worker":
         # A timeout turns a dead peer into an error instead of an endless hang in all-reduce.

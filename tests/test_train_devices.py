@@ -1,0 +1,109 @@
+"""Several devices per task without GPUs (issue 11): the CPU split into logical devices (several_devices.py).
+
+MirroredStrategy over 2 devices and 2 all-reduce workers with 2 devices each give the loss and weights
+of fewer replicas with the same global batch; mixed precision trains under both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_records import build_records
+
+DRIVER = Path(__file__).with_name("several_devices.py")
+# Batch norm synchronized and no dropout (the `tiny` model): replicas then compute exactly what one device does;
+# clipping that binds at every step checks that the norm is the all-reduced gradient's.
+MATCHING = ["--model", "tiny", "--image-size", "16", "--augment", "none", "--steps", "3", "--log-every", "1",
+            "--no-eval", "--seed", "5", "--sync-batch-norm", "--clip-norm", "0.05", "--optimizer", "sgd",
+            "--learning-rate", "0.8", "--schedule", "constant", "--label-smoothing", "0",
+            "--checkpoint-every-minutes", "0"]
+SYNTHETIC = ["--synthetic", "--num-classes", "4", "--model", "tiny", "--image-size", "16", "--batch-size", "8",
+             "--steps", "12", "--log-every", "3", "--optimizer", "adam", "--learning-rate", "0.05",
+             "--label-smoothing", "0", "--checkpoint-every-minutes", "0", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, hpcvision_exe):
+    return build_records(tmp_path_factory.mktemp("records"), hpcvision_exe)
+
+
+def run(devices: int, *args, workers: int = 0) -> str:
+    """`hpcvision train ARGS` with the CPU split in `devices`, alone or as `workers` all-reduce workers; its log."""
+    command = [sys.executable, str(DRIVER), str(devices), "train", *map(str, args)]
+    if workers:
+        launcher = ("import sys; from hpcvision.cluster.launch import launch_local; "
+                    f"sys.exit(launch_local([], workers={workers}, command=sys.argv[1:]))")
+        command = [sys.executable, "-c", launcher, *command]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def losses(log: str) -> list[float]:
+    return [float(x) for x in re.findall(r"step \d+/\d+ epoch \S+ loss (\S+)", log)]
+
+
+def checkpoint_values(prefix: Path) -> dict[str, np.ndarray]:
+    """Every value in a checkpoint, read with TensorFlow's reader (independent of our restore code)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def assert_same_training(log: str, folder: Path, reference_log: str, reference: Path) -> None:
+    assert losses(log) == pytest.approx(losses(reference_log), rel=1e-5) and len(losses(log)) == 3
+    values, expected = checkpoint_values(folder / "ckpt-3"), checkpoint_values(reference / "ckpt-3")
+    assert values.keys() == expected.keys()
+    weights = [k for k in values if "/_trainable_variables/" in k]
+    assert len(weights) == 5  # conv kernel, BN gamma and beta, dense kernel and bias
+    for key, value in values.items():
+        np.testing.assert_allclose(value, expected[key], rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_mirrored_over_two_devices_matches_one_replica(records, tmp_path):
+    two = run(2, *MATCHING, "--data", records, "--strategy", "mirrored", "--batch-size", "8",
+              "--checkpoint-dir", tmp_path / "two")
+    assert "mirrored strategy, 2 replica(s), global batch 16" in two
+    one = run(1, *MATCHING, "--data", records, "--batch-size", "16", "--checkpoint-dir", tmp_path / "one")
+    assert "one strategy, 1 replica(s), global batch 16" in one
+    assert_same_training(two, tmp_path / "two", one, tmp_path / "one")
+
+
+def test_two_workers_with_two_devices_each_match_one_device_each(records, tmp_path):
+    """Each worker reads its own shard files, so the reference is 2 workers of 1 device and twice the batch."""
+    four = run(2, *MATCHING, "--data", records, "--batch-size", "4", "--checkpoint-dir", tmp_path / "four",
+               workers=2)
+    assert "multi-worker strategy, 4 replica(s), global batch 16" in four
+    two = run(1, *MATCHING, "--data", records, "--batch-size", "8", "--checkpoint-dir", tmp_path / "two", workers=2)
+    assert "multi-worker strategy, 2 replica(s), global batch 16" in two
+    assert_same_training(four, tmp_path / "four", two, tmp_path / "two")
+    digests = set(re.findall(r"weights sha256 (\w+)", four))
+    assert len(re.findall(r"weights sha256", four)) == 2 and len(digests) == 1  # both workers hold the same
+
+
+def test_mixed_float16_with_loss_scaling_trains_under_mirrored(tmp_path):
+    log = run(2, *SYNTHETIC, "--strategy", "mirrored", "--mixed-precision", "mixed_float16",
+              "--checkpoint-dir", tmp_path)
+    assert "mirrored strategy, 2 replica(s)" in log
+    seen = losses(log)
+    assert len(seen) == 4 and all(np.isfinite(seen)) and seen[-1] < seen[0], seen
+    values = checkpoint_values(tmp_path / "ckpt-12")
+    assert any(key.startswith("optimizer/dynamic_scale") for key in values)  # Keras' LossScaleOptimizer
+    assert all(np.all(np.isfinite(v)) for v in values.values() if np.issubdtype(v.dtype, np.floating))
+
+
+def test_mixed_bfloat16_trains_under_all_reduce(tmp_path):
+    log = run(1, *SYNTHETIC, "--mixed-precision", "mixed_bfloat16", "--checkpoint-dir", tmp_path, workers=2)
+    assert "multi-worker strategy, 2 replica(s)" in log
+    seen = losses(log)
+    assert len(seen) == 4 and all(np.isfinite(seen)) and seen[-1] < seen[0], seen
+    assert len(set(re.findall(r"weights sha256 (\w+)", log))) == 1
