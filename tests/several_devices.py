@@ -8,17 +8,20 @@ local device list is widened to the N logical CPUs (a TF internal), as a GPU nod
 
 from __future__ import annotations
 
+import functools
 import sys
 
 
-def tiny(num_classes: int, image_size: int = 16, aux: bool = False):
-    """Conv-BN-ReLU, pooled, dense: batch norm but no dropout, so replicas can match one device exactly."""
+def tiny(num_classes: int, image_size: int = 16, aux: bool = False, *, batch_norm: bool = True):
+    """Conv-BN-ReLU, pooled, dense: no dropout, so replicas can match one device exactly (and without batch
+    norm, micro-batches can match one batch)."""
     import keras
     from keras import layers
 
     inputs = keras.Input((image_size, image_size, 3))
-    x = layers.Conv2D(8, 3, strides=2, use_bias=False, name="conv")(inputs)
-    x = layers.BatchNormalization(name="conv_bn")(x)
+    x = layers.Conv2D(8, 3, strides=2, use_bias=not batch_norm, name="conv")(inputs)
+    if batch_norm:
+        x = layers.BatchNormalization(name="conv_bn")(x)
     x = layers.GlobalAveragePooling2D()(layers.Activation("relu")(x))
     return keras.Model(inputs, layers.Dense(num_classes, dtype="float32", name="logits")(x), name="tiny")
 
@@ -28,6 +31,7 @@ def register_tiny() -> None:
 
     if "tiny" not in _REGISTRY:
         register_model("tiny", image_size=16)(tiny)
+        register_model("tiny_no_bn", image_size=16)(functools.partial(tiny, batch_norm=False))
 
 
 def split_cpu(count: int) -> None:

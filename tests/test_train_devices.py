@@ -6,6 +6,7 @@ of fewer replicas with the same global batch; mixed precision trains under both.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -59,12 +60,12 @@ def checkpoint_values(prefix: Path) -> dict[str, np.ndarray]:
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
-def assert_same_training(log: str, folder: Path, reference_log: str, reference: Path) -> None:
+def assert_same_training(log: str, folder: Path, reference_log: str, reference: Path, weights: int = 5) -> None:
     assert losses(log) == pytest.approx(losses(reference_log), rel=1e-5) and len(losses(log)) == 3
     values, expected = checkpoint_values(folder / "ckpt-3"), checkpoint_values(reference / "ckpt-3")
     assert values.keys() == expected.keys()
-    weights = [k for k in values if "/_trainable_variables/" in k]
-    assert len(weights) == 5  # conv kernel, BN gamma and beta, dense kernel and bias
+    trained = [k for k in values if "/_trainable_variables/" in k]
+    assert len(trained) == weights  # conv kernel, BN gamma and beta (or conv bias), dense kernel and bias
     for key, value in values.items():
         np.testing.assert_allclose(value, expected[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
@@ -90,10 +91,30 @@ def test_two_workers_with_two_devices_each_match_one_device_each(records, tmp_pa
     assert len(re.findall(r"weights sha256", four)) == 2 and len(digests) == 1  # both workers hold the same
 
 
+def test_accumulated_micro_batches_match_one_larger_batch(run_cli, caplog, records, tmp_path):
+    """--accumulate 4 x batch 4 == batch 16: same examples, one update (a model without batch norm, whose
+    statistics would be the micro-batches')."""
+    from several_devices import register_tiny
+
+    register_tiny()
+    args = [a if a != "tiny" else "tiny_no_bn" for a in MATCHING if a != "--sync-batch-norm"]
+    args += ["--data", records, "--weight-decay", "0.01", "--optimizer", "adam", "--learning-rate", "0.05"]
+    logs = []
+    for name, batch in (("micro", ["--batch-size", "4", "--accumulate", "4"]), ("one", ["--batch-size", "16"])):
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="hpcvision")
+        code, _out, err = run_cli("train", *args, *batch, "--checkpoint-dir", tmp_path / name)
+        assert code == 0, err
+        logs.append("\n".join(r.getMessage() for r in caplog.records))
+    assert "global batch 16 (4 micro-batches of 4)" in logs[0]
+    assert_same_training(logs[0], tmp_path / "micro", logs[1], tmp_path / "one", weights=4)
+
+
 def test_mixed_float16_with_loss_scaling_trains_under_mirrored(tmp_path):
-    log = run(2, *SYNTHETIC, "--strategy", "mirrored", "--mixed-precision", "mixed_float16",
-              "--checkpoint-dir", tmp_path)
-    assert "mirrored strategy, 2 replica(s)" in log
+    """With micro-batches (a while loop) and synchronized batch norm in it, too."""
+    log = run(2, *SYNTHETIC, "--strategy", "mirrored", "--mixed-precision", "mixed_float16", "--accumulate", "2",
+              "--sync-batch-norm", "--checkpoint-dir", tmp_path)
+    assert "mirrored strategy, 2 replica(s), global batch 32 (2 micro-batches of 16)" in log
     seen = losses(log)
     assert len(seen) == 4 and all(np.isfinite(seen)) and seen[-1] < seen[0], seen
     values = checkpoint_values(tmp_path / "ckpt-12")

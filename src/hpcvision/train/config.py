@@ -54,6 +54,9 @@ class TrainConfig:
     clip_norm: float = option(0.0, "clip the gradient to this global norm, over all replicas (0 = off)", minimum=0)
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights with this decay per "
                               "update, used by evaluation and export (0 = off; e.g. 0.9998)", minimum=0, below=1)
+    accumulate: int = option(1, "gradient accumulation: one update from N micro-batches of --batch-size per "
+                             "replica (the global batch, and the learning rate's scaling, is N times larger)",
+                             minimum=1, maximum=64)
     sync_batch_norm: bool = option(False, "batch-norm statistics over the global batch (all replicas), not "
                                    "each replica's (Keras' synchronized BatchNormalization; all-reduce strategies)")
     aux_loss_weight: float = option(0.3, "weight of auxiliary-head losses (googlenet, inception_v3)", minimum=0)

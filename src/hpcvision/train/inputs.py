@@ -73,18 +73,23 @@ def _check_validation(cfg, classes: list[dict]) -> bool:
 
 
 def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip: int, seeded: bool = True):
-    """A `dataset_fn(input_context)` yielding per-replica (images, labels) batches, `skip` batches in."""
+    """A `dataset_fn(input_context)` yielding per-replica (images, labels) batches, `skip` steps in; with
+    `--accumulate N`, each element is N micro-batches [N, B, ...], one update's share of this replica."""
 
     def dataset_fn(input_context=None):
         from hpcvision.data.pipeline import make_dataset, synthetic_dataset
 
         if cfg.synthetic:
             pipeline_id = input_context.input_pipeline_id if input_context else 0
-            return synthetic_dataset(cfg.batch_size, image_size, num_classes, seed=cfg.seed, pipeline_id=pipeline_id)
+            dataset = synthetic_dataset(cfg.batch_size, image_size, num_classes, seed=cfg.seed,
+                                        pipeline_id=pipeline_id)
+            return dataset.batch(cfg.accumulate, drop_remainder=True) if cfg.accumulate > 1 else dataset
 
         seed = cfg.seed + epoch if (seeded and cfg.seed is not None) else None
         dataset = make_dataset(cfg.data, cfg.train_name, cfg.input, training=True, batch_size=cfg.batch_size,
                                image_size=image_size, seed=seed, input_context=input_context, repeat=True)
+        if cfg.accumulate > 1:
+            dataset = dataset.batch(cfg.accumulate, drop_remainder=True)
         return dataset.skip(skip) if skip else dataset
 
     return dataset_fn

@@ -147,7 +147,7 @@ def build_run(cfg, role: Role) -> Run:
         keras.utils.set_random_seed(cfg.seed)
     info = inputs.describe_data(cfg)
     cfg = dataclasses.replace(cfg, image_size=cfg.image_size or spec.image_size, num_classes=info.num_classes)
-    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync * cfg.accumulate  # examples per update
     steps_per_epoch = max(1, info.examples_per_epoch // global_batch)
     # Refuses another model, class count, optimizer or (unless allowed) global batch before building anything.
     shift = ckpt_lib.check_resume(cfg, global_batch, steps_per_epoch, info.examples_per_epoch)
@@ -178,8 +178,10 @@ def build_run(cfg, role: Role) -> Run:
         ckpt_lib.write_run_files(cfg, info.labels, checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=cfg.keep_checkpoints,
                                          checkpoint_name=ckpt_lib.CHECKPOINT_NAME)
-    log.info("%s: %s strategy, %d replica(s), global batch %d, %d steps/epoch, %d steps; %s", role.name,
-             role.kind, strategy.num_replicas_in_sync, global_batch, steps_per_epoch, total_steps,
+    log.info("%s: %s strategy, %d replica(s), global batch %d%s, %d steps/epoch, %d steps; %s", role.name,
+             role.kind, strategy.num_replicas_in_sync, global_batch,
+             f" ({cfg.accumulate} micro-batches of {global_batch // cfg.accumulate})" if cfg.accumulate > 1 else "",
+             steps_per_epoch, total_steps,
              f"resumed from {restored} at step {start_step}" if restored else "starting at step 0")
     coordinator = None
     if role.kind == "parameter-server":
@@ -261,21 +263,46 @@ def _make_train_step(run: Run):
     replicas = run.strategy.num_replicas_in_sync
     clips_reduced = cfg.clip_norm > 0 and replicas > 1
 
-    def replica_step(images, labels, flags):
+    def gradients_and_sums(images, labels):
+        """One (micro-)batch: its gradients (loss scaled to the update's global batch) and batch sums."""
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             losses, logits = optim.per_example_loss(outputs, labels, num_classes=run.info.num_classes,
                                                     label_smoothing=cfg.label_smoothing,
                                                     aux_weight=cfg.aux_loss_weight)
             loss = tf.nn.compute_average_loss(losses, global_batch_size=run.global_batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            if model.losses:  # once per update, however many micro-batches it has
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses)) / cfg.accumulate
             scaled = optimizer.scale_loss(loss) if run.loss_scaling else loss
         gradients = tape.gradient(scaled, model.trainable_variables)
+        if cfg.accumulate > 1:  # a while_loop carries tensors only (a frozen layer has None)
+            gradients = [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, model.trainable_variables,
+                                                                              strict=True)]
+        return gradients, _batch_sums(losses, logits, labels, tf)
+
+    def accumulated(images, labels):
+        """Summed gradients and sums of the `accumulate` micro-batches [N, B, ...] (one update from them)."""
+        def add_one(i, gradients, sums):
+            more, more_sums = gradients_and_sums(images[i], labels[i])
+            return i + 1, [g + m for g, m in zip(gradients, more, strict=True)], sums + more_sums
+
+        gradients, sums = gradients_and_sums(images[0], labels[0])
+        if cfg.sync_batch_norm:  # its all-reduce cannot sit in a while_loop (merge_call): unrolled, N copies
+            for i in range(1, cfg.accumulate):
+                _, gradients, sums = add_one(i, gradients, sums)
+            return gradients, sums
+        _, gradients, sums = tf.while_loop(lambda i, *_: i < cfg.accumulate, add_one, (tf.constant(1), gradients, sums))
+        return gradients, sums
+
+    def replica_step(images, labels, flags):
+        if cfg.accumulate > 1:
+            gradients, sums = accumulated(images, labels)
+        else:
+            gradients, sums = gradients_and_sums(images, labels)
         if clips_reduced:  # one all-reduce more: Keras clips before its own all-reduce (see _build_model...)
             gradients = [g / replicas for g in tf.distribute.get_replica_context().all_reduce("SUM", gradients)]
         optimizer.apply(gradients, model.trainable_variables)
-        return tf.concat([_batch_sums(losses, logits, labels, tf), flags], axis=0)
+        return tf.concat([sums, flags], axis=0)
 
     if cfg.xla:
         replica_step = tf.function(replica_step, jit_compile=True)
