@@ -11,6 +11,7 @@ archives with 2 workers (images are small JPEGs, so per-member costs dominate). 
   (a) I/O     the listed members' bytes read by offset into one TFRecord file, no parsing;
   build       `data build` records/s, and the ratio to (a) (target >= 0.5);
   peak RSS    of the main process and of the largest worker (target <= 1 GiB each);
+  sha256      of the shards, which a faster build must leave unchanged;
   list        parsing a 1.28 M-line list and building its label map (seconds, peak RSS, own process).
 The archives are generated once and kept under --cache.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -119,6 +121,16 @@ def run_build(paths: tuple[Path, ...], index_dir: Path, out: Path, workers: int,
     return time.perf_counter() - start
 
 
+def shards_digest(out: Path) -> str:
+    """sha256 of every shard's bytes, in name order: the same archives must give the same records."""
+    digest = hashlib.sha256()
+    for shard in sorted(p for p in out.iterdir() if "-of-" in p.name and p.suffix != ".json"):
+        with shard.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 # Run in a fresh interpreter, so its peak RSS is the list's alone (not the build's or the archives').
 PARSE_BIG_LIST = """\
 import json, resource, sys, time
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         t_io = io_limit(paths[0], paths[2], index_dir, work / "io")  # indexes and page cache warm
         t_index = max(time.perf_counter() - start - t_io - t_first, 0.0) + max(t_first - t_io, 0.0)
         t_build = run_build(paths, index_dir, work / "rec", args.workers, args.shards)
+        digest = shards_digest(work / "rec")
         main_rss, worker_rss = peak_rss(resource.RUSAGE_SELF), peak_rss(resource.RUSAGE_CHILDREN)
         t_list, parsed, list_rss = time_big_list(work, args.list_lines, len(read_synsets(paths[3])))
     io_rate, build_rate = count / t_io, count / t_build
@@ -182,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build, {args.workers} workers, {args.shards} shards        {build_rate:8.0f} records/s "
           f"({count:,} records in {t_build:.1f} s)")
     print(f"ratio build / (a) = {build_rate / io_rate:.2f} (target >= 0.5)")
+    print(f"shards sha256 {digest} (a faster build must not change it)")
     print(f"peak RSS: main {main_rss / 2**20:.0f} MiB, largest worker {worker_rss / 2**20:.0f} MiB "
           f"(target <= 1024 MiB each)")
     print(f"list of {parsed:,} lines parsed with its label map in {t_list:.1f} s, peak RSS {list_rss / 2**20:.0f} MiB")

@@ -56,6 +56,9 @@ class VocBoxes:
     boxes: tuple[tuple[float | None, ...], ...] = ()
     problem: str | None = None
 
+    def __reduce__(self) -> tuple:  # a plain tuple pickles several times faster than a dataclass's state
+        return VocBoxes, (self.frame, self.boxes, self.problem)
+
 
 def read_voc(data: bytes) -> VocBoxes:
     """The <size> and the <bndbox> coordinates of a VOC XML; `problem` says why it is unusable."""

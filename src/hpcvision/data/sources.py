@@ -131,9 +131,8 @@ def found_sizes(locate: Callable[[ListedImage], Entry], items: Sequence[ListedIm
 
 def fetch_ranges(archive: ArchiveFile, ranges: list[tuple[ListedImage, int, int]]) -> Iterator[Fetched]:
     """Read members by offset; one that comes back short lies past where the archive is cut off."""
-    expected = {item: size for item, _, size in ranges}
-    for item, data in archive.read_ranges(ranges):
-        if len(data) != expected[item]:
+    for (item, size), data in archive.read_ranges([((item, size), offset, size) for item, offset, size in ranges]):
+        if len(data) != size:
             yield Fetched(item, None, f"truncated archive: {item.name} cut off in {archive.path.name}")
         else:
             yield Fetched(item, data, None)
