@@ -38,6 +38,8 @@ class InputConfig:
         None, "evaluation central crop (default: 0.875 after inception training, else 1.0)",
         above=0, maximum=1)
     shuffle_buffer: int = option(10_000, "training records shuffled at a time", minimum=1)
+    color_distortion: bool = option(False, "inception colour distortion in training: brightness, saturation, hue "
+                                    "and contrast in one of two random orders (the course's preprocessing)")
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -1,7 +1,8 @@
 """Preprocessing presets: what one image goes through for training, evaluation and serving.
 
 - `train_image`: random crop (`augment`: inception over the stored boxes, pad_crop, or none), flip,
-  resize, normalise; random choices from the stateless seeds the pipeline pairs with each record.
+  resize, optional colour distortion (inception's), normalise; random choices from the stateless seeds
+  the pipeline pairs with each record.
 - `eval_image`: the central crop of a stored JPEG, resized and normalised.
 - `crop_resized`: the one JPEG crop-and-resize of all three, decoded at 1/2, 1/4 or 1/8 scale in the DCT
   domain whenever the crop is still at least the output size there (PSNR against the full decode in
@@ -142,6 +143,43 @@ def _central_crop_any(encoded: tf.Tensor, fraction: float) -> tf.Tensor:
     return image[y : y + h, x : x + w]
 
 
+# Inception's colour distortion (the course's image_processing.distort_color): strengths of each op.
+BRIGHTNESS_DELTA = 32.0 / 255.0
+SATURATION_RANGE = (0.5, 1.5)
+HUE_DELTA = 0.2
+CONTRAST_RANGE = (0.5, 1.5)
+
+
+def distort_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Float 0..255 -> brightness, saturation, hue, contrast in one of two random orders (the course's
+    inception preprocessing), clipped back into 0..255. `seed`: a stateless pair."""
+    seeds = [tf.random.experimental.stateless_fold_in(seed, k) for k in range(5)]
+    image = image * (1.0 / 255.0)
+
+    def brightness(x):
+        return tf.image.stateless_random_brightness(x, BRIGHTNESS_DELTA, seeds[0])
+
+    def saturation(x):
+        return tf.image.stateless_random_saturation(x, *SATURATION_RANGE, seeds[1])
+
+    def hue(x):
+        return tf.image.stateless_random_hue(x, HUE_DELTA, seeds[2])
+
+    def contrast(x):
+        return tf.image.stateless_random_contrast(x, *CONTRAST_RANGE, seeds[3])
+
+    def apply(ops):
+        x = image
+        for op in ops:
+            x = op(x)
+        return x
+
+    first = tf.random.stateless_uniform([], seeds[4]) < 0.5
+    image = tf.cond(first, lambda: apply([brightness, saturation, hue, contrast]),
+                    lambda: apply([brightness, contrast, saturation, hue]))
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
 def train_image(encoded: tf.Tensor, boxes: tf.Tensor | None, seeds: tf.Tensor, image_size: int,
                 config: InputConfig) -> tf.Tensor:
     """A stored JPEG as training sees it: float32 [S,S,3] normalised.
@@ -158,6 +196,8 @@ def train_image(encoded: tf.Tensor, boxes: tf.Tensor | None, seeds: tf.Tensor, i
         image = tf.cast(tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image), tf.float32)
     else:
         image = _central_resized(encoded, config.eval_central_fraction(), image_size)
+    if config.color_distortion:  # its seed pair derived from the flip's, so the crop and flip stay as they were
+        image = distort_color(image, tf.random.experimental.stateless_fold_in(flip_seed, 1))
     return normalize_image(image, config.normalize)
 
 
