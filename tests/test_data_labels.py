@@ -174,6 +174,25 @@ def test_more_than_max_skipped_exits_2_naming_the_top_reasons_and_the_shards_sta
     assert code == 2 and "max-skipped" in stderr and "<= 1" in stderr
 
 
+def test_max_skipped_takes_a_percentage_too(run_cli, tmp_path):
+    from hpcvision.config import _check_type
+    from hpcvision.data.config import BuildConfig
+    from hpcvision.errors import UserError
+
+    images = _folder(tmp_path / "images", {A: 9})
+    file_list = _list(tmp_path / "l.txt", [f"{A} {A}_{i}" for i in range(9)] + [f"{A} {A}_absent"])
+    args = ("data", "build", "--images", images, "--list", file_list, "--out", tmp_path / "rec", "--shards", "1")
+    code, _, stderr = run_cli(*args, "--max-skipped", "5%")
+    assert code == 2 and "(10.0% > --max-skipped 5.0%;" in stderr
+    code, _, stderr = run_cli(*args, "--max-skipped", "10%")
+    assert code == 0, stderr
+    code, _, stderr = run_cli(*args, "--max-skipped", "150%")
+    assert code == 2 and "max-skipped" in stderr and "<= 1" in stderr
+    assert _check_type(BuildConfig, "max_skipped", "5%", "c.yaml") == pytest.approx(0.05)  # YAML: max_skipped: 5%
+    with pytest.raises(UserError, match="'max_skipped' must be fraction, got 'five'"):
+        _check_type(BuildConfig, "max_skipped", "five", "c.yaml")
+
+
 def test_extract_exits_2_when_nothing_was_written(run_cli, tmp_path):
     images = _folder(tmp_path / "images", {A: 1})
     file_list = _list(tmp_path / "l.txt", [f"{A} {A}_7", f"{A} {A}_8"])

@@ -42,6 +42,12 @@ def option(default: Any, help_text: str, **metadata: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
 
 
+def fraction(text: str) -> float:
+    """A fraction given as a number (0.05) or a percentage ("5%"): the `parse` of such an option."""
+    text = text.strip()
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
 def required(help_text: str, **metadata: Any) -> Any:
     """A dataclass field without a default (a required option), its `--help` text and other metadata."""
     return dataclasses.field(metadata={"help": help_text, **metadata})
@@ -104,7 +110,8 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one `--field-name` option per dataclass field; options not given stay unset.
 
-    Field metadata may also set `flag` (another option name), `aliases` (more names), `metavar`,
+    Field metadata may also set `flag` (another option name), `aliases` (more names), `metavar`, `parse`
+    (what turns the flag's text, or a YAML string, into the value, e.g. `fraction`),
     `positional`, `nargs` (e.g. argparse.REMAINDER), `repeat` (a list given one value per use of the
     flag) and `one_of` (a group name: its fields become a required mutually exclusive group); a field
     without a default is a required option. A `recorded` field gets no flag: only its YAML key (what a
@@ -148,7 +155,7 @@ def _add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cl
             kwargs.setdefault("metavar", field.name.upper())  # not the dotted dest of a section's option
         if field.metadata.get("repeat"):
             kwargs["action"], nargs = "append", None  # one value per use of the flag
-        target.add_argument(*flags, type=scalar, nargs=nargs, **kwargs)
+        target.add_argument(*flags, type=field.metadata.get("parse", scalar), nargs=nargs, **kwargs)
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -186,6 +193,12 @@ def _check_type(cls: type, name: str, value: Any, source: str, where: str = "") 
         if type(None) not in typing.get_args(annotation):
             raise UserError(f"{source}: '{where}{name}' must be {scalar.__name__}, got null")
         return value
+    parse = _field(cls, name).metadata.get("parse")
+    if parse is not None and isinstance(value, str):  # e.g. max_skipped: 5%
+        try:
+            value = parse(value)
+        except ValueError:
+            raise UserError(f"{source}: '{where}{name}' must be {parse.__name__}, got {value!r}") from None
     items = value if is_list else [value]
     if is_list and not isinstance(value, list):
         raise UserError(f"{source}: '{where}{name}' must be a list, got {value!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcvision.config import option, required
+from hpcvision.config import fraction, option, required
 
 INDEX_FOLDER = ".hpcvision-index"  # under OUT, unless --index-dir says otherwise
 # Where Debian's dataset-fashion-mnist installs the four IDX files. Owned here, not by the NumPy
@@ -24,7 +24,7 @@ VAL_LABEL_IDS_HELP = ("class number -> wnid for a --val-labels file of numbers (
                       "ILSVRC2012_validation_ground_truth.txt): '<id> <wnid>' a line, or map_clsloc.txt's "
                       "'<wnid> <id> <words>' (default: none)")
 # build and extract exit 2 above this (the output stays): a silently thin or empty split is worse.
-MAX_SKIPPED_HELP = "exit 2 if more than this fraction of the list is skipped, 0.05 = 5 %% (or if nothing is written)"
+MAX_SKIPPED_HELP = "exit 2 if more than this fraction of the list is skipped, 0.05 or 5%% (or if nothing is written)"
 
 
 def index_dir(given: Path | None, out: Path) -> Path:
@@ -74,7 +74,8 @@ class ExtractConfig:
                                metavar="N", minimum=1)
     index_dir: Path | None = option(None, f"where the archive index is cached (default: OUT/{INDEX_FOLDER})",
                                     metavar="DIR")
-    max_skipped: float = option(0.05, MAX_SKIPPED_HELP, metavar="FRACTION", minimum=0, maximum=1)
+    max_skipped: float = option(0.05, MAX_SKIPPED_HELP, metavar="FRACTION", minimum=0, maximum=1,
+                                 parse=fraction)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ class BuildConfig:
                                     metavar="DIR")
     wait: float = option(600.0, "with several ranks, how long rank 0 waits for the others before writing the "
                          "manifest", metavar="SECONDS", minimum=0)
-    max_skipped: float = option(0.05, MAX_SKIPPED_HELP, metavar="FRACTION", minimum=0, maximum=1)
+    max_skipped: float = option(0.05, MAX_SKIPPED_HELP, metavar="FRACTION", minimum=0, maximum=1,
+                                 parse=fraction)
 
 
 @dataclass(frozen=True)
