@@ -96,6 +96,19 @@ def test_flat_val_tar_builds_with_no_list_and_no_labels(tmp_path, run_cli):
     assert "holiday.JPEG\tno label in the built-in ILSVRC-2012 labels" in skipped
 
 
+def test_a_new_version_of_the_built_in_labels_rebuilds_instead_of_already_complete(tmp_path, run_cli, monkeypatch):
+    import hpcvision.data.sources as sources
+
+    val = flat_val_tar(tmp_path / "ILSVRC2012_img_val.tar")
+    args = ("data", "build", "--images", val, "--out", tmp_path / "out", "--name", "validation", "--shards", "1")
+    assert run_cli(*args)[0] == 0
+    code, stdout, err = run_cli(*args)
+    assert code == 0 and "already complete" in stdout, err
+    monkeypatch.setattr(sources, "built_in_labels_version", lambda: "99.0")  # a release correcting a label
+    code, stdout, err = run_cli(*args)
+    assert code == 0 and "already complete" not in stdout, err
+
+
 def test_data_list_of_a_synset_tar_archive_reads_back_as_the_list(tmp_path, run_cli):
     images = sample_images({"n01440764": 2, "n01443537": 1})
     archive = write_images_tar(tmp_path / "ILSVRC2012_img_train.tar", images)

