@@ -74,7 +74,7 @@ def test_required_positional_renamed_and_path_options():
     usage = parser.format_help()
     assert "SRC" in usage and "--out DIR" in usage and "--list FILE_LIST" in usage
     assert "which (default: all)" in usage and "(default: None)" not in usage
-    assert "processes (default: 1)" in usage and "where to (default" not in usage
+    assert "processes (default: 1)" in usage and "where to (required)" in usage
 
 
 @dataclass(kw_only=True)
@@ -96,7 +96,8 @@ def test_one_of_is_a_required_exclusive_group_and_remainder_passes_through(tmp_p
             parser.parse_args(argv)
     usage = parser.format_help()
     assert "(--checkpoint CHECKPOINT | --model-path EXPORT)" in usage
-    assert "from a checkpoint\n" in usage and "how many (default: 5)" in usage and "the rest\n" in usage
+    assert "from a checkpoint (required, or --model-path)" in usage and "how many (default: 5)" in usage
+    assert "from an export (required, or --checkpoint)" in usage and "the rest\n" in usage
     (tmp_path / "both.yaml").write_text("checkpoint: c\nexport: m\nrest: []\n")
     with pytest.raises(UserError, match="^give exactly one of --checkpoint or --model-path$"):
         load_config(Alternatives, None, tmp_path / "both.yaml")

@@ -15,6 +15,7 @@ from hpcvision.cluster import commands as cluster_commands
 from hpcvision.data import commands as data_commands
 from hpcvision.errors import UserError, storage_problem
 from hpcvision.infer import commands as infer_commands
+from hpcvision.startup import quiet_start
 from hpcvision.train import commands as train_commands
 from hpcvision.tutorials import commands as tutorial_commands
 
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "image classifiers on a laptop, a GPU box or a PBS/Slurm cluster.",
     )
     parser.add_argument("--version", action="version", version=f"hpcvision {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and TensorFlow's start-up notices and INFO lines")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for stage in STAGES:
         stage.register(subparsers)
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    quiet_start(args.verbose)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

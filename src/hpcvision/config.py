@@ -113,9 +113,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     Field metadata may also set `flag` (another option name), `aliases` (more names), `metavar`, `parse`
     (what turns the flag's text, or a YAML string, into the value, e.g. `fraction`),
     `positional`, `nargs` (e.g. argparse.REMAINDER), `repeat` (a list given one value per use of the
-    flag) and `one_of` (a group name: its fields become a required mutually exclusive group); a field
-    without a default is a required option. A `recorded` field gets no flag: only its YAML key (what a
-    command writes there for itself, such as run.yaml's global batch).
+    flag), `one_of` (a group name: its fields become a required mutually exclusive group) and `needed`
+    (when an option with a default of None must still be given: "required unless --synthetic"); a field
+    without a default is a required option; its help says "(required)", others' their default. A
+    `recorded` field gets no flag: only its YAML key (what a command writes there for itself, such as
+    run.yaml's global batch).
     """
     _add_arguments(parser, cls, "")
 
@@ -124,6 +126,10 @@ def _add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cl
     """The options of `cls`; a section's go in a help group, under dests prefixed `section.`."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    members: dict[str, list[str]] = {}
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("one_of"):
+            members.setdefault(field.metadata["one_of"], []).append(_flag(field))
     for field in dataclasses.fields(cls):
         if field.metadata.get("recorded"):  # bookkeeping a command writes into its YAML, not an option
             continue
@@ -136,13 +142,16 @@ def _add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cl
             continue
         scalar, is_list = _flag_type(hints[field.name])
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(field, required)}
+        positional = bool(field.metadata.get("positional"))
+        one_of = field.metadata.get("one_of")
+        alternatives = " or ".join(f for f in members.get(one_of, []) if f != _flag(field)) if one_of else ""
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS,
+                                  "help": _help(field, required and not positional, alternatives)}
         kwargs.update({key: field.metadata[key] for key in ("metavar", "choices") if key in field.metadata})
         nargs = field.metadata.get("nargs", "+" if is_list else None)
-        if field.metadata.get("positional"):
+        if positional:
             parser.add_argument(field.name, type=scalar, nargs=nargs, **kwargs)
             continue
-        one_of = field.metadata.get("one_of")
         if one_of and one_of not in groups:
             groups[one_of] = parser.add_mutually_exclusive_group(required=True)
         target = groups.get(one_of, parser)
@@ -163,13 +172,20 @@ def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
 
 
-def _help(field: dataclasses.Field, required: bool) -> str:
-    """The field's help, with its default unless it is required, one of a group, or the help names one."""
+def _help(field: dataclasses.Field, required: bool, alternatives: str = "") -> str:
+    """The field's help and what the reader must know to use it: "(required)", "(required unless ...)"
+    (metadata `needed`), or its default; none for a None default (the help says what unset means)."""
     help_text = field.metadata.get("help", "")
-    if required or field.metadata.get("one_of") or "(default:" in help_text:
+    if required:
+        return f"{help_text} (required)"
+    if alternatives:
+        return f"{help_text} (required, or {alternatives})"
+    if field.metadata.get("needed"):
+        return f"{help_text} ({field.metadata['needed']})"
+    default = _default(field)
+    if "default:" in help_text or default is None or default in ((), []):  # said already, or nothing to say
         return help_text
-    default = _show(_default(field))
-    return f"{help_text} (default: {default})" if help_text else f"default: {default}"
+    return f"{help_text} (default: {_show(default)})" if help_text else f"default: {_show(default)}"
 
 
 def _default(field: dataclasses.Field) -> Any:

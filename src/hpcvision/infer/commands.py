@@ -7,6 +7,8 @@ so `hpcvision --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import sys
 import threading
@@ -15,6 +17,7 @@ from pathlib import Path
 from hpcvision.config import add_config_arguments, load_config
 from hpcvision.errors import UserError
 from hpcvision.infer.config import (
+    EXPORT_INFO,
     EvaluateConfig,
     ExportConfig,
     FeaturesConfig,
@@ -30,6 +33,16 @@ def _load(source: ModelSource):
     from hpcvision.infer.predict import load_classifier
 
     return load_classifier(source.checkpoint_dir, source.model_path)
+
+
+def _check_source(source: ModelSource) -> None:
+    """A --checkpoint-dir without run.yaml or a --model-path without export.json, refused before TensorFlow starts."""
+    from hpcvision.train.checkpoint import load_run_config
+
+    if source.checkpoint_dir is not None:
+        load_run_config(source.checkpoint_dir)
+    elif not (Path(source.model_path) / EXPORT_INFO).is_file():
+        raise UserError(f"{source.model_path}: not an hpcvision export (no {EXPORT_INFO})")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of `hpcvision evaluate`."""
-    config = load_config(EvaluateConfig, args)  # options checked before TensorFlow is imported
+    config = load_config(EvaluateConfig, args)  # options, model and split checked before TensorFlow is imported
+    from hpcvision.data.shards import read_manifest
+
+    _check_source(config)
+    read_manifest(config.data, config.name)
     from hpcvision.data.pipeline import naming_corrupt_shards
     from hpcvision.infer.evaluate import evaluate
 
@@ -89,7 +106,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of `hpcvision export`."""
-    config = load_config(ExportConfig, args)  # options checked before TensorFlow is imported
+    config = load_config(ExportConfig, args)  # options and run.yaml checked before TensorFlow is imported
+    from hpcvision.train.checkpoint import load_run_config
+
+    load_run_config(config.checkpoint_dir)
     from hpcvision.infer.export import export_model
 
     info = export_model(config.checkpoint_dir, config.out)
@@ -100,7 +120,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of `hpcvision predict`: exit 1 if any image could not be predicted."""
-    config = load_config(PredictConfig, args)  # options checked before TensorFlow is imported
+    config = load_config(PredictConfig, args)  # options and model checked before TensorFlow is imported
+    _check_source(config)
     from hpcvision.infer.predict import format_prediction, predict_files
 
     classifier = _load(config)
@@ -118,7 +139,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_features(args: argparse.Namespace) -> int:
     """Handler of `hpcvision features`."""
-    config = load_config(FeaturesConfig, args)  # options checked before TensorFlow is imported
+    config = load_config(FeaturesConfig, args)  # options, model and folder checked before TensorFlow is imported
+    _check_source(config)
+    if not Path(config.image_dir).is_dir():
+        raise UserError(f"{config.image_dir}: not a directory")
     from hpcvision.infer.features import write_features
 
     classifier = _load(config)
@@ -131,24 +155,34 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_tensorboard(args: argparse.Namespace) -> int:
-    """Handler of `hpcvision tensorboard`: serves until interrupted."""
+    """Handler of `hpcvision tensorboard`: prints the URL, then serves until interrupted."""
     from hpcvision.cluster.launch import free_ports
 
-    try:
-        from tensorboard import program
-    except ImportError:
-        raise UserError("TensorBoard is not installed (pip install tensorboard)") from None
     config = load_config(TensorBoardConfig, args)
     logdir = Path(config.logdir)
     if not logdir.is_dir():
         raise UserError(f"{logdir}: not a directory")
+    if not args.verbose:
+        # TensorBoard's loggers (its data server's start-up, one werkzeug line per HTTP request) inherit the
+        # root logger's level; -v shows them.
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        from tensorboard import program
+    except ImportError:
+        raise UserError("TensorBoard is not installed (pip install tensorboard)") from None
     board = program.TensorBoard()
     # Loopback only: a login node is shared; reach it with `ssh -L PORT:127.0.0.1:PORT host`.
     board.configure(logdir=str(logdir), host="127.0.0.1", port=config.port or free_ports(1)[0])
+    said = io.StringIO()  # what launch() prints itself: its fast-loading advisory goes after the URL, with -v
     try:
-        url = board.launch()
+        with contextlib.redirect_stderr(said):
+            url = board.launch()
     except program.TensorBoardPortInUseError as exc:
         raise UserError(f"port {config.port}: {exc}") from None
+    finally:
+        said = said.getvalue()
     print(f"TensorBoard at {url} (logdir {logdir}); Ctrl-C stops it", flush=True)
+    if said and (args.verbose or "fast data loading" not in said):
+        sys.stderr.write(said)
     threading.Event().wait()  # serve until interrupted (cli turns Ctrl-C into exit code 130)
     return 0

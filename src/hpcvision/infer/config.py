@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from hpcvision.config import option, required
 
+EXPORT_INFO = "export.json"  # what `hpcvision export` writes into its folder; a folder without it is no export
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSource:

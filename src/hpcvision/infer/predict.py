@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from hpcvision.errors import UserError, op_error_line
+from hpcvision.infer.config import EXPORT_INFO
 from hpcvision.train.checkpoint import load_labels
 
 log = logging.getLogger(__name__)
 
-EXPORT_INFO = "export.json"
 
 
 @dataclass

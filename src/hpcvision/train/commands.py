@@ -30,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train an image classifier from TFRecord shards; resumes from --checkpoint-dir.",
         epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--config", help="YAML file of options (flags override it); e.g. a run's run.yaml")
-    add_config_arguments(train, TrainConfig)
+    _add_train_options(train)
     train.set_defaults(func=run_train)
 
     launch = subparsers.add_parser(
@@ -53,16 +52,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runs.set_defaults(func=run_runs)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Handler of `hpcvision train`."""
-    # options checked before TensorFlow is imported; a folder's run.yaml is the base of its resume
-    config = load_config(TrainConfig, args, args.config or _run_file(args))
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of options (flags override it); e.g. a run's run.yaml")
+    add_config_arguments(parser, TrainConfig)
+
+
+def _checked_train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's options, with every mistake found without TensorFlow refused (a second, not its start-up)."""
     from hpcvision.train.checkpoint import check_same_run
     from hpcvision.train.init_weights import check_source
+    from hpcvision.train.inputs import check_before_tensorflow
 
+    # a folder's run.yaml is the base of its resume
+    config = load_config(TrainConfig, args, args.config or _run_file(args))
+    check_before_tensorflow(config)
     check_same_run(config)  # another run's folder: one line in a second, not after TensorFlow's start
     if config.init_checkpoint:
         check_source(Path(config.init_checkpoint))
+    return config
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision train`."""
+    config = _checked_train_config(args)
     from hpcvision.data.pipeline import naming_corrupt_shards
     from hpcvision.train.inputs import val_dir
     from hpcvision.train.loop import train
@@ -89,6 +101,10 @@ def run_launch(args: argparse.Namespace) -> int:
     train_args = list(config.train_args)
     if train_args[:1] == ["--"]:  # argparse keeps the separator in a REMAINDER
         train_args = train_args[1:]
+    # The workers' options checked here, once, before any of them starts TensorFlow.
+    train_parser = argparse.ArgumentParser(prog="hpcvision train")
+    _add_train_options(train_parser)
+    _checked_train_config(train_parser.parse_args(train_args))
     return launch_local(train_args, workers=config.workers, ps=config.ps, threads=config.threads,
                         grace_s=config.grace)
 

@@ -26,13 +26,15 @@ PRECISIONS = ["auto", "off", "mixed_bfloat16", "mixed_float16"]
 class TrainConfig:
     """Settings of one training run (learning rate is for batch 256, scaled by the global batch)."""
 
-    data: str | None = option(None, "directory with the TFRecord shards and their manifest")
+    data: str | None = option(None, "directory with the TFRecord shards and their manifest",
+                              needed="required unless --synthetic or --checkpoint-dir holds a run.yaml")
     train_name: str = option("train", "shard name of the training split")
     val_name: str = option("validation", "shard name of the validation split (skipped if absent)")
     val_data: str | None = option(None, "directory with the validation shards and their manifest, when not "
                                   "in --data (e.g. the original's separate train/ and validation/ folders)")
     model: str = option("resnet50", "network name (see `hpcvision models`)")
-    checkpoint_dir: str | None = option(None, "where checkpoints, run.yaml, labels.json and logs go")
+    checkpoint_dir: str | None = option(None, "where checkpoints, run.yaml, labels.json and logs go",
+                                        needed="required, here or in --config")
     epochs: float = option(1.0, "epochs to train (ignored when --steps is set)", above=0)
     steps: int | None = option(None, "total training steps (overrides --epochs; 0 = use --epochs)", minimum=0)
     batch_size: int = option(32, "batch size per replica (global batch = this x replicas)", minimum=1)
@@ -115,7 +117,7 @@ class LaunchConfig:
                                            nargs=argparse.REMAINDER)
     workers: int = option(2, "worker processes", minimum=1)
     ps: int = option(0, "parameter servers; >0 adds a chief", minimum=0)
-    threads: int = option(1, "intra-op threads per process, 0 = TensorFlow's default", minimum=0)
+    threads: int = option(1, "intra-op threads per process, 0 = as many as TensorFlow picks", minimum=0)
     grace: float = option(GRACE_S, "seconds between SIGTERM and SIGKILL when stopping the others", minimum=0)
 
 

@@ -22,6 +22,22 @@ class DataInfo:
     has_validation: bool
 
 
+def check_before_tensorflow(cfg) -> None:
+    """What `train` can refuse in a second, before TensorFlow starts: a missing --checkpoint-dir or --data,
+    a training split (or a --val-data split) without a usable manifest or without examples."""
+    if not cfg.checkpoint_dir:
+        raise UserError("--checkpoint-dir is required")
+    if cfg.synthetic:
+        if not cfg.num_classes:
+            raise UserError("--synthetic needs --num-classes")
+        return
+    if not cfg.data:
+        raise UserError("--data DIR is required (or --synthetic --num-classes N)")
+    _read_split(cfg.data, cfg.train_name)
+    if cfg.val_data and cfg.eval:
+        _read_split(cfg.val_data, cfg.val_name)
+
+
 def describe_data(cfg) -> DataInfo:
     """Classes, epoch size, labels.json content and whether validation shards exist (checked against the
     training split's label map, as `evaluate` checks a split against the model's)."""
