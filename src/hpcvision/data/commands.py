@@ -1,5 +1,5 @@
 """Subcommands of the data stage (registered by hpcvision.cli): sample, extract, build, verify, metadata,
-index, list.
+index, list, serve.
 
 Handlers import their modules lazily so `hpcvision --help` stays fast.
 """
@@ -17,6 +17,7 @@ from hpcvision.data.config import (
     ListConfig,
     MetadataConfig,
     SampleConfig,
+    ServeConfig,
     VerifyConfig,
 )
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `hpcvision data {sample,extract,build,verify,metadata,index,list}` to the top-level parser."""
+    """Add `hpcvision data {sample,extract,build,verify,metadata,index,list,serve}` to the top-level parser."""
     data = subparsers.add_parser(
         "data", help="make a sample, extract archives, build and verify TFRecords",
         description="Step 1-2 of the workflow: ImageNet-style archives to sharded TFRecords.")
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_metadata(commands)
     _add_index(commands)
     _add_list(commands)
+    _add_serve(commands)
 
 
 def _add(commands: argparse._SubParsersAction, name: str, config: type, handler, **texts: str) -> None:
@@ -172,3 +174,23 @@ def run_list(args: argparse.Namespace) -> int:
     from hpcvision.data.listing import write_list
 
     return write_list(load_config(ListConfig, args))
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    _add(commands, "serve", ServeConfig, run_serve,
+         help="run a tf.data service dispatcher or worker: training batches made off the trainers' cores",
+         description="The input service for `train --data-service HOST:PORT`: one dispatcher, and workers that "
+         "run the trainers' input pipeline (read, decode, augment, batch) and stream the batches to them. "
+         "The dispatcher exits once the trainer chief given by --trainer has come and gone; a worker once its "
+         "dispatcher has.")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Handler of `hpcvision data serve`."""
+    from hpcvision.data.service import serve
+
+    config = load_config(ServeConfig, args)
+    return serve(config.role, config.dispatcher, config.port, host=config.host, trainer=config.trainer,
+                 start_timeout_s=config.start_timeout)

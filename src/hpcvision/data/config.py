@@ -1,4 +1,4 @@
-"""`SampleConfig`, `ExtractConfig`, `BuildConfig`, `VerifyConfig`, `IndexConfig`: the options of the data commands, declared once.
+"""`SampleConfig`, `ExtractConfig`, `BuildConfig`, `VerifyConfig`, `IndexConfig`, `ServeConfig`: the options of the data commands, declared once.
 
 Their `--flags` are derived from the fields (`hpcvision.config.add_config_arguments`); a field
 without a default is a required option. Paths are kept as given on the command line.
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcvision.config import fraction, option, required
+from hpcvision.data.service import ROLES as SERVICE_ROLES
+from hpcvision.data.service import check_serve_options
 
 INDEX_FOLDER = ".hpcvision-index"  # under OUT, unless --index-dir says otherwise
 # Where Debian's dataset-fashion-mnist installs the four IDX files. Owned here, not by the NumPy
@@ -160,3 +162,25 @@ class VerifyConfig:
     folder: Path = required("folder with the shards and <name>-manifest.json", positional=True, metavar="DIR")
     name: str = option("train", "shard name prefix")
     decode: bool = option(False, "also decode every JPEG, slow (default: header check only)")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `data serve` needs: which input-service server, where, and what it waits for."""
+
+    role: str = required("dispatcher (one per job) or worker (any number, on the CPU nodes)",
+                         choices=SERVICE_ROLES)
+    dispatcher: str | None = option(None, "worker: the dispatcher it registers with; it exits once that is gone",
+                                    metavar="HOST:PORT")
+    port: int = option(0, "port to listen on (0 = a free one, printed)", minimum=0, maximum=65535)
+    host: str | None = option(None, "the name other processes reach this server at (default: 127.0.0.1, or this "
+                              "machine's name for a worker of a dispatcher elsewhere; TensorFlow listens on "
+                              "every interface regardless)", metavar="HOST")
+    trainer: str | None = option(None, "dispatcher: the trainers' chief (worker 0 of train's cluster), whose "
+                                 "TensorFlow server it watches; exit once it has come and gone (default: run "
+                                 "until signalled)", metavar="HOST:PORT")
+    start_timeout: float = option(900.0, "exit 1 if the watched trainer or dispatcher has not appeared within "
+                                  "this many seconds", metavar="SECONDS", above=0)
+
+    def __post_init__(self) -> None:
+        check_serve_options(self.role, self.dispatcher, self.trainer)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from hpcvision.cluster.launch import GRACE_S
 from hpcvision.config import option, required
 from hpcvision.data.input_config import InputConfig
+from hpcvision.errors import UserError
 
 STRATEGIES = ["auto", "one", "mirrored", "multi-worker", "parameter-server"]
 OPTIMIZERS = ["sgd", "rmsprop", "adam", "adamw", "lion", "lamb"]
@@ -72,6 +73,9 @@ class TrainConfig:
     xla: bool = option(False, "compile the train step with XLA (jit_compile)")
     seed: int | None = option(None, "seed for initialisation and data order (deterministic runs)",
                               minimum=0, maximum=2**32 - 1)  # what NumPy's seed accepts
+    data_service: str | None = option(
+        None, "HOST:PORT of a tf.data service dispatcher (`hpcvision data serve`): training batches are made "
+        "there from --data, each example once per epoch; evaluation stays local", metavar="HOST:PORT")
     synthetic: bool = option(False, "random input tensors instead of --data (benchmarks)")
     num_classes: int | None = option(None, "classes for --synthetic runs (otherwise from the manifest)", minimum=1)
     examples_per_epoch: int | None = option(None, "override the manifest's count (synthetic runs)", minimum=1)
@@ -107,6 +111,14 @@ class TrainConfig:
     global_batch: int | None = option(None, "the global batch of the run's steps so far", minimum=1, recorded=True)
     step_shift: int = option(0, "added to the step counter to count epochs in steps of the current global batch "
                              "(nonzero after a batch change)", minimum=-(2**62), maximum=2**62, recorded=True)
+
+    def __post_init__(self) -> None:
+        if self.data_service:  # a bad address is one line before TensorFlow starts (or a job script is written)
+            from hpcvision.data.service import parse_address
+
+            parse_address(self.data_service)
+            if self.synthetic:
+                raise UserError("--data-service makes batches from --data; it does not go with --synthetic")
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,13 @@ measures the train step alone, and a model can still fit it (the loss falls), wh
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from hpcvision.errors import UserError
 from hpcvision.train.checkpoint import labels_from_manifest, synthetic_labels
+
+log = logging.getLogger("hpcvision.train")
 
 SYNTHETIC_EXAMPLES = 12_800  # one synthetic "epoch" unless --examples-per-epoch says otherwise
 
@@ -88,9 +91,15 @@ def _check_validation(cfg, classes: list[dict]) -> bool:
     return True
 
 
-def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip: int, seeded: bool = True):
+def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip: int, seeded: bool = True,
+                     service_attempt: int = 0):
     """A `dataset_fn(input_context)` yielding per-replica (images, labels) batches, `skip` steps in; with
-    `--accumulate N`, each element is N micro-batches [N, B, ...], one update's share of this replica."""
+    `--accumulate N`, each element is N micro-batches [N, B, ...], one update's share of this replica.
+
+    With --data-service the batches come from the input service instead (`service_dataset_fn`).
+    """
+    if cfg.data_service:
+        return service_dataset_fn(cfg, image_size, epoch=epoch, attempt=service_attempt)
 
     def dataset_fn(input_context=None):
         from hpcvision.data.pipeline import make_dataset, synthetic_dataset
@@ -107,6 +116,33 @@ def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip
         if cfg.accumulate > 1:
             dataset = dataset.batch(cfg.accumulate, drop_remainder=True)
         return dataset.skip(skip) if skip else dataset
+
+    return dataset_fn
+
+
+def service_dataset_fn(cfg, image_size: int, *, epoch: int, attempt: int):
+    """The dataset_fn of --data-service: `make_dataset` for one whole pass (not split by input_context: the
+    service shares it out among the trainers), run by the service's workers as the job of this epoch.
+
+    A resumed epoch takes its remaining steps from a fresh pass: the service's first-come order cannot be
+    replayed, so there are no "batches already trained on" to skip.
+    """
+    from hpcvision.data import service
+
+    service.wait_for_dispatcher(cfg.data_service)
+    name = service.job_name(attempt, epoch)
+    log.info("epoch %d: training batches from the input service at %s, job %s", epoch, cfg.data_service, name)
+
+    def dataset_fn(input_context=None):
+        from hpcvision.data.pipeline import make_dataset
+
+        # Every trainer builds the same graph (same seed): the dispatcher runs one dataset per job name.
+        seed = cfg.seed + epoch if cfg.seed is not None else None
+        dataset = make_dataset(cfg.data, cfg.train_name, cfg.input, training=True, batch_size=cfg.batch_size,
+                               image_size=image_size, seed=seed, repeat=False)
+        if cfg.accumulate > 1:  # stacked by the service too: one update's micro-batches per element
+            dataset = dataset.batch(cfg.accumulate, drop_remainder=True)
+        return service.from_service(dataset, cfg.data_service, name)
 
     return dataset_fn
 

@@ -97,6 +97,7 @@ class Run:
     start_step: int
     coordinator: Any  # ClusterCoordinator with parameter servers, else None
     summaries: Summaries  # writes only on the chief
+    service_attempt: int = 0  # --data-service: names this attempt's jobs on the input service (same on all trainers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,7 @@ def build_run(cfg, role: Role) -> Run:
     spec = _model_spec(cfg)
     loss_scaling = _set_precision(cfg.mixed_precision, tf, keras)
     strategy = make_strategy(role, cfg.collective_timeout_s)
+    service_attempt = _agreed_attempt(strategy, role) if cfg.data_service else 0
     if cfg.seed is not None:
         keras.utils.set_random_seed(cfg.seed)
     info = inputs.describe_data(cfg)
@@ -175,7 +177,8 @@ def build_run(cfg, role: Role) -> Run:
     writes_here = role.is_chief and start_step < total_steps
     if writes_here:
         ckpt_lib.tidy_checkpoint_dir(checkpoint_dir)  # before the manager reads the state file
-        ckpt_lib.write_run_files(cfg, info.labels, checkpoint_dir)
+        # Not the input service's address: it is the job's, not the run's (a resume runs its own service).
+        ckpt_lib.write_run_files(dataclasses.replace(cfg, data_service=None), info.labels, checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=cfg.keep_checkpoints,
                                          checkpoint_name=ckpt_lib.CHECKPOINT_NAME)
     log.info("%s: %s strategy, %d replica(s), global batch %d%s, %d steps/epoch, %d steps; %s", role.name,
@@ -190,7 +193,24 @@ def build_run(cfg, role: Role) -> Run:
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, loss_scaling=loss_scaling, model=model,
                optimizer=optimizer, step=step, epoch=epoch, learning_rate=learning_rate, checkpoint=checkpoint,
                manager=manager, restored=restored, start_step=start_step, coordinator=coordinator,
-               summaries=_open_summaries(cfg, writes_here, start_step, model, info.labels))
+               summaries=_open_summaries(cfg, writes_here, start_step, model, info.labels),
+               service_attempt=service_attempt)
+
+
+def _agreed_attempt(strategy, role: Role) -> int:
+    """A random number all trainers of this attempt share (the first worker's): it names the input service's
+    jobs, so a restart at the same step never joins a pass its previous attempt used up."""
+    import random
+
+    import tensorflow as tf
+
+    if role.kind == "parameter-server":
+        raise UserError("--data-service is for all-reduce or one-process training; with parameter servers "
+                        "each worker reads its own input")
+    mine = random.randrange(1 << 24) if role.worker_index == 0 else 0  # exact as a float32
+    if role.kind != "multi-worker":
+        return mine
+    return int(_sum_over_workers(strategy, tf.constant([float(mine)]), role.num_workers, tf).numpy()[0])
 
 
 def _open_summaries(cfg, writes_here: bool, start_step: int, model, labels: dict) -> Summaries:
@@ -435,7 +455,8 @@ def _make_iterator(run: Run, epoch_index: int, skip: int):
         fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, epoch=epoch_index, skip=0,
                                      seeded=False)
         return iter(run.coordinator.create_per_worker_dataset(lambda: fn(None)))
-    fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, epoch=epoch_index, skip=skip)
+    fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, epoch=epoch_index, skip=skip,
+                                 service_attempt=run.service_attempt)
     return iter(run.strategy.distribute_datasets_from_function(fn))
 
 

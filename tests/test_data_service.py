@@ -1,0 +1,173 @@
+"""The input service (`data serve`, `train --data-service`): options, one pass shared out, and a local cluster of
+a dispatcher, 2 service workers and 2 all-reduce trainers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from train_records import build_records
+
+from hpcvision.data import service
+from hpcvision.errors import UserError
+
+
+@pytest.mark.parametrize("text, expected", [("127.0.0.1:5050", ("127.0.0.1", 5050)),
+                                            ("grpc://cpu-node-1:2222", ("cpu-node-1", 2222)),
+                                            ("[::1]:80", ("[::1]", 80))])
+def test_addresses(text, expected):
+    assert service.parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5050", "host:", ":5050", "host:0", "host:65536", "host:port", "a/b:1",
+                                  "http://h:1"])
+def test_bad_addresses_name_the_option(text):
+    with pytest.raises(UserError, match=f"--trainer '{re.escape(text)}': expected HOST:PORT"):
+        service.parse_address(text, "--trainer")
+
+
+def test_bad_options_are_one_line_before_tensorflow_loads():
+    """A fresh interpreter, so TensorFlow loaded by other tests does not hide an import."""
+    check = ("import sys; from hpcvision.cli import main\n"
+             "for argv in (['train', '--data', 'd', '--data-service', 'nohost'], ['data', 'serve', '--role', 'worker'],"
+             " ['data', 'serve', '--role', 'dispatcher', '--dispatcher', 'h:1'],"
+             " ['train', '--synthetic', '--num-classes', '2', '--data-service', 'h:1']):\n"
+             "    assert main(argv) == 2, argv\n"
+             "assert 'tensorflow' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == ["hpcvision: error: --data-service 'nohost': expected HOST:PORT, e.g. 127.0.0.1:5050",
+                      "hpcvision: error: data serve --role worker needs --dispatcher HOST:PORT",
+                      "hpcvision: error: data serve --dispatcher is for --role worker (the dispatcher it "
+                      "registers with)",
+                      "hpcvision: error: --data-service makes batches from --data; it does not go with "
+                      "--synthetic"], result.stderr
+
+
+def test_a_worker_beside_a_remote_dispatcher_advertises_its_host_name():
+    assert service.default_host("127.0.0.1:5050") == "127.0.0.1" and service.default_host(None) == "127.0.0.1"
+    assert service.default_host("cpu-node-1:5050") not in service.LOCAL_HOSTS
+
+
+def test_each_attempt_and_epoch_is_a_job_of_its_own():
+    names = {service.job_name(attempt, epoch) for attempt in (0, 7, 2**24 - 1) for epoch in (0, 1)}
+    assert len(names) == 6
+
+
+def test_one_pass_shares_every_example_once_among_two_consumers(tmp_path):
+    """Distributed-epoch mode: two consumers of one job, read in turn, get the 200 examples between them once."""
+    import tensorflow as tf
+
+    from hpcvision.data.pipeline import make_dataset
+
+    records = build_records(tmp_path, [sys.executable, "-m", "hpcvision"])
+    dispatcher = service._start_dispatcher(0)
+    where = f"127.0.0.1:{service._bound_port(dispatcher)}"
+    workers = [service._start_worker(where, 0, "127.0.0.1") for _ in range(2)]
+    try:
+        dataset = make_dataset(records, "train", training=True, batch_size=10, image_size=16, seed=1, repeat=False)
+        consumers = [iter(service.one_pass(dataset, where, service.job_name(1, 0))) for _ in range(2)]
+        labels, shapes = [], set()
+        while consumers:
+            for consumer in list(consumers):
+                try:
+                    images, batch_labels = next(consumer)
+                except (StopIteration, tf.errors.OutOfRangeError):
+                    consumers.remove(consumer)
+                    continue
+                labels += batch_labels.numpy().tolist()
+                shapes.add(tuple(images.shape))
+    finally:
+        for server in (*workers, dispatcher):
+            server.stop()
+    assert shapes == {(10, 16, 16, 3)}
+    assert collections.Counter(labels) == {label: 20 for label in range(10)}  # 10 classes x 20 images
+
+
+def _free_ports(count: int) -> list[int]:
+    from hpcvision.cluster.launch import free_ports
+
+    return free_ports(count)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_two_trainers_read_from_a_dispatcher_and_two_workers_that_exit_by_themselves(hpcvision_exe, tmp_path):
+    records = build_records(tmp_path, hpcvision_exe)
+    run = tmp_path / "run"
+    dispatcher_port, *trainer_ports = _free_ports(3)
+    trainers = [f"127.0.0.1:{port}" for port in trainer_ports]
+    dispatcher = f"127.0.0.1:{dispatcher_port}"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS="1")
+
+    def start(args: list[str], **extra: str) -> subprocess.Popen:
+        return subprocess.Popen([*hpcvision_exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=dict(env, **extra))
+
+    # Trainers first, as a job script may start them: they wait for the dispatcher's port.
+    train = ["train", "--data", str(records), "--data-service", dispatcher, "--model", "small", "--image-size", "32",
+             "--augment", "pad_crop", "--batch-size", "10", "--epochs", "2", "--log-every", "5",
+             "--learning-rate", "0.4", "--seed", "1", "--checkpoint-dir", str(run)]
+    processes = [start(train, TF_CONFIG=json.dumps({"cluster": {"worker": trainers},
+                                                    "task": {"type": "worker", "index": i}})) for i in range(2)]
+    processes.append(start(["data", "serve", "--role", "dispatcher", "--port", str(dispatcher_port),
+                            "--trainer", trainers[0]]))
+    processes += [start(["data", "serve", "--role", "worker", "--dispatcher", dispatcher]) for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+    finally:
+        _stop(processes)
+    codes = [process.returncode for process in processes]
+    assert codes == [0] * 5, "\n".join(f"--- {code}\n{out[-2000:]}" for code, out in zip(codes, outputs, strict=True))
+    worker0, worker1, dispatched, *serving = outputs
+    # 200 examples / global batch 20 = 10 steps an epoch; both trainers share each epoch's job.
+    for out in (worker0, worker1):
+        assert "multi-worker strategy, 2 replica(s), global batch 20, 10 steps/epoch, 20 steps" in out, out[-3000:]
+    jobs = [re.findall(r"training batches from the input service at \S+, job (\S+)", out) for out in (worker0, worker1)]
+    assert len(jobs[0]) == 2 and jobs[0] == jobs[1] and jobs[0][0].endswith("epoch0"), jobs
+    digests = [re.search(r"finished at step 20; weights sha256 (\w+)", out) for out in (worker0, worker1)]
+    assert all(digests) and digests[0].group(1) == digests[1].group(1), worker1[-3000:]
+    losses = [float(x) for x in re.findall(r"step \d+/20 epoch \S+ loss (\S+)", worker0)]
+    assert len(losses) == 4 and all(0 < loss < 10 for loss in losses) and losses[-1] < losses[0], losses
+    assert re.search(r"eval step 20: .*\(200 images\)", worker0), worker0[-3000:]  # evaluation stays local
+    assert f"{trainers[0]} is gone; exiting" in dispatched, dispatched
+    for out in serving:
+        assert f"{dispatcher} is gone; exiting" in out, out
+    # The service's address is the job's, not the run's: a resume runs with its own service.
+    assert "data_service: null" in (run / "run.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_a_watching_server_serving_until_what_it_watches_is_gone(hpcvision_exe):
+    port, watched = _free_ports(2)
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", watched))  # stands in for the trainers' chief
+    process = subprocess.Popen([*hpcvision_exe, "data", "serve", "--role", "dispatcher", "--port", str(port),
+                                "--trainer", f"127.0.0.1:{watched}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+        assert process.stdout.readline().startswith(f"data serve: dispatcher at 127.0.0.1:{port}, until")
+        process.send_signal(signal.SIGTERM)
+        time.sleep(2)
+        assert process.poll() is None
+        listener.close()
+        assert process.wait(timeout=30) == 0
+        assert "is gone; exiting" in process.stdout.read()
+    finally:
+        listener.close()
+        _stop([process])
