@@ -152,22 +152,30 @@ def test_two_trainers_read_from_a_dispatcher_and_two_workers_that_exit_by_themse
 
 
 @pytest.mark.slow
-def test_sigterm_leaves_a_watching_server_serving_until_what_it_watches_is_gone(hpcvision_exe):
-    port, watched = _free_ports(2)
+def test_sigterm_waits_for_running_trainers_but_ends_a_server_whose_trainers_are_not_up(hpcvision_exe):
+    """At walltime the trainers save on SIGTERM and still need batches; a job script's clean-up after trainers
+    that never started must not wait out --start-timeout."""
     import socket
 
+    port, other_port, watched, never = _free_ports(4)
     listener = socket.create_server(("127.0.0.1", watched))  # stands in for the trainers' chief
-    process = subprocess.Popen([*hpcvision_exe, "data", "serve", "--role", "dispatcher", "--port", str(port),
-                                "--trainer", f"127.0.0.1:{watched}"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+    def dispatcher(listen: int, trainer: int) -> subprocess.Popen:
+        return subprocess.Popen([*hpcvision_exe, "data", "serve", "--role", "dispatcher", "--port", str(listen),
+                                 "--trainer", f"127.0.0.1:{trainer}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+    serving, waiting = processes = [dispatcher(port, watched), dispatcher(other_port, never)]
     try:
-        assert process.stdout.readline().startswith(f"data serve: dispatcher at 127.0.0.1:{port}, until")
-        process.send_signal(signal.SIGTERM)
+        for process in processes:
+            assert process.stdout.readline().startswith("data serve: dispatcher at 127.0.0.1:")
+            process.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=30) == 128 + signal.SIGTERM
         time.sleep(2)
-        assert process.poll() is None
+        assert serving.poll() is None
         listener.close()
-        assert process.wait(timeout=30) == 0
-        assert "is gone; exiting" in process.stdout.read()
+        assert serving.wait(timeout=30) == 0
+        assert f"127.0.0.1:{watched} is gone; exiting" in serving.stdout.read()
     finally:
         listener.close()
-        _stop([process])
+        _stop(processes)

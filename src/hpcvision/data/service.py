@@ -102,13 +102,14 @@ def serve(role: str, dispatcher: str | None = None, port: int = 0, *, host: str 
             log.error("worker: no dispatcher answers at %s after %.0f s", watched, timeout)
             return 1
         server = _start_worker(watched, port, host)
+    if watched:  # before the line below: a job script may signal as soon as it reads it
+        signal.signal(signal.SIGTERM, lambda signum, _frame: _on_sigterm(signum, watched))
     here = f"{host}:{_bound_port(server)}"
     print(f"data serve: {role} at {here}" + (f", until {watched} is gone" if watched else ", until signalled"),
           flush=True)
     if not watched:
         server.join()
         return 0
-    signal.signal(signal.SIGTERM, lambda signum, _frame: _on_sigterm(signum, watched))
     code = wait_for_chief_exit(watched, start_timeout_s=timeout)
     print(f"data serve: {role} at {here}: {watched} is gone; exiting", flush=True)
     server.stop()
