@@ -52,6 +52,13 @@ def test_bad_options_are_one_line_before_tensorflow_loads():
                       "--synthetic"], result.stderr
 
 
+def test_run_yaml_does_not_keep_the_jobs_service():
+    from hpcvision.train.checkpoint import recorded
+    from hpcvision.train.config import TrainConfig
+
+    assert recorded(TrainConfig(data="d", data_service="cpu-node-1:5050")).data_service is None
+
+
 def test_a_worker_beside_a_remote_dispatcher_advertises_its_host_name():
     assert service.default_host("127.0.0.1:5050") == "127.0.0.1" and service.default_host(None) == "127.0.0.1"
     assert service.default_host("cpu-node-1:5050") not in service.LOCAL_HOSTS
@@ -62,13 +69,18 @@ def test_each_attempt_and_epoch_is_a_job_of_its_own():
     assert len(names) == 6
 
 
-def test_one_pass_shares_every_example_once_among_two_consumers(tmp_path):
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, hpcvision_exe):
+    """10 classes x 20 images a split, 2 shards each: built once for this module's tests."""
+    return build_records(tmp_path_factory.mktemp("service"), hpcvision_exe)
+
+
+def test_one_pass_shares_every_example_once_among_two_consumers(records):
     """Distributed-epoch mode: two consumers of one job, read in turn, get the 200 examples between them once."""
     import tensorflow as tf
 
     from hpcvision.data.pipeline import make_dataset
 
-    records = build_records(tmp_path, [sys.executable, "-m", "hpcvision"])
     dispatcher = service._start_dispatcher(0)
     where = f"127.0.0.1:{service._bound_port(dispatcher)}"
     workers = [service._start_worker(where, 0, "127.0.0.1") for _ in range(2)]
@@ -106,8 +118,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 @pytest.mark.slow
-def test_two_trainers_read_from_a_dispatcher_and_two_workers_that_exit_by_themselves(hpcvision_exe, tmp_path):
-    records = build_records(tmp_path, hpcvision_exe)
+def test_two_trainers_read_from_a_dispatcher_and_two_workers_that_exit_by_themselves(hpcvision_exe, records,
+                                                                                     tmp_path):
     run = tmp_path / "run"
     dispatcher_port, *trainer_ports = _free_ports(3)
     trainers = [f"127.0.0.1:{port}" for port in trainer_ports]
@@ -179,3 +191,12 @@ def test_sigterm_waits_for_running_trainers_but_ends_a_server_whose_trainers_are
     finally:
         listener.close()
         _stop(processes)
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs_and_prints_the_ratio(run_benchmark, tmp_path):
+    code, out, _ = run_benchmark("data_service", "--quick", "--workers", "1", "--cache-dir", tmp_path)
+    assert code == 0, out
+    assert re.search(r"^service: [\d,]+ img/s, trainer process [\d.]+ CPU-s per 1k images, service processes", out,
+                     re.M), out
+    assert re.search(r"^ratio service/local: trainer CPU per image [\d.]+, img/s [\d.]+", out, re.M), out

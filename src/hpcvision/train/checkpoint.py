@@ -257,13 +257,13 @@ def newest_step(checkpoint_dir: str | Path) -> int:
 def recorded(config):
     """`config` as run.yaml keeps it: file and folder options absolute, so it means the same from any
     directory, and without this job's --deadline (`train --checkpoint-dir DIR` alone, in a later job,
-    would otherwise stop at once at a deadline long past)."""
+    would otherwise stop at once at a deadline long past) or its --data-service (a later job runs its own)."""
     import dataclasses
 
     paths = {name: os.path.abspath(getattr(config, name)) for name in ("data", "val_data", "checkpoint_dir",
                                                                         "init_checkpoint")
              if getattr(config, name, None)}
-    return dataclasses.replace(config, deadline=None, **paths)
+    return dataclasses.replace(config, deadline=None, data_service=None, **paths)
 
 
 def load_labels(checkpoint_dir: str | Path) -> dict:

@@ -177,8 +177,7 @@ def build_run(cfg, role: Role) -> Run:
     writes_here = role.is_chief and start_step < total_steps
     if writes_here:
         ckpt_lib.tidy_checkpoint_dir(checkpoint_dir)  # before the manager reads the state file
-        # Not the input service's address: it is the job's, not the run's (a resume runs its own service).
-        ckpt_lib.write_run_files(dataclasses.replace(cfg, data_service=None), info.labels, checkpoint_dir)
+        ckpt_lib.write_run_files(cfg, info.labels, checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=cfg.keep_checkpoints,
                                          checkpoint_name=ckpt_lib.CHECKPOINT_NAME)
     log.info("%s: %s strategy, %d replica(s), global batch %d%s, %d steps/epoch, %d steps; %s", role.name,
