@@ -97,10 +97,17 @@ def test_one_pass_shares_every_example_once_among_two_consumers(records):
                     continue
                 labels += batch_labels.numpy().tolist()
                 shapes.add(tuple(images.shape))
+        # What train reads: the same pass repeated; with --accumulate, N micro-batches per element.
+        from hpcvision.train.config import TrainConfig
+        from hpcvision.train.inputs import service_dataset_fn
+
+        cfg = TrainConfig(data=str(records), data_service=where, batch_size=10, accumulate=2, seed=1)
+        stacked = [tuple(images.shape) for images, _ in service_dataset_fn(cfg, 16, epoch=0, attempt=2)(None).take(12)]
     finally:
         for server in (*workers, dispatcher):
             server.stop()
     assert shapes == {(10, 16, 16, 3)}
+    assert stacked == [(2, 10, 16, 16, 3)] * 12  # 12 x 20 > the 200 examples of one pass: repeated
     assert collections.Counter(labels) == {label: 20 for label in range(10)}  # 10 classes x 20 images
 
 
