@@ -8,6 +8,8 @@ Prints each one's training img/s and validation top-1, and the ratios recipe / b
 
     python benchmarks/demo_recipe.py            # the recipe's epochs for both (minutes)
     python benchmarks/demo_recipe.py --quick    # 2,000 images, a few steps: a smoke run
+    python benchmarks/demo_recipe.py --no-baseline --ema-decay 0.99    # the recipe with Keras' weight EMA
+    python benchmarks/demo_recipe.py --no-baseline --mixup-alpha 0.2   # ... with Keras' MixUp on its batches
 """
 
 from __future__ import annotations
@@ -95,8 +97,25 @@ def augment(recipe: dict, images, labels):
     return images, labels
 
 
-def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: int, augment_fn=None):
-    """Fit, then (training img/s over the epochs after the first, validation top-1)."""
+def mixup_fn(alpha: float):
+    """Keras' MixUp over a batch of (images, one-hot labels), as `--mixup-alpha` does in training; None at 0."""
+    if not alpha:
+        return None
+    import keras
+
+    layer = keras.layers.MixUp(alpha=alpha, seed=1)
+
+    def mix(images, labels):
+        mixed = layer({"images": images, "labels": labels}, training=True)
+        return mixed["images"], mixed["labels"]
+
+    return mix
+
+
+def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: int, augment_fn=None,
+                    batch_fn=None):
+    """Fit, then (training img/s over the epochs after the first, validation top-1, seconds); `batch_fn`
+    maps whole batches (MixUp). With `use_ema` on the optimizer, fit ends with the averages in the model."""
     import keras
     import tensorflow as tf
 
@@ -104,7 +123,10 @@ def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: in
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(len(x_train), seed=1)
     if augment_fn is not None:
         train = train.map(augment_fn, num_parallel_calls=2)
-    train = train.batch(batch_size, drop_remainder=True).prefetch(2)
+    train = train.batch(batch_size, drop_remainder=True)
+    if batch_fn is not None:
+        train = train.map(batch_fn, num_parallel_calls=2)
+    train = train.prefetch(2)
     model.compile(optimizer, loss, metrics=["accuracy"])
     times = []
 
@@ -132,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs for both (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2: the demo machine; 0: leave TensorFlow's choice)")
     parser.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch: a smoke run")
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="the recipe with Keras' weight EMA (use_ema)")
+    parser.add_argument("--mixup-alpha", type=float, default=0.0, help="the recipe with Keras' MixUp layer")
+    parser.add_argument("--no-baseline", action="store_true", help="the recipe only, not the keras-io convnet")
     args = parser.parse_args(argv)
 
     import keras
@@ -163,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     batch = int(recipe["batch_size"]) * int(recipe.get("workers", 1))
     steps_per_epoch = len(x_train) // batch
     schedule = recipe_schedule(recipe, steps_per_epoch, epochs * steps_per_epoch)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.get("weight_decay", 0.0))
+    ema = {"use_ema": True, "ema_momentum": args.ema_decay} if args.ema_decay else {}
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.get("weight_decay", 0.0), **ema)
     if recipe.get("optimizer") == "sgd":
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
-                                         weight_decay=recipe.get("weight_decay") or None)
+                                         weight_decay=recipe.get("weight_decay") or None, **ema)
     optimizer.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])
     smoothing = float(recipe.get("label_smoothing", 0.0))
     one_hot = (data[0], keras.utils.to_categorical(y_train, 10), data[2], keras.utils.to_categorical(y_test, 10))
@@ -174,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     ours = train_and_score(model, optimizer,
                            keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing),
                            one_hot, batch_size=batch, epochs=epochs,
-                           augment_fn=lambda x, y: augment(recipe, x, y))
-    print(f"recipe   ({recipe.get('model', 'small')}, {model.count_params():,} params): {ours[0]:,.0f} img/s, "
+                           augment_fn=lambda x, y: augment(recipe, x, y), batch_fn=mixup_fn(args.mixup_alpha))
+    extras = "".join([f", EMA {args.ema_decay}" if args.ema_decay else "",
+                      f", MixUp {args.mixup_alpha}" if args.mixup_alpha else ""])
+    print(f"recipe   ({recipe.get('model', 'small')}, {model.count_params():,} params{extras}): {ours[0]:,.0f} img/s, "
           f"top-1 {ours[1]:.4f}, {ours[2]:.0f} s", flush=True)
+    if args.no_baseline:
+        return 0
 
     keras.utils.set_random_seed(1)
     baseline_model = keras_io_convnet(10, size)

@@ -85,3 +85,70 @@ def test_recipe_files_load_as_train_configs_and_open_with_their_command(name):
     assert {key: getattr(config, key) for key in expected} == expected
     if name == "inception_v3_course":
         assert config.input.color_distortion and config.input.area_range == (0.05, 1.0)
+
+
+def batch(n: int = 8, size: int = 16, classes: int = 10, seed: int = 0):
+    """n random images 0..255 with distinct labels 0..n-1."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32), np.arange(n, dtype=np.int32) % classes
+
+
+def test_mixup_mixes_each_image_with_one_partner_as_its_label_says():
+    from hpcvision.data.batch_augment import batch_augmenter
+    from hpcvision.data.input_config import InputConfig
+
+    images, labels = batch()
+    augment = batch_augmenter(InputConfig(mixup_alpha=1.0, normalize="unit"), 10, seed=7)
+    mixed, targets = (np.asarray(t) for t in augment(images, labels))
+    assert targets.shape == (8, 10)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    for i in range(8):
+        # Labels are distinct, so the target names the partner j and the weight w: w x_i + (1 - w) x_j.
+        weight = targets[i, labels[i]]
+        others = [j for j in np.flatnonzero(targets[i] > 1e-6) if j != labels[i]]
+        partner = others[0] if others else i
+        expected = (weight * images[i] + (1 - weight) * images[partner]) / 255.0 if others else images[i] / 255.0
+        np.testing.assert_allclose(mixed[i], expected, atol=1e-4)
+
+
+def test_cutmix_pastes_a_patch_whose_area_is_the_partners_label_weight():
+    from hpcvision.data.batch_augment import batch_augmenter
+    from hpcvision.data.input_config import InputConfig
+
+    images, labels = batch()
+    augment = batch_augmenter(InputConfig(cutmix_alpha=1.0, normalize="unit"), 10, seed=3)
+    mixed, targets = (np.asarray(t) for t in augment(images, labels))
+    pasted_any = False
+    for i in range(8):
+        own = np.all(np.isclose(mixed[i], images[i] / 255.0, atol=1e-5), axis=-1)
+        partner_weight = 1.0 - targets[i, labels[i]]
+        assert (1 - own.mean()) == pytest.approx(partner_weight, abs=2 / 16)  # area, to a pixel row's rounding
+        pasted_any |= partner_weight > 0.05
+    assert pasted_any
+
+
+def test_randaugment_and_erasing_change_images_but_not_labels():
+    from hpcvision.data.batch_augment import batch_augmenter
+    from hpcvision.data.input_config import InputConfig
+
+    images, labels = batch()
+    augment = batch_augmenter(InputConfig(randaugment_ops=2, random_erasing=1.0, normalize="unit"), 10, seed=1)
+    out, same_labels = (np.asarray(t) for t in augment(images, labels))
+    np.testing.assert_array_equal(same_labels, labels)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    changed = [not np.allclose(out[i], images[i] / 255.0, atol=1e-3) for i in range(8)]
+    assert all(changed)
+    assert batch_augmenter(InputConfig(), 10, seed=1) is None  # nothing on: the pipeline is as before
+
+
+def test_training_with_the_whole_recipe_runs_and_evaluates(run_cli, tmp_path, hpcvision_exe):
+    from train_records import build_records
+
+    records = build_records(tmp_path / "records", hpcvision_exe)
+    code, _out, err = run_cli(
+        "train", "--data", records, "--model", "small", "--image-size", "32", "--batch-size", "10", "--steps", "6",
+        "--augment", "inception", "--color-distortion", "--randaugment-ops", "2", "--random-erasing", "0.25",
+        "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--optimizer", "adamw", "--ema-decay", "0.9",
+        "--clip-norm", "1", "--accumulate", "2", "--checkpoint-dir", tmp_path / "run", "--log-every", "3")
+    assert code == 0, err
+    assert (tmp_path / "run" / "ckpt-6.index").is_file()

@@ -40,6 +40,20 @@ class InputConfig:
     shuffle_buffer: int = option(10_000, "training records shuffled at a time", minimum=1)
     color_distortion: bool = option(False, "inception colour distortion in training: brightness, saturation, hue "
                                     "and contrast in one of two random orders (the course's preprocessing)")
+    # Per batch of one replica, after the per-image preset (hpcvision.data.batch_augment: Keras' own layers).
+    randaugment_ops: int = option(0, "RandAugment (Keras'): operations per image (0 = off; 2 is the paper's)",
+                                  minimum=0, maximum=14)
+    randaugment_magnitude: float = option(0.5, "RandAugment strength, 0-1 (Keras' factor; 0.5 ~ the paper's 9-10 "
+                                          "of 30)", minimum=0, maximum=1)
+    random_erasing: float = option(0.0, "probability that an image gets a random rectangle erased (Keras' "
+                                   "RandomErasing; 0 = off, timm uses 0.25)", minimum=0, maximum=1)
+    mixup_alpha: float = option(0.0, "MixUp (Keras'): image pairs and their labels mixed with a Beta(alpha, alpha) "
+                                "weight (0 = off; 0.2 typical)", minimum=0)
+    cutmix_alpha: float = option(0.0, "CutMix (Keras'): a patch of another image pasted, labels mixed by area; "
+                                 "Keras draws Beta(a, a) with a uniform in 0..this (0 = off, at most 1)",
+                                 minimum=0, maximum=1)
+    mix_switch_prob: float = option(0.5, "with both MixUp and CutMix on: the probability that a batch gets CutMix "
+                                    "rather than MixUp", minimum=0, maximum=1)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -48,6 +62,14 @@ class InputConfig:
             if len(value) != 2:
                 raise UserError(f"option '{name}' takes two numbers (low high), got {list(value)}")
             setattr(self, name, value)
+
+    def mixes_labels(self) -> bool:
+        """True when MixUp or CutMix is on: training labels become class distributions [B, C]."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def augments_batches(self) -> bool:
+        """True when a batch augmentation (RandAugment, random erasing, MixUp, CutMix) is on."""
+        return self.randaugment_ops > 0 or self.random_erasing > 0 or self.mixes_labels()
 
     def pad_pixels(self, image_size: int) -> int:
         """The pad_crop padding: `pad`, else an eighth of the image side (at least 1 px)."""

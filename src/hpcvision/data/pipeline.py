@@ -21,6 +21,7 @@ from typing import Any
 import tensorflow as tf
 
 from hpcvision.data import presets
+from hpcvision.data.batch_augment import batch_augmenter
 from hpcvision.data.input_config import InputConfig
 from hpcvision.data.shards import has_manifest, manifest_path, read_manifest
 from hpcvision.errors import UserError
@@ -174,7 +175,8 @@ def make_dataset(
     label_offset: int | None = None,
     repeat: bool | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (images float32 [B,S,S,3] normalised, labels int32 [B] 0-based) from `DIR/<name>-*`.
+    """Batches of (images float32 [B,S,S,3] normalised, labels int32 [B] 0-based) from `DIR/<name>-*`;
+    with MixUp/CutMix on, training labels are class distributions float32 [B, C].
 
     `config` (default: `InputConfig()`) says how images are cropped, flipped and normalised.
     `batch_size` is per replica (what one `strategy.run` call sees); pass `global_batch_size` with an
@@ -200,8 +202,11 @@ def make_dataset(
         training=training, element_seed=None if seed is None else seed + 1000 * pipeline_id,
         deterministic=deterministic,
     )
-    dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
-    return dataset.with_options(_options(deterministic))
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    augment = batch_augmenter(config, int(manifest["num_classes"]), None if seed is None else seed + 1000 * pipeline_id)
+    if training and augment is not None:
+        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return dataset.prefetch(AUTOTUNE).with_options(_options(deterministic))
 
 
 # Measured on the 2-core VM with benchmarks/input_pipeline.py (img per CPU-second, pipeline vs the bare

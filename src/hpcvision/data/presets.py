@@ -182,7 +182,7 @@ def distort_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 def train_image(encoded: tf.Tensor, boxes: tf.Tensor | None, seeds: tf.Tensor, image_size: int,
                 config: InputConfig) -> tf.Tensor:
-    """A stored JPEG as training sees it: float32 [S,S,3] normalised.
+    """A stored JPEG as training sees it: float32 [S,S,3] normalised (0..255 when batch augmentations follow).
 
     `boxes` [N, 4] are read by the inception crop only; `seeds` are 4 ints, the crop pair then the flip pair.
     """
@@ -198,6 +198,8 @@ def train_image(encoded: tf.Tensor, boxes: tf.Tensor | None, seeds: tf.Tensor, i
         image = _central_resized(encoded, config.eval_central_fraction(), image_size)
     if config.color_distortion:  # its seed pair derived from the flip's, so the crop and flip stay as they were
         image = distort_color(image, tf.random.experimental.stateless_fold_in(flip_seed, 1))
+    if config.augments_batches():  # Keras' batch layers take 0..255 pixels; batch_augment normalises after them
+        return image
     return normalize_image(image, config.normalize)
 
 

@@ -523,7 +523,9 @@ def finish(run: Run, steps: Steps, step_value: int, reason: str | None) -> int:
 
 
 def _batch_sums(losses, logits, labels, tf):
-    """[loss sum, top-1 hits, top-5 hits, examples] of one batch."""
+    """[loss sum, top-1 hits, top-5 hits, examples] of one batch (hits of mixed labels: their largest class)."""
+    if len(labels.shape) == 2:
+        labels = tf.argmax(labels, axis=-1, output_type=tf.int32)
     k = min(5, logits.shape[-1])
     return tf.stack([
         tf.reduce_sum(losses),

@@ -106,7 +106,8 @@ def per_example_loss(outputs, labels, *, num_classes: int, label_smoothing: floa
     import tensorflow as tf
 
     heads = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    target = tf.one_hot(labels, num_classes)
+    # Class indices [B], or class distributions [B, C] (MixUp/CutMix, hpcvision.data.batch_augment).
+    target = tf.cast(labels, tf.float32) if len(labels.shape) == 2 else tf.one_hot(labels, num_classes)
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
 
