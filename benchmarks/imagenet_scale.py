@@ -10,6 +10,7 @@ archives with 2 workers (images are small JPEGs, so per-member costs dominate). 
   index       seconds to index the archives and every synset tar in them (a first build's extra cost);
   (a) I/O     the listed members' bytes read by offset into one TFRecord file, no parsing;
   build       `data build` records/s, and the ratio to (a) (target >= 0.5);
+  CPU         the CPU seconds of (a) and of the build (its workers included), and the load average;
   peak RSS    of the main process and of the largest worker (target <= 1 GiB each);
   sha256      of the shards, which a faster build must leave unchanged;
   list        parsing a 1.28 M-line list and building its label map (seconds, peak RSS, own process).
@@ -98,27 +99,33 @@ def peak_rss(who: int) -> int:
     return resource.getrusage(who).ru_maxrss * 1024  # kilobytes on Linux
 
 
-def io_limit(images: Path, file_list: Path, index_dir: Path, out: Path) -> float:
-    """Seconds to read every listed member by offset and frame it into one TFRecord file."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (a build's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def io_limit(images: Path, file_list: Path, index_dir: Path, out: Path) -> tuple[float, float]:
+    """(seconds, CPU seconds) to read every listed member by offset and frame it into one TFRecord file."""
     items = read_file_list(file_list).images
     source = open_images(images, index_dir=index_dir)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     with RecordWriter(out) as writer:
         for fetched in source.fetch(items):
             writer.write(fetched.data)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def run_build(paths: tuple[Path, ...], index_dir: Path, out: Path, workers: int, shards: int) -> float:
+def run_build(paths: tuple[Path, ...], index_dir: Path, out: Path, workers: int, shards: int) -> tuple[float, float]:
     images, annotations, file_list, synsets = paths
     shutil.rmtree(out, ignore_errors=True)
     config = BuildConfig(images=images, annotations=annotations, file_list=file_list, synsets=synsets, out=out,
                          shards=shards, workers=workers, rank=0, ranks=1, index_dir=index_dir)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()):
         if build(config) != 0:
             raise SystemExit("build failed")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def shards_digest(out: Path) -> str:
@@ -182,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         work, index_dir = Path(tmp), Path(tmp) / "index"
         start = time.perf_counter()
         open_annotations(paths[1], index_dir=index_dir)
-        t_first = io_limit(paths[0], paths[2], index_dir, work / "first")  # indexes every synset tar on the way
-        t_io = io_limit(paths[0], paths[2], index_dir, work / "io")  # indexes and page cache warm
+        t_first = io_limit(paths[0], paths[2], index_dir, work / "first")[0]  # indexes every synset tar on the way
+        t_io, cpu_io = io_limit(paths[0], paths[2], index_dir, work / "io")  # indexes and page cache warm
         t_index = max(time.perf_counter() - start - t_io - t_first, 0.0) + max(t_first - t_io, 0.0)
-        t_build = run_build(paths, index_dir, work / "rec", args.workers, args.shards)
+        t_build, cpu_build = run_build(paths, index_dir, work / "rec", args.workers, args.shards)
         digest = shards_digest(work / "rec")
         main_rss, worker_rss = peak_rss(resource.RUSAGE_SELF), peak_rss(resource.RUSAGE_CHILDREN)
         t_list, parsed, list_rss = time_big_list(work, args.list_lines, len(read_synsets(paths[3])))
@@ -195,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build, {args.workers} workers, {args.shards} shards        {build_rate:8.0f} records/s "
           f"({count:,} records in {t_build:.1f} s)")
     print(f"ratio build / (a) = {build_rate / io_rate:.2f} (target >= 0.5)")
+    print(f"CPU seconds (all processes; a loaded machine stretches wall time, less so these): (a) {cpu_io:.1f}, "
+          f"build {cpu_build:.1f}; load {os.getloadavg()[0]:.1f}")
     print(f"shards sha256 {digest} (a faster build must not change it)")
     print(f"peak RSS: main {main_rss / 2**20:.0f} MiB, largest worker {worker_rss / 2**20:.0f} MiB "
           f"(target <= 1024 MiB each)")
