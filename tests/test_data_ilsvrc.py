@@ -131,6 +131,21 @@ def test_image_folder_lists_every_image_suffix_and_reports_the_rest(tmp_path, ru
     assert code == 0 and "n02/notes.txt: not an image" in caplog.text, err
 
 
+def test_extract_of_an_image_folder_writes_a_png_under_png_and_builds_from_it(tmp_path, run_cli):
+    tree = image_folder(tmp_path / "train")
+    out = tmp_path / "x"
+    code, _, err = run_cli("data", "extract", "--images", tree, "--out", out, "--max-skipped", "0.5")
+    assert code == 0, err
+    assert (out / "images" / "n01" / "b.png").read_bytes() == (tree / "n01" / "b.PNG").read_bytes()
+    assert not (out / "images" / "n01" / "b.JPEG").exists()
+    assert (out / "images" / "n01" / "a.JPEG").read_bytes() == (tree / "n01" / "a.jpg").read_bytes()
+    code, stdout, err = run_cli("data", "extract", "--images", tree, "--out", out, "--max-skipped", "0.5")
+    assert code == 0 and not (out / "images" / "n01" / "b.JPEG").exists(), err  # already present, not rewritten
+    code, _, err = run_cli("data", "build", "--images", out / "images", "--out", tmp_path / "rec", "--shards", "1")
+    assert code == 0, err
+    assert set(records(tmp_path / "rec", "train")) == {"a.JPEG", "b.JPEG", "c.JPEG", "d.JPEG"}
+
+
 def test_image_folder_builds_without_a_list(tmp_path, run_cli):
     out = tmp_path / "out"
     code, _, err = run_cli("data", "build", "--images", image_folder(tmp_path / "train"), "--out", out,

@@ -15,7 +15,7 @@ import os
 import stat
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,19 +98,31 @@ def already_present(path: Path, size: int | None) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_size == size
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXTRACTED_IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".png")
+
+
+def image_suffix(data: bytes) -> str:
+    """The suffix an extracted image is written under, from its bytes: `.png` for a PNG (an
+    ImageFolder's `x.png`, or a PNG named `.JPEG`), else `.JPEG`; build reads either."""
+    return ".png" if data.startswith(PNG_SIGNATURE) else IMAGE_SUFFIX
+
+
 def copy_members(
-    source: Source, items: list[ListedImage], folder: Path, suffix: str
+    source: Source, items: list[ListedImage], folder: Path, suffixes: tuple[str, ...],
+    suffix_of: Callable[[bytes], str],
 ) -> tuple[list[ListedImage], int, list[tuple[ListedImage, str]]]:
-    """Copy `items` from `source` to `folder/<wnid>/<name><suffix>`; (done items, newly written, problems)."""
+    """Copy `items` from `source` to `folder/<wnid>/<name><suffix_of(bytes)>`, one of `suffixes`;
+    (done items, newly written, problems)."""
     for wnid in {item.wnid for item in items}:
         remove_temporaries(folder / wnid)  # only this process extracts this synset
     sizes = source.sizes(items)
     done: list[ListedImage] = []
     todo: list[ListedImage] = []
     for item in items:
-        (
-            done if already_present(folder / item.wnid / f"{item.name}{suffix}", sizes.get(item)) else todo
-        ).append(item)
+        present = any(already_present(folder / item.wnid / f"{item.name}{suffix}", sizes.get(item))
+                      for suffix in suffixes)
+        (done if present else todo).append(item)
     written, problems = 0, []
     made: set[str] = set()
     for fetched in source.fetch(todo):
@@ -121,7 +133,7 @@ def copy_members(
         if item.wnid not in made:
             (folder / item.wnid).mkdir(parents=True, exist_ok=True)
             made.add(item.wnid)
-        write_atomic(folder / item.wnid / f"{item.name}{suffix}", fetched.data)
+        write_atomic(folder / item.wnid / f"{item.name}{suffix_of(fetched.data)}", fetched.data)
         done.append(item)
         written += 1
     return done, written, problems
@@ -132,11 +144,13 @@ def extract_synset(
 ) -> SynsetResult:
     """Extract one synset's listed images (and their XML) under `out`."""
     result = SynsetResult(images=len(items))
-    done, result.written, problems = copy_members(images, items, out / "images", IMAGE_SUFFIX)
+    done, result.written, problems = copy_members(images, items, out / "images", EXTRACTED_IMAGE_SUFFIXES,
+                                                  image_suffix)
     result.present = len(done) - result.written
     result.skipped = [(f"{i.wnid}/{i.name}{IMAGE_SUFFIX}", reason) for i, reason in problems]
     if annotations is not None and done:
-        xml_done, _, xml_problems = copy_members(annotations, done, out / "annotations", XML_SUFFIX)
+        xml_done, _, xml_problems = copy_members(annotations, done, out / "annotations", (XML_SUFFIX,),
+                                                 lambda _: XML_SUFFIX)
         result.xml_written = len(xml_done)
         result.xml_missing = [(f"{i.xml_wnid}/{i.name}{XML_SUFFIX}", reason) for i, reason in xml_problems]
     return result
