@@ -141,10 +141,14 @@ def test_randaugment_and_erasing_change_images_but_not_labels():
     assert batch_augmenter(InputConfig(), 10, seed=1) is None  # nothing on: the pipeline is as before
 
 
-def test_training_with_the_whole_recipe_runs_and_evaluates(run_cli, tmp_path, hpcvision_exe):
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, hpcvision_exe):
     from train_records import build_records
 
-    records = build_records(tmp_path / "records", hpcvision_exe)
+    return build_records(tmp_path_factory.mktemp("records"), hpcvision_exe)
+
+
+def test_training_with_the_whole_recipe_runs_and_evaluates(run_cli, tmp_path, records):
     code, _out, err = run_cli(
         "train", "--data", records, "--model", "small", "--image-size", "32", "--batch-size", "10", "--steps", "6",
         "--augment", "inception", "--color-distortion", "--randaugment-ops", "2", "--random-erasing", "0.25",
@@ -152,3 +156,28 @@ def test_training_with_the_whole_recipe_runs_and_evaluates(run_cli, tmp_path, hp
         "--clip-norm", "1", "--accumulate", "2", "--checkpoint-dir", tmp_path / "run", "--log-every", "3")
     assert code == 0, err
     assert (tmp_path / "run" / "ckpt-6.index").is_file()
+
+
+def test_eval_image_size_is_what_evaluation_and_serving_use(run_cli, caplog, records, tmp_path):
+    import logging
+    import re
+
+    import tensorflow as tf
+
+    from hpcvision.data.pipeline import make_dataset
+    from hpcvision.infer.predict import from_checkpoint
+    from hpcvision.train.checkpoint import load_trained_model
+
+    caplog.set_level(logging.INFO, logger="hpcvision")
+    code, _out, err = run_cli("train", "--data", records, "--model", "small", "--image-size", "32",
+                              "--eval-image-size", "40", "--batch-size", "20", "--steps", "4", "--augment", "none",
+                              "--label-smoothing", "0", "--checkpoint-dir", tmp_path, "--log-every", "2")
+    assert code == 0, err
+    logged = [float(x) for x in re.findall(r"eval step 4: loss (\S+)", "\n".join(r.getMessage() for r in caplog.records))]
+    model, config, _labels = load_trained_model(tmp_path)
+    assert model.inputs[0].shape[1] == 40 and config.image_size == 32
+    assert from_checkpoint(tmp_path).image_size == 40
+    # The loop evaluated the trained weights at 40 px: its loss, recomputed from the loaded model.
+    dataset = make_dataset(records, "validation", config.input, training=False, batch_size=50, image_size=40)
+    losses = [tf.nn.sparse_softmax_cross_entropy_with_logits(labels, model(images)) for images, labels in dataset]
+    assert logged == [pytest.approx(float(tf.reduce_mean(tf.concat(losses, 0))), rel=1e-4)]

@@ -38,6 +38,8 @@ class InputConfig:
         None, "evaluation central crop (default: 0.875 after inception training, else 1.0)",
         above=0, maximum=1)
     shuffle_buffer: int = option(10_000, "training records shuffled at a time", minimum=1)
+    eval_image_size: int | None = option(None, "evaluation and serving resolution (default: the training "
+                                         "--image-size; e.g. train at 176, evaluate at 224)", minimum=1)
     color_distortion: bool = option(False, "inception colour distortion in training: brightness, saturation, hue "
                                     "and contrast in one of two random orders (the course's preprocessing)")
     # Per batch of one replica, after the per-image preset (hpcvision.data.batch_augment: Keras' own layers).
@@ -70,6 +72,10 @@ class InputConfig:
     def augments_batches(self) -> bool:
         """True when a batch augmentation (RandAugment, random erasing, MixUp, CutMix) is on."""
         return self.randaugment_ops > 0 or self.random_erasing > 0 or self.mixes_labels()
+
+    def eval_size(self, image_size: int | None) -> int | None:
+        """The resolution evaluation and serving use: `eval_image_size`, else the training `image_size`."""
+        return self.eval_image_size or image_size
 
     def pad_pixels(self, image_size: int) -> int:
         """The pad_crop padding: `pad`, else an eighth of the image side (at least 1 px)."""

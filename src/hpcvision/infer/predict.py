@@ -100,7 +100,7 @@ def from_checkpoint(checkpoint_dir: str | Path) -> Classifier:
     from hpcvision.train.checkpoint import load_trained_model
 
     model, config, labels = load_trained_model(checkpoint_dir)
-    image_size = int(config.image_size or model.inputs[0].shape[1])
+    image_size = int(model.inputs[0].shape[1])  # built at run.yaml's evaluation resolution
     normalize, fraction = config.input.normalize, config.input.eval_central_fraction()
     embed = feature_model(model)
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)

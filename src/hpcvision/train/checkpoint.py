@@ -320,7 +320,8 @@ def restore_run_model(checkpoint_dir: str | Path, prefix: str | Path | None = No
         raise UserError(f"{checkpoint_dir}: no checkpoint (ckpt-*.index) found")
     # Build exactly as trained (aux heads included) so the checkpoint's object graph matches.
     aux = model_spec(config.model).has_aux
-    trained = build_model(config.model, len(labels["classes"]), config.image_size, aux=aux)
+    # At the evaluation resolution (--eval-image-size): the weights' shapes do not depend on it.
+    trained = build_model(config.model, len(labels["classes"]), config.input.eval_size(config.image_size), aux=aux)
     expected = f"run.yaml's {config.model} with {len(labels['classes'])} classes"
     checkpoint = tf.train.Checkpoint(model=trained)
     if prefix is None:

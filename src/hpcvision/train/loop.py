@@ -107,6 +107,7 @@ class Steps:
     train: Callable  # (iterator, flags [stop, save]) -> per-step vector summed over replicas
     evaluate: Callable  # (images, labels) -> [loss sum, top-1 hits, top-5 hits, examples]
     sync_batch_norm: Callable | None  # multi-worker only: workers' batch-norm statistics -> their mean
+    eval_model: Any = None  # the model built at --eval-image-size when that differs (weights copied in)
 
 
 def train(cfg) -> int:
@@ -271,7 +272,19 @@ def make_steps(run: Run) -> Steps:
     sync = None
     if run.role.kind == "multi-worker" and moving_stats:
         sync = _make_batch_norm_sync(run.strategy, moving_stats)
-    return Steps(_make_train_step(run), _make_eval_step(run), sync)
+    eval_model = None
+    if run.cfg.input.eval_size(run.cfg.image_size) != run.cfg.image_size:
+        eval_model = _model_at(run, run.cfg.input.eval_size(run.cfg.image_size))
+    return Steps(_make_train_step(run), _make_eval_step(run, eval_model or run.model), sync, eval_model)
+
+
+def _model_at(run: Run, image_size: int):
+    """The run's network built at another resolution, in the strategy's scope (its weights are copied in
+    before each evaluation: their shapes do not depend on the resolution)."""
+    from hpcvision.models import build_model, model_spec
+
+    with run.strategy.scope():
+        return build_model(run.cfg.model, run.info.num_classes, image_size, aux=model_spec(run.cfg.model).has_aux)
 
 
 def _make_train_step(run: Run):
@@ -336,13 +349,13 @@ def _make_train_step(run: Run):
     return train_step
 
 
-def _make_eval_step(run: Run):
-    """(images, labels) -> [loss sum, top-1 hits, top-5 hits, examples] of the model in inference mode."""
+def _make_eval_step(run: Run, model):
+    """(images, labels) -> [loss sum, top-1 hits, top-5 hits, examples] of `model` in inference mode."""
     import tensorflow as tf
 
     @tf.function
     def eval_step(images, labels):
-        losses, logits = optim.per_example_loss(run.model(images, training=False), labels,
+        losses, logits = optim.per_example_loss(model(images, training=False), labels,
                                                 num_classes=run.info.num_classes, label_smoothing=0.0,
                                                 aux_weight=0.0)
         return _batch_sums(losses, logits, labels, tf)
@@ -485,10 +498,12 @@ def evaluate(run: Run, steps: Steps, step_value: int) -> None:
     if steps.sync_batch_norm is not None:
         steps.sync_batch_norm()
     sharded = role.kind == "multi-worker"
-    dataset = inputs.eval_dataset(cfg, cfg.image_size, num_workers=role.num_workers if sharded else 1,
+    dataset = inputs.eval_dataset(cfg, cfg.input.eval_size(cfg.image_size), num_workers=role.num_workers if sharded else 1,
                                   worker_index=role.worker_index if sharded else 0)
     totals = tf.zeros([4])
     with optim.ema_weights_in(run.model, run.optimizer):  # the averages, when kept, are what is evaluated
+        if steps.eval_model is not None:
+            steps.eval_model.set_weights(run.model.get_weights())
         for images, labels in dataset:
             totals += steps.evaluate(images, labels)
     if sharded:
