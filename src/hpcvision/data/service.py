@@ -171,7 +171,8 @@ def wait_for_dispatcher(where: str, timeout_s: float = DISPATCHER_WAIT_S) -> Non
 
 def job_name(attempt: int, epoch: int) -> str:
     """The service job the trainers of one attempt share for epoch `epoch`. `attempt` is a random number the
-    trainers agreed on at start, so a restart (same step, same epoch) never joins a pass already used up."""
+    trainers agreed on at start, so a restart (same step, same epoch) never joins a pass already used up:
+    the dispatcher gives a second dataset under a used name the first one's elements, without an error."""
     return f"hpcvision-{attempt:06x}-epoch{epoch}"
 
 
