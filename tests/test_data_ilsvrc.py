@@ -96,6 +96,18 @@ def test_flat_val_tar_builds_with_no_list_and_no_labels(tmp_path, run_cli):
     assert "holiday.JPEG\tno label in the built-in ILSVRC-2012 labels" in skipped
 
 
+def test_a_flat_tar_of_jpg_and_png_images_builds_like_the_jpeg_one(tmp_path, run_cli):
+    names = {n: f"ILSVRC2012_val_{n:08d}" + (".jpg", ".png", ".jpeg")[n % 3] for n in VAL}
+    val = tmp_path / "val.tar"
+    val.write_bytes(tar_bytes({names[n]: png_bytes(n) if names[n].endswith(".png") else jpeg_bytes(n) for n in VAL}))
+    out = tmp_path / "out"
+    code, _, err = run_cli("data", "build", "--images", val, "--out", out, "--name", "validation", "--shards", "1")
+    assert code == 0, err
+    wnids = sorted(VAL.values())
+    assert records(out, "validation") == {
+        f"ILSVRC2012_val_{n:08d}.JPEG": (w, wnids.index(w) + 1) for n, w in VAL.items()}
+
+
 def test_a_new_version_of_the_built_in_labels_rebuilds_instead_of_already_complete(tmp_path, run_cli, monkeypatch):
     import hpcvision.data.sources as sources
 

