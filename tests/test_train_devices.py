@@ -113,18 +113,25 @@ def test_accumulated_micro_batches_match_one_larger_batch(run_cli, caplog, recor
 def test_mixed_float16_with_loss_scaling_trains_under_mirrored(tmp_path):
     """With micro-batches (a while loop) and synchronized batch norm in it, too."""
     log = run(2, *SYNTHETIC, "--strategy", "mirrored", "--mixed-precision", "mixed_float16", "--accumulate", "2",
-              "--sync-batch-norm", "--checkpoint-dir", tmp_path)
+              "--sync-batch-norm", "--ema-decay", "0.9", "--checkpoint-dir", tmp_path)
     assert "mirrored strategy, 2 replica(s), global batch 32 (2 micro-batches of 16)" in log
     seen = losses(log)
     assert len(seen) == 4 and all(np.isfinite(seen)) and seen[-1] < seen[0], seen
     values = checkpoint_values(tmp_path / "ckpt-12")
     assert any(key.startswith("optimizer/dynamic_scale") for key in values)  # Keras' LossScaleOptimizer
+    assert any(key.startswith("ema/") for key in values)  # the averages, kept by the wrapped optimizer
     assert all(np.all(np.isfinite(v)) for v in values.values() if np.issubdtype(v.dtype, np.floating))
 
 
-def test_mixed_bfloat16_trains_under_all_reduce(tmp_path):
-    log = run(1, *SYNTHETIC, "--mixed-precision", "mixed_bfloat16", "--checkpoint-dir", tmp_path, workers=2)
+def test_mixed_bfloat16_trains_under_all_reduce_with_the_batch_recipe(records, tmp_path):
+    """Records through colour distortion, RandAugment, erasing, MixUp/CutMix; LAMB with weight EMA."""
+    recipe = ["--color-distortion", "--randaugment-ops", "2", "--random-erasing", "0.5", "--mixup-alpha", "0.2",
+              "--cutmix-alpha", "1", "--optimizer", "lamb", "--ema-decay", "0.9", "--augment", "inception"]
+    args = [a for a in SYNTHETIC if a not in ("--synthetic", "--num-classes", "4")]
+    log = run(1, *args, "--data", records, *recipe, "--mixed-precision", "mixed_bfloat16", "--checkpoint-dir",
+              tmp_path, workers=2)
     assert "multi-worker strategy, 2 replica(s)" in log
     seen = losses(log)
-    assert len(seen) == 4 and all(np.isfinite(seen)) and seen[-1] < seen[0], seen
+    assert len(seen) == 4 and all(np.isfinite(seen)), seen
+    assert re.search(r"eval step 12: loss \d\S* top-1", log)  # the averages, evaluated
     assert len(set(re.findall(r"weights sha256 (\w+)", log))) == 1

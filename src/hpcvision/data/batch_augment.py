@@ -16,6 +16,9 @@ from hpcvision.data.input_config import InputConfig
 from hpcvision.data.presets import normalize_image
 
 PIXELS = (0, 255)
+# Input is prepared in float32 whatever the model's mixed-precision policy (bfloat16 pixels and mixed labels
+# would also make MixUp's and CutMix's outputs differ in type).
+PRECISION = "float32"
 
 
 def batch_augmenter(config: InputConfig, num_classes: int, seed: int | None) -> Callable | None:
@@ -31,14 +34,14 @@ def batch_augmenter(config: InputConfig, num_classes: int, seed: int | None) -> 
     randaugment = erasing = mixup = cutmix = None
     if config.randaugment_ops:
         randaugment = keras.layers.RandAugment(value_range=PIXELS, num_ops=config.randaugment_ops,
-                                               factor=config.randaugment_magnitude, seed=seeded(1))
+                                               factor=config.randaugment_magnitude, seed=seeded(1), dtype=PRECISION)
     if config.random_erasing:  # Keras draws the probability from U(low, high): both ends at ours
         erasing = keras.layers.RandomErasing(factor=(config.random_erasing,) * 2, value_range=PIXELS,
-                                             seed=seeded(2))
+                                             seed=seeded(2), dtype=PRECISION)
     if config.mixup_alpha:
-        mixup = keras.layers.MixUp(alpha=config.mixup_alpha, seed=seeded(3))
+        mixup = keras.layers.MixUp(alpha=config.mixup_alpha, seed=seeded(3), dtype=PRECISION)
     if config.cutmix_alpha:
-        cutmix = keras.layers.CutMix(factor=config.cutmix_alpha, seed=seeded(4))
+        cutmix = keras.layers.CutMix(factor=config.cutmix_alpha, seed=seeded(4), dtype=PRECISION)
 
     def mix(images, labels):
         data = {"images": images, "labels": tf.one_hot(labels, num_classes)}
