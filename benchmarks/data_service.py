@@ -115,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for round_ in range(args.rounds):  # alternate, so load from other jobs hits both alike
             for name, cfg in (("local", local), ("service", served)):
-                # What `train` iterates: attempt `round_` gives each round's service job a name of its own.
-                dataset = train_dataset_fn(cfg, args.image_size, 10, epoch=0, skip=0, service_attempt=round_)(None)
+                # What `train` iterates (3 warm-up steps, then the measured ones): attempt `round_` gives each
+                # round's service job a name of its own.
+                dataset = train_dataset_fn(cfg, args.image_size, 10, steps_per_epoch=max(1, args.images // args.batch_size),
+                                           first_step=0, last_step=3 + -(-args.measure // args.batch_size),
+                                           service_attempt=round_)(None)
                 results[name].append(measure(dataset, args.measure, args.batch_size, pids if name == "service" else []))
             print(f"round {round_ + 1}: " + ", ".join(
                 f"{name} {values[-1][0]:,.0f} img/s, {1000 * values[-1][1]:.2f} trainer CPU-s per 1k img"

@@ -6,6 +6,7 @@ measures the train step alone, and a model can still fit it (the loss falls), wh
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -91,18 +92,22 @@ def _check_validation(cfg, classes: list[dict]) -> bool:
     return True
 
 
-def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip: int, seeded: bool = True,
-                     service_attempt: int = 0):
-    """A `dataset_fn(input_context)` yielding per-replica (images, labels) batches, `skip` steps in; with
-    `--accumulate N`, each element is N micro-batches [N, B, ...], one update's share of this replica.
+def train_dataset_fn(cfg, image_size: int, num_classes: int, *, steps_per_epoch: int, first_step: int,
+                     last_step: int, seeded: bool = True, service_attempt: int = 0):
+    """A `dataset_fn(input_context)` yielding per-replica (images, labels) steps from global step
+    `first_step` up to `last_step`, epoch after epoch (with `--accumulate N`: N micro-batches a step).
 
-    With --data-service the batches come from the input service instead (`service_dataset_fn`).
+    Epoch e reads its own shuffle order (seed + e) and gives `steps_per_epoch` batches, so a run resumed
+    at any step sees the batches an uninterrupted one would. One iterator serves the whole run: a new
+    iterator per epoch cost 0.5-2.5 s to tear down the old one, once 52 s on a worker of a 2-worker run.
+    With --data-service the batches come from the input service instead, one job per epoch: the epoch of
+    `first_step` only (`service_dataset_fn`).
     """
     if cfg.data_service:
-        return service_dataset_fn(cfg, image_size, epoch=epoch, attempt=service_attempt)
+        return service_dataset_fn(cfg, image_size, epoch=first_step // steps_per_epoch, attempt=service_attempt)
 
     def dataset_fn(input_context=None):
-        from hpcvision.data.pipeline import make_dataset, synthetic_dataset
+        from hpcvision.data.pipeline import synthetic_dataset
 
         if cfg.synthetic:
             pipeline_id = input_context.input_pipeline_id if input_context else 0
@@ -110,12 +115,15 @@ def train_dataset_fn(cfg, image_size: int, num_classes: int, *, epoch: int, skip
                                         pipeline_id=pipeline_id)
             return dataset.batch(cfg.accumulate, drop_remainder=True) if cfg.accumulate > 1 else dataset
 
-        seed = cfg.seed + epoch if (seeded and cfg.seed is not None) else None
-        dataset = make_dataset(cfg.data, cfg.train_name, cfg.input, training=True, batch_size=cfg.batch_size,
-                               image_size=image_size, seed=seed, input_context=input_context, repeat=True)
-        if cfg.accumulate > 1:
-            dataset = dataset.batch(cfg.accumulate, drop_remainder=True)
-        return dataset.skip(skip) if skip else dataset
+        # Epoch after epoch, each with Python-int seeds (what Keras' seeded batch-augmentation layers take).
+        first_epoch, skip = divmod(first_step, steps_per_epoch)
+        epochs = []
+        for epoch in range(first_epoch, max(first_epoch + 1, -(-last_step // steps_per_epoch))):
+            seed = cfg.seed + epoch if (seeded and cfg.seed is not None) else None
+            skipped = skip if epoch == first_epoch else 0
+            epochs.append(_epoch_dataset(cfg, image_size, seed, input_context).skip(skipped).take(
+                steps_per_epoch - skipped))
+        return functools.reduce(lambda first, then: first.concatenate(then), epochs)
 
     return dataset_fn
 
@@ -145,6 +153,16 @@ def service_dataset_fn(cfg, image_size: int, *, epoch: int, attempt: int):
         return service.from_service(dataset, cfg.data_service, name)
 
     return dataset_fn
+
+
+def _epoch_dataset(cfg, image_size: int, seed, input_context):
+    """The repeated, shuffled training steps of one epoch's order; with
+    `--accumulate N`, each step is N micro-batches [N, B, ...], one update's share of this replica."""
+    from hpcvision.data.pipeline import make_dataset
+
+    dataset = make_dataset(cfg.data, cfg.train_name, cfg.input, training=True, batch_size=cfg.batch_size,
+                           image_size=image_size, seed=seed, input_context=input_context, repeat=True)
+    return dataset.batch(cfg.accumulate, drop_remainder=True) if cfg.accumulate > 1 else dataset
 
 
 def eval_dataset(cfg, image_size: int, *, num_workers: int, worker_index: int):

@@ -118,7 +118,9 @@ def train(cfg) -> int:
     run = build_run(cfg, role)
     steps = make_steps(run)
     with StopRequest(job_deadline(run.cfg.deadline), run.cfg.deadline_margin_s) as stop:
-        step_value, reason = train_until_done_or_stopped(run, steps, stop)
+        # Kept until after the final save: tearing down an input pipeline waits for its work in flight (seconds).
+        feed = _Feed(run)
+        step_value, reason = train_until_done_or_stopped(run, steps, feed, stop)
         step_value = finish(run, steps, step_value, reason)
     run.summaries.flush()
     return run.cfg.incomplete_exit_code if reason and step_value < run.total_steps else 0
@@ -391,36 +393,32 @@ class _Window:
     pending: list = dataclasses.field(default_factory=list)
 
 
-def train_until_done_or_stopped(run: Run, steps: Steps, stop: StopRequest) -> tuple[int, str | None]:
-    """Step from the restored step to the last, saving and evaluating on schedule; (step, stop reason)."""
+def train_until_done_or_stopped(run: Run, steps: Steps, feed: _Feed, stop: StopRequest) -> tuple[int, str | None]:
+    """Step from the restored step to the last on `feed`'s batches, saving and evaluating on schedule;
+    (step, stop reason)."""
     cfg = run.cfg
     eval_every = max(1, round(cfg.eval_every_epochs * run.steps_per_epoch)) if cfg.eval_every_epochs > 0 else 0
     step_value, last_save = run.start_step, time.monotonic()
     window, reason = _Window(), None
     while step_value < run.total_steps and reason is None:
-        epoch_index, offset = divmod(step_value + cfg.step_shift, run.steps_per_epoch)
-        iterator = _make_iterator(run, epoch_index, offset)
-        for _ in range(min(run.steps_per_epoch - offset, run.total_steps - step_value)):
-            timed_save = cfg.checkpoint_every_minutes > 0 and \
-                time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
-            reason, timed_save = _take_step(run, steps, iterator, stop.reason(), timed_save, window,
-                                            trace=step_value == run.start_step)
-            step_value += 1
-            if step_value % cfg.log_every == 0 or step_value == run.total_steps or reason:
-                window = _report_window(run, step_value, window)
-            if cfg.histogram_every and step_value % cfg.histogram_every == 0:
-                run.summaries.weights(run.model, step_value)
-            every_steps = cfg.checkpoint_every_steps and step_value % cfg.checkpoint_every_steps == 0
-            if (every_steps or timed_save) and not reason and step_value < run.total_steps:
-                _join_workers(run)
-                save(run, steps, step_value)
-                last_save = time.monotonic()
-            at_eval = eval_every and (step_value + cfg.step_shift) % eval_every == 0
-            if at_eval and step_value < run.total_steps and not reason:
-                _join_workers(run)
-                evaluate(run, steps, step_value)
-            if reason:
-                break
+        timed_save = cfg.checkpoint_every_minutes > 0 and \
+            time.monotonic() - last_save >= 60 * cfg.checkpoint_every_minutes
+        reason, timed_save = _take_step(run, steps, feed.at(step_value), stop.reason(), timed_save, window,
+                                        trace=step_value == run.start_step)
+        step_value += 1
+        if step_value % cfg.log_every == 0 or step_value == run.total_steps or reason:
+            window = _report_window(run, step_value, window)
+        if cfg.histogram_every and step_value % cfg.histogram_every == 0:
+            run.summaries.weights(run.model, step_value)
+        every_steps = cfg.checkpoint_every_steps and step_value % cfg.checkpoint_every_steps == 0
+        if (every_steps or timed_save) and not reason and step_value < run.total_steps:
+            _join_workers(run)
+            save(run, steps, step_value)
+            last_save = time.monotonic()
+        at_eval = eval_every and (step_value + cfg.step_shift) % eval_every == 0
+        if at_eval and step_value < run.total_steps and not reason:
+            _join_workers(run)
+            evaluate(run, steps, step_value)
     return step_value, reason
 
 
@@ -460,16 +458,35 @@ def _join_workers(run: Run) -> None:
         run.coordinator.join()
 
 
-def _make_iterator(run: Run, epoch_index: int, skip: int):
-    """The distributed input of epoch `epoch_index`, `skip` steps in (resume)."""
+class _Feed:
+    """The training batches: one iterator for the whole run (epochs follow each other inside it), or with
+    --data-service one per epoch (a service job each)."""
+
+    def __init__(self, run: Run):
+        self.run, self.iterator, self.until = run, None, 0
+
+    def at(self, step_value: int):
+        """The iterator whose next element is step `step_value + 1`'s input."""
+        if self.iterator is None or step_value >= self.until:
+            self.iterator = None  # the old pipeline goes before the next starts
+            self.iterator, self.until = _make_iterator(self.run, step_value)
+        return self.iterator
+
+
+def _make_iterator(run: Run, step_value: int):
+    """(the distributed input from `step_value` on, the step where it ends): the end of training, or with
+    --data-service the end of this epoch. `step_shift` places the step in epochs after a batch change."""
     cfg = run.cfg
     if run.coordinator is not None:  # async workers: each reads all files in its own random order
-        fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, epoch=epoch_index, skip=0,
-                                     seeded=False)
-        return iter(run.coordinator.create_per_worker_dataset(lambda: fn(None)))
-    fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, epoch=epoch_index, skip=skip,
+        fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, steps_per_epoch=run.steps_per_epoch,
+                                     first_step=0, last_step=run.total_steps, seeded=False)
+        return iter(run.coordinator.create_per_worker_dataset(lambda: fn(None))), run.total_steps
+    first = step_value + cfg.step_shift
+    fn = inputs.train_dataset_fn(cfg, cfg.image_size, run.info.num_classes, steps_per_epoch=run.steps_per_epoch,
+                                 first_step=first, last_step=run.total_steps + cfg.step_shift,
                                  service_attempt=run.service_attempt)
-    return iter(run.strategy.distribute_datasets_from_function(fn))
+    until = step_value + run.steps_per_epoch - first % run.steps_per_epoch if cfg.data_service else run.total_steps
+    return iter(run.strategy.distribute_datasets_from_function(fn)), until
 
 
 def save(run: Run, steps: Steps, step_value: int) -> None:
