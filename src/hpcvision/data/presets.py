@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from hpcvision.data.images import MAX_PIXELS
 from hpcvision.data.input_config import InputConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,6 +104,14 @@ def crop_resized(encoded: tf.Tensor, window: tf.Tensor, image_size: int, flip: t
     Decoded at 1/2, 1/4 or 1/8 scale when the crop stays at least S there (much cheaper), else in full.
     """
     flip = tf.convert_to_tensor(flip)
+    # A header claiming more pixels than build accepts is refused here as well, as a record that does not
+    # decode (the pipeline skips and counts it): at 1/8 scale a lying 65,000 px header would otherwise
+    # "decode" into padding, where the full decode runs out of memory.
+    shape = tf.cast(tf.io.extract_jpeg_shape(encoded), tf.int64)
+    within = tf.debugging.assert_less_equal(shape[0] * shape[1], tf.constant(MAX_PIXELS, tf.int64),
+                                            message=f"JPEG header claims more than {MAX_PIXELS:,} pixels")
+    with tf.control_dependencies([within]):
+        window = tf.identity(window)
 
     def full() -> tf.Tensor:
         image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
