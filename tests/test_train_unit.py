@@ -276,3 +276,17 @@ def test_the_layer_graph_of_a_model_with_auxiliary_heads_reads_in_tensorboard():
     nodes = {node.name: list(node.input) for node in graph.node}
     assert nodes["googlenet/aux1_logits"] == ["googlenet/aux1_dropout"], nodes
     assert "googlenet/logits" in nodes and len(nodes) > 100
+
+
+def test_auto_precision_reads_the_cpus_bfloat16_flags(tmp_path):
+    from hpcvision.train.loop import cpu_has_bfloat16
+
+    def cpu(flags: str) -> str:
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\nbugs\t\t: avx512_bf16_fake\n")
+        return str(path)
+
+    assert cpu_has_bfloat16(cpu("avx512f avx512_bf16"))
+    assert cpu_has_bfloat16(cpu("amx_tile amx_bf16"))
+    assert not cpu_has_bfloat16(cpu("avx512f avx512_vnni"))
+    assert not cpu_has_bfloat16(str(tmp_path / "missing"))

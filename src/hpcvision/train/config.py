@@ -64,7 +64,7 @@ class TrainConfig:
                                    "each replica's (Keras' synchronized BatchNormalization; all-reduce strategies)")
     aux_loss_weight: float = option(0.3, "weight of auxiliary-head losses (googlenet, inception_v3)", minimum=0)
     mixed_precision: str = option(
-        "off", "auto = bf16 on CPU, fp16 with loss scaling on GPU", choices=PRECISIONS
+        "off", "auto = bf16 on a CPU with AVX512_BF16/AMX (else float32), fp16 with loss scaling on GPU", choices=PRECISIONS
     )
     input: InputConfig = field(
         default_factory=InputConfig,

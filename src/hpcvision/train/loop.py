@@ -619,9 +619,23 @@ def weights_digest(model) -> str:
 def _set_precision(choice: str, tf, keras) -> bool:
     """Apply the Keras dtype policy; True when the loss must be scaled (float16)."""
     if choice == "auto":
-        choice = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        if tf.config.list_physical_devices("GPU"):
+            choice = "mixed_float16"
+        else:  # emulated bfloat16 is slower than float32: only where the CPU computes it natively
+            choice = "mixed_bfloat16" if cpu_has_bfloat16() else "off"
+        log.info("--mixed-precision auto: %s", "float32" if choice == "off" else choice)
     keras.mixed_precision.set_global_policy("float32" if choice == "off" else choice)
     return choice == "mixed_float16"
+
+
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU has bfloat16 instructions (AVX512_BF16 or AMX-BF16); False where it cannot be told."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _apply_thread_settings(kind: str) -> None:
