@@ -4,6 +4,7 @@ and benchmark scripts in-process through `run_benchmark`."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -57,3 +58,24 @@ def run_benchmark(capsys):
         return (0 if code is None else code), out, err
 
     return run
+
+
+@pytest.fixture
+def train(run_cli, caplog):
+    """Run `hpcvision train ARGS` in this process; (exit code, INFO messages of hpcvision and stderr lines)."""
+    caplog.set_level(logging.INFO, logger="hpcvision")
+
+    def run(*args):
+        caplog.clear()
+        code, _out, err = run_cli("train", *args)
+        return code, [r.getMessage() for r in caplog.records] + err.splitlines()
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, hpcvision_exe):
+    """10 classes x 20 images a split, 2 shards each (tests/train_records.py): built once per test module."""
+    from train_records import build_records
+
+    return build_records(tmp_path_factory.mktemp("records"), hpcvision_exe)

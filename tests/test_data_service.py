@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-from train_records import build_records
 
 from hpcvision.data import service
 from hpcvision.errors import UserError
@@ -67,12 +66,6 @@ def test_a_worker_beside_a_remote_dispatcher_advertises_its_host_name():
 def test_each_attempt_and_epoch_is_a_job_of_its_own():
     names = {service.job_name(attempt, epoch) for attempt in (0, 7, 2**24 - 1) for epoch in (0, 1)}
     assert len(names) == 6
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory, hpcvision_exe):
-    """10 classes x 20 images a split, 2 shards each: built once for this module's tests."""
-    return build_records(tmp_path_factory.mktemp("service"), hpcvision_exe)
 
 
 def test_one_pass_shares_every_example_once_among_two_consumers(records):

@@ -141,13 +141,6 @@ def test_randaugment_and_erasing_change_images_but_not_labels():
     assert batch_augmenter(InputConfig(), 10, seed=1) is None  # nothing on: the pipeline is as before
 
 
-@pytest.fixture(scope="module")
-def records(tmp_path_factory, hpcvision_exe):
-    from train_records import build_records
-
-    return build_records(tmp_path_factory.mktemp("records"), hpcvision_exe)
-
-
 def test_training_with_the_whole_recipe_runs_and_evaluates(run_cli, tmp_path, records):
     code, _out, err = run_cli(
         "train", "--data", records, "--model", "small", "--image-size", "32", "--batch-size", "10", "--steps", "6",

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_records import build_records
 
 from hpcvision.errors import UserError
 
@@ -26,24 +25,6 @@ SYNTHETIC = ["--synthetic", "--num-classes", "10", "--model", "small", "--image-
 
 def losses(messages: list[str]) -> list[float]:
     return [float(m) for m in re.findall(r"step \d+/\d+ epoch \S+ loss (\S+)", "\n".join(messages))]
-
-
-@pytest.fixture
-def train(run_cli, caplog):
-    """Run `hpcvision train ARGS` in this process; (exit code, INFO messages of hpcvision)."""
-    caplog.set_level(logging.INFO, logger="hpcvision")
-
-    def run(*args):
-        caplog.clear()
-        code, _out, err = run_cli("train", *args)
-        return code, [r.getMessage() for r in caplog.records] + err.splitlines()
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory, hpcvision_exe):
-    return build_records(tmp_path_factory.mktemp("records"), hpcvision_exe)
 
 
 def checkpoint_value(prefix: str, suffix: str):

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import re
 
 import numpy as np
 import pytest
-from train_records import build_records
 
 SYNTHETIC = ["--synthetic", "--num-classes", "10", "--model", "small", "--image-size", "28", "--batch-size", "16",
              "--label-smoothing", "0", "--log-every", "5"]
-
-
-@pytest.fixture
-def train(run_cli, caplog):
-    """Run `hpcvision train ARGS` in this process; (exit code, INFO messages of hpcvision)."""
-    caplog.set_level(logging.INFO, logger="hpcvision")
-
-    def run(*args):
-        caplog.clear()
-        code, _out, err = run_cli("train", *args)
-        return code, [r.getMessage() for r in caplog.records] + err.splitlines()
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory, hpcvision_exe):
-    return build_records(tmp_path_factory.mktemp("records"), hpcvision_exe)
 
 
 @pytest.mark.parametrize(("name", "keras_class"), [("adamw", "AdamW"), ("lion", "Lion"), ("lamb", "Lamb"),
