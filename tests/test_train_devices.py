@@ -1,11 +1,12 @@
 """Several devices per task without GPUs (issue 11): the CPU split into logical devices (several_devices.py).
 
 MirroredStrategy over 2 devices and 2 all-reduce workers with 2 devices each give the loss and weights
-of fewer replicas with the same global batch; mixed precision trains under both.
+of fewer replicas (down to one) with the same global batch; mixed precision trains under both.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -89,6 +90,40 @@ def test_two_workers_with_two_devices_each_match_one_device_each(records, tmp_pa
     assert_same_training(four, tmp_path / "four", two, tmp_path / "two")
     digests = set(re.findall(r"weights sha256 (\w+)", four))
     assert len(re.findall(r"weights sha256", four)) == 2 and len(digests) == 1  # both workers hold the same
+
+
+def whole_batch_split(records: Path, out: Path, per_shard: int) -> Path:
+    """A training split of the first `per_shard` records of each of `records`' train shards (copied as they are)."""
+    from hpcvision.data.records import RecordWriter, read_records
+
+    manifest = json.loads((records / "train-manifest.json").read_text())
+    out.mkdir()
+    for shard in manifest["shards"]:
+        with RecordWriter(out / shard["file"]) as writer:
+            for _, record in zip(range(per_shard), read_records(records / shard["file"]), strict=False):
+                writer.write(record)
+        shard["count"] = per_shard
+    manifest["num_examples"] = per_shard * len(manifest["shards"])
+    (out / "train-manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_two_workers_with_two_devices_each_match_one_replica(run_cli, caplog, records, tmp_path):
+    """2 workers x 2 devices x 4 == one process with batch 16, on a split of 16 records (2 shards of 8): every
+    step's global batch is the whole split, so both see the same examples whatever each worker's shard order."""
+    from several_devices import register_tiny
+
+    data = whole_batch_split(records, tmp_path / "data", per_shard=8)
+    four = run(2, *MATCHING, "--data", data, "--batch-size", "4", "--checkpoint-dir", tmp_path / "four", workers=2)
+    assert "multi-worker strategy, 4 replica(s), global batch 16" in four
+    register_tiny()
+    caplog.set_level(logging.INFO, logger="hpcvision")
+    code, _out, err = run_cli("train", *MATCHING, "--data", data, "--batch-size", "16", "--checkpoint-dir",
+                              tmp_path / "one")
+    assert code == 0, err
+    one = "\n".join(r.getMessage() for r in caplog.records)
+    assert "one strategy, 1 replica(s), global batch 16" in one
+    assert_same_training(four, tmp_path / "four", one, tmp_path / "one")
 
 
 def test_accumulated_micro_batches_match_one_larger_batch(run_cli, caplog, records, tmp_path):

@@ -97,7 +97,7 @@ def train_dataset_fn(cfg, image_size: int, num_classes: int, *, steps_per_epoch:
     """A `dataset_fn(input_context)` yielding per-replica (images, labels) steps from global step
     `first_step` up to `last_step`, epoch after epoch (with `--accumulate N`: N micro-batches a step).
 
-    Epoch e reads its own shuffle order (seed + e) and gives `steps_per_epoch` batches, so a run resumed
+    Epoch e reads its own shuffle order (seed + e) and gives `steps_per_epoch` steps, so a run resumed
     at any step sees the batches an uninterrupted one would. One iterator serves the whole run: a new
     iterator per epoch cost 0.5-2.5 s to tear down the old one, once 52 s on a worker of a 2-worker run.
     With --data-service the batches come from the input service instead, one job per epoch: the epoch of
@@ -117,12 +117,14 @@ def train_dataset_fn(cfg, image_size: int, num_classes: int, *, steps_per_epoch:
 
         # Epoch after epoch, each with Python-int seeds (what Keras' seeded batch-augmentation layers take).
         first_epoch, skip = divmod(first_step, steps_per_epoch)
+        # A step takes one batch per local replica from this pipeline (2 devices per worker: 2 batches a step).
+        local = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines) if input_context else 1
         epochs = []
         for epoch in range(first_epoch, max(first_epoch + 1, -(-last_step // steps_per_epoch))):
             seed = cfg.seed + epoch if (seeded and cfg.seed is not None) else None
             skipped = skip if epoch == first_epoch else 0
-            epochs.append(_epoch_dataset(cfg, image_size, seed, input_context).skip(skipped).take(
-                steps_per_epoch - skipped))
+            epochs.append(_epoch_dataset(cfg, image_size, seed, input_context).skip(skipped * local).take(
+                (steps_per_epoch - skipped) * local))
         return functools.reduce(lambda first, then: first.concatenate(then), epochs)
 
     return dataset_fn
