@@ -240,7 +240,8 @@ def _sections(cls: type) -> dict[str, type]:
     return {f.name: s for f in dataclasses.fields(cls) if (s := _section(hints[f.name])) is not None}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file of option: value (run.yaml, a recipe); one line naming the file if it is not one."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -323,7 +324,7 @@ def _build(cls: type[T], values: dict[str, Any]) -> T:
 
 def load_config(cls: type[T], args: argparse.Namespace | None = None, yaml_path: str | Path | None = None) -> T:
     """Build `cls` from its defaults, then the YAML file, then the flags set in `args`."""
-    values = _file_values(cls, _read_yaml(Path(yaml_path)), str(yaml_path)) if yaml_path else {}
+    values = _file_values(cls, read_yaml(Path(yaml_path)), str(yaml_path)) if yaml_path else {}
     if args is not None:
         _flag_values(cls, args, values)
     return _build(cls, values)

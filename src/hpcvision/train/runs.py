@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from hpcvision.config import read_yaml
 from hpcvision.data.records import CorruptRecord, read_records
 from hpcvision.errors import UserError
 from hpcvision.train.checkpoint import RUN_FILE, STATE_FILE, checkpoint_prefixes
@@ -66,13 +65,7 @@ def summarize(folder: Path) -> RunSummary:
 
 def _options(folder: Path) -> dict[str, Any]:
     """run.yaml as flat option: value (a section's options by their own names, as their flags are)."""
-    path = folder / RUN_FILE
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a mapping of option: value")
+    data = read_yaml(folder / RUN_FILE)
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
