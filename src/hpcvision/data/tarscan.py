@@ -50,8 +50,8 @@ def path_problem(name: str) -> str | None:
 def member_problem(info: tarfile.TarInfo) -> str | None:
     """Why a tar member must not be used (unsafe path, link, device, sparse), or None if it is fine."""
     name = info.name
-    if path_problem(name):
-        return path_problem(name)
+    if problem := path_problem(name):
+        return problem
     if info.issym():
         return f"symlink member {name!r}"
     if info.islnk():
