@@ -397,12 +397,12 @@ class NestedTarSource(Source):
         if isinstance(entry, Missing):
             return entry
         scan = self._inner_scan(item.wnid)
-        if isinstance(scan, Missing):
-            return scan
-        found = scan.entries.get(item.name)
-        if found is None:
-            return Missing(scan.truncated or self.missing or NOT_IN_ARCHIVE)
-        return found
+        return scan if isinstance(scan, Missing) else self._in_scan(scan, item.name)
+
+    def _in_scan(self, scan: TarScan, name: str) -> Entry:
+        """Where `name` is in a synset's scan, or why it is not there."""
+        found = scan.entries.get(name)
+        return found if found is not None else Missing(scan.truncated or self.missing or NOT_IN_ARCHIVE)
 
     def sizes(self, items: Sequence[ListedImage]) -> dict[ListedImage, int]:
         return found_sizes(self._locate, items)
@@ -439,13 +439,10 @@ class NestedTarSource(Source):
                 yield Fetched(item, None, self._locate(item).reason)
             return
         # What _locate does per item, with the synset's part done once (a shard asks for thousands).
-        entries, absent = scan.entries, scan.truncated or self.missing or NOT_IN_ARCHIVE
         in_memory, ranges = scan.data, []
         for item in items:
-            entry = entries.get(item.name)
-            if entry is None:
-                yield Fetched(item, None, absent)
-            elif isinstance(entry, Missing):
+            entry = self._in_scan(scan, item.name)
+            if isinstance(entry, Missing):
                 yield Fetched(item, None, entry.reason)
             elif in_memory is not None:
                 data = in_memory[entry.offset : entry.offset + entry.size]
