@@ -197,14 +197,15 @@ def make_dataset(
     if training if repeat is None else repeat:
         dataset = dataset.repeat()
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+    element_seed = None if seed is None else seed + 1000 * pipeline_id
     dataset = _preprocess(
         dataset, config, image_size, manifest["label_offset"] if label_offset is None else label_offset,
-        training=training, element_seed=None if seed is None else seed + 1000 * pipeline_id,
-        deterministic=deterministic,
+        training=training, element_seed=element_seed, deterministic=deterministic,
     )
     dataset = dataset.batch(batch_size, drop_remainder=training)
-    augment = batch_augmenter(config, int(manifest["num_classes"]), None if seed is None else seed + 1000 * pipeline_id)
-    if training and augment is not None:
+    # Training only (evaluation images come normalised): no Keras layers are built for an eval dataset.
+    augment = batch_augmenter(config, int(manifest["num_classes"]), element_seed) if training else None
+    if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     return dataset.prefetch(AUTOTUNE).with_options(_options(deterministic))
 
