@@ -112,7 +112,7 @@ def job_spec(scheduler: str, stage: str, job: JobConfig, stage_args: list[str], 
     points = tuple(expand_grid(job.grid)) if stage == "sweep" else ()
     for point in points:
         parse_stage_options(command, stage, [*stage_args, *point.args()])
-    training = stage in ("train", "sweep")
+    training = command == jobscript.STAGE_COMMANDS["train"]
     if training and job.cpu_nodes and config.num_ps:
         raise UserError("--cpu-nodes: the job places the parameter servers (--ps, auto: one per CPU node); "
                         "leave train's --num-ps out")

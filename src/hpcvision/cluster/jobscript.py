@@ -76,6 +76,11 @@ class JobSpec:
         return self.stage != "evaluate"
 
     @property
+    def trains(self) -> bool:
+        """Runs `hpcvision train` (train, or a sweep's points): the stage the train-only options are for."""
+        return STAGE_COMMANDS.get(self.stage) == ("train",)
+
+    @property
     def flavor(self) -> str:
         """PBS Pro or Torque ("pro" for Slurm jobs); only `job pbs` has the option."""
         return getattr(self.options, "flavor", "pro")
@@ -189,12 +194,12 @@ def _validate_stage_options(spec: JobSpec) -> None:
         raise UserError("--resubmit: give --out FILE so the job can re-queue its own script")
     if spec.num_ps < 0:
         raise UserError(f"--ps {job.ps!r}: give a number of parameter servers or auto")
-    if spec.num_ps and spec.stage not in ("train", "sweep"):
+    if spec.num_ps and not spec.trains:
         raise UserError("--ps: parameter servers are for the train stage")
     if spec.num_ps and spec.strategy not in PS_STRATEGIES:
         raise UserError(f"--ps {spec.num_ps} with train's --strategy {spec.strategy}: parameter servers need "
                         "--strategy parameter-server (or auto)")
-    if spec.strategy == "parameter-server" and spec.stage in ("train", "sweep") and not spec.num_ps:
+    if spec.strategy == "parameter-server" and spec.trains and not spec.num_ps:
         raise UserError("train's --strategy parameter-server: give the job --ps N (or --cpu-nodes C, one per node)")
     if job.grid and spec.stage != "sweep":
         raise UserError("--grid: only for `job pbs|slurm sweep`")
@@ -477,7 +482,7 @@ def _stage_argv(spec: JobSpec) -> list[str]:
     (a sweep point's options come last: they are what differs from point to point)."""
     job = spec.options
     argv = ['"$HPCVISION"', *STAGE_COMMANDS[spec.stage]]
-    if spec.stage in ("train", "sweep"):
+    if spec.trains:
         if spec.num_ps:
             argv += ["--num-ps", str(spec.num_ps)]
         if job.walltime:
