@@ -98,10 +98,10 @@ def _stage_args(job: JobConfig) -> list[str]:
 
 def _pipeline_options(job: JobConfig, stage: str) -> JobConfig:
     """A pipeline stage's options: its own job name; re-queueing, parameter servers, CPU nodes only for train."""
+    named = dataclasses.replace(job, job_name=f"{job.job_name}-{stage}" if job.job_name else None)
     if stage == "train":
-        return dataclasses.replace(job, job_name=f"{job.job_name}-{stage}" if job.job_name else None)
-    return dataclasses.replace(job, job_name=f"{job.job_name}-{stage}" if job.job_name else None, resubmit=False,
-                               ps="0", cpu_nodes=0, cpu_node_cores=None, cpu_queue=None)
+        return named
+    return dataclasses.replace(named, resubmit=False, ps="0", cpu_nodes=0, cpu_node_cores=None, cpu_queue=None)
 
 
 def job_spec(scheduler: str, stage: str, job: JobConfig, stage_args: list[str], out: Path | None) -> JobSpec:
