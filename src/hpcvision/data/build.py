@@ -96,16 +96,14 @@ class ShardTask:
     fingerprint: str
     voc: tuple[VocBoxes | None, ...] = ()  # each item's annotation, read before writing (None: none)
 
-    # Sent to each worker with its items as columns (item_columns).
-    def __getstate__(self) -> tuple:
-        return self.index, self.path, item_columns(self.items), self.fingerprint, self.voc
+    def __reduce__(self) -> tuple:  # sent to each worker with its items as columns (item_columns)
+        return _shard_task, (self.index, self.path, item_columns(self.items), self.fingerprint, self.voc)
 
-    def __setstate__(self, state: tuple) -> None:
-        index, path, columns, fingerprint, voc = state
-        items = tuple(items_from_columns(columns))
-        for name, value in (("index", index), ("path", path), ("items", items), ("fingerprint", fingerprint),
-                            ("voc", voc)):
-            object.__setattr__(self, name, value)
+
+def _shard_task(index: int, path: str, columns: Columns, fingerprint: str,
+                voc: tuple[VocBoxes | None, ...]) -> ShardTask:
+    """The ShardTask that `ShardTask.__reduce__` sent."""
+    return ShardTask(index, path, tuple(items_from_columns(columns)), fingerprint, voc)
 
 
 @dataclass(frozen=True)
