@@ -299,17 +299,15 @@ def load_trained_model(checkpoint_dir: str | Path):
     """(keras.Model returning logits, TrainConfig, labels) from the newest usable checkpoint."""
     import keras
 
-    config = load_run_config(checkpoint_dir)
-    labels = load_labels(checkpoint_dir)
-    trained = restore_run_model(checkpoint_dir)
+    trained, config, labels = restore_run_model(checkpoint_dir)
     if isinstance(trained.outputs, list) and len(trained.outputs) > 1:
         return keras.Model(trained.inputs, trained.outputs[0], name=trained.name), config, labels
     return trained, config, labels
 
 
 def restore_run_model(checkpoint_dir: str | Path, prefix: str | Path | None = None):
-    """The model of a run (aux heads included) as its run.yaml describes it, with the weights of its newest
-    usable checkpoint, or of `prefix` when given."""
+    """(model, TrainConfig, labels) of a run: the model (aux heads included) as its run.yaml describes it,
+    with the weights of its newest usable checkpoint, or of `prefix` when given."""
     import tensorflow as tf
 
     from hpcvision.models import build_model, model_spec
@@ -335,4 +333,4 @@ def restore_run_model(checkpoint_dir: str | Path, prefix: str | Path | None = No
             raise UserError(f"{prefix}: unreadable ({str(exc).strip().splitlines()[0]})") from None
     if config.ema_decay:  # the weights evaluation and export use
         _load_moving_averages(trained, str(prefix))
-    return trained
+    return trained, config, labels

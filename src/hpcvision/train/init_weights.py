@@ -162,7 +162,7 @@ def _read_run(path: Path) -> list[SourceLayer]:
     """A run folder's newest usable checkpoint, or the checkpoint `path` names, as its run.yaml describes it."""
     from hpcvision.train.checkpoint import restore_run_model
 
-    model = restore_run_model(path.parent if not path.is_dir() else path, None if path.is_dir() else path)
+    model, _, _ = restore_run_model(path.parent if not path.is_dir() else path, None if path.is_dir() else path)
     return [SourceLayer(layer.name, _snake(type(layer).__name__), tuple(w.numpy() for w in layer.weights))
             for layer in model.layers if layer.weights]
 
