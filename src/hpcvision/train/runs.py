@@ -1,7 +1,7 @@
 """`hpcvision runs DIR...`: training runs side by side, from what `train` leaves in its checkpoint folder.
 
 A row per run: the options in which the runs differ (from each run.yaml), the step of the newest checkpoint
-(the `checkpoint` state file), the best validation top-1 (`logs/eval`'s `top1` scalars) and the training
+(its `ckpt-N.index`), the best validation top-1 (`logs/eval`'s `top1` scalars) and the training
 speed (median of `logs/train`'s `images_per_sec/global`). The TensorBoard event files are TFRecord-framed
 `Event` protos, read with our framing reader and TensorBoard's protos, so no TensorFlow is imported.
 A DIR is a run folder (it holds run.yaml) or a folder of them, such as a sweep's `--checkpoint-dir`.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import statistics
 import struct
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 from hpcvision.config import read_yaml
 from hpcvision.data.records import CorruptRecord, read_records
 from hpcvision.errors import UserError
-from hpcvision.train.checkpoint import RUN_FILE, STATE_FILE, checkpoint_prefixes
+from hpcvision.train.checkpoint import RUN_FILE, checkpoint_prefixes
 
 # Options that differ from run to run without saying anything about the run.
 NOT_COMPARED = ("checkpoint_dir", "deadline")
@@ -76,14 +75,7 @@ def _options(folder: Path) -> dict[str, Any]:
 
 
 def _step(folder: Path) -> int | None:
-    """The step of the checkpoint the state file names (what a restart resumes from), else the newest on disk."""
-    try:
-        state = (folder / STATE_FILE).read_text()
-    except OSError:
-        state = ""
-    match = re.search(r'^model_checkpoint_path:\s*"(?:.*/)?ckpt-(\d+)"', state, re.MULTILINE)
-    if match:
-        return int(match.group(1))
+    """The step of the newest checkpoint on disk: the one a restart resumes from (`restore_newest`)."""
     prefixes = checkpoint_prefixes(folder)
     return int(prefixes[0].rsplit("-", 1)[1]) if prefixes else None
 
