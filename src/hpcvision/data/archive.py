@@ -53,7 +53,6 @@ class ArchiveFile:
         """`suffixes`: the member suffixes that make a layout, the first found wins; those in `one_layout`
         (`.JPEG .jpg .png`) are one layout, indexed together under the first of them."""
         self.path = path
-        self.one_layout = tuple(one_layout)
         self.spilled: dict[str, bytes] = {}
         try:
             self.stamp = archive_stamp(path)
@@ -62,7 +61,7 @@ class ArchiveFile:
             raise UserError(f"{path}: cannot read archive: {exc.strerror or exc}") from None
         self.folder = index_folder(index_dir, self.stamp) if index_dir is not None else None
         self.spill = spill and self.gzipped
-        self.suffix, self.gzipped, scan = self._load_or_scan(suffixes)
+        self.suffix, self.gzipped, scan = self._load_or_scan(suffixes, tuple(one_layout))
         self.spill = spill and self.gzipped
         self.members, self.truncated = scan.entries, scan.truncated
         self._fd: int | None = None
@@ -72,7 +71,7 @@ class ArchiveFile:
         state["_fd"] = None  # descriptors do not cross process boundaries
         return state
 
-    def _load_or_scan(self, suffixes: Sequence[str]) -> tuple[str, bool, TarScan]:
+    def _load_or_scan(self, suffixes: Sequence[str], one_layout: tuple[str, ...]) -> tuple[str, bool, TarScan]:
         """(suffix of the layout, gzipped, scan): from the cache when it matches this archive, else scanned."""
         cache = self.folder / "outer.json" if self.folder is not None else None
         if cache is not None:
@@ -80,14 +79,14 @@ class ArchiveFile:
             if cached is not None and cached.get("stamp") == self.stamp:
                 log.debug("archive index of %s read from %s", self.path, cache)
                 return cached["suffix"], cached["gzipped"], scan_from_json(cached)
-        suffix, scan = self._scan(suffixes)
+        suffix, scan = self._scan(suffixes, one_layout)
         if cache is not None:
             index = {"version": INDEX_VERSION, "stamp": self.stamp, "suffix": suffix, "gzipped": self.gzipped}
             save_json(cache, {**index, **scan_json(scan)})
             log.info("indexed %s (%d members) -> %s", self.path, len(scan.entries), cache)
         return suffix, self.gzipped, scan
 
-    def _scan(self, suffixes: Sequence[str]) -> tuple[str, TarScan]:
+    def _scan(self, suffixes: Sequence[str], one_layout: tuple[str, ...]) -> tuple[str, TarScan]:
         """One pass over the outer tar's headers (seeking over member data, unless gzip)."""
         try:
             if self.gzipped:
@@ -103,8 +102,8 @@ class ArchiveFile:
             raise UserError(f"{self.path}: cannot read archive: {exc}") from None
         # The layout is the suffix with members; the first given wins a tie (e.g. both empty).
         suffix = next((s for s in suffixes if scans[s].entries), suffixes[0])
-        if suffix in self.one_layout:  # e.g. a flat tar of .jpg images, or of .JPEG and .png
-            return self.one_layout[0], merged_scan(scans, self.one_layout)
+        if suffix in one_layout:  # e.g. a flat tar of .jpg images, or of .JPEG and .png
+            return one_layout[0], merged_scan(scans, one_layout)
         return suffix, scans[suffix]
 
     def _keep_member(self, name: str, data: bytes) -> None:
