@@ -6,7 +6,8 @@ Without `-v`, `quiet_start()` (called by the CLI before any handler runs, so bef
 - filters the lines `import tensorflow` writes to the process's stderr (file descriptor 2): its
   oneDNN and CPU-feature notes and absl's "before InitializeLog" banner come from C++ static
   initialisers, before TF_CPP_MIN_LOG_LEVEL is read, once per TensorFlow library; other lines pass;
-- sets the `absl` and `werkzeug` (TensorBoard's per-request lines) Python loggers to WARNING.
+- sets the `absl` Python logger to WARNING. (Not werkzeug's: TensorBoard's server resets it to inherit the
+  root logger, which `hpcvision tensorboard` therefore sets.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ NOTICE = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called|^I0000 |"
     r"oneDNN custom operations are on|cpu_feature_guard|^To enable the following instructions:"
 )
-QUIET_LOGGERS = ("absl", "werkzeug")
+QUIET_LOGGERS = ("absl",)
 
 
 def quiet_start(verbose: bool) -> None:
