@@ -178,6 +178,17 @@ def psnr_report(crops: int = 12) -> None:
               f"scaled vs ratio-1 output {between:.1f} dB")
 
 
+def photo_size(text: str) -> tuple[int, int]:
+    """`HxW` -> (H, W); a malformed size is one argparse error line, not a traceback."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW in pixels, e.g. 768x1024, got {text!r}") from None
+    if min(height, width) <= 40:  # the generator draws sides within +-40 px of these
+        raise argparse.ArgumentTypeError(f"both sides must exceed 40 px, got {text!r}")
+    return height, width
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
@@ -186,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timings; medians count")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--photo-size", default="350x400", help="generated JPEGs' HxW, +-40 px (default 350x400)")
+    parser.add_argument("--photo-size", type=photo_size, default="350x400", help="generated JPEGs' HxW, +-40 px (default 350x400)")
     parser.add_argument("--cache-dir", default="/tmp", help="where the generated shards are kept")
     args = parser.parse_args(argv)
-    height, width = (int(v) for v in args.photo_size.split("x"))
+    height, width = args.photo_size
     shards = 16
     if args.quick:
         args.images, args.measure, args.rounds, args.batch_size = 96, 128, 1, 16
