@@ -119,9 +119,9 @@ def serve(role: str, dispatcher: str | None = None, port: int = 0, *, host: str 
 def _on_sigterm(signum: int, watched: str) -> None:
     """Keep serving while what this server watches runs (trainers that save on SIGTERM still need their next
     batch); exit now when it is not up (never came, or already gone: nothing left to serve)."""
-    from hpcvision.train.strategy import _accepts
+    from hpcvision.train.strategy import accepts_connections
 
-    if _accepts(*parse_address(watched)):
+    if accepts_connections(*parse_address(watched)):
         log.info("%s: serving on until %s is gone (the trainers save first)", signal.Signals(signum).name, watched)
         return
     raise SystemExit(128 + signum)
@@ -151,11 +151,11 @@ def _bound_port(server) -> int:
 
 def _wait_for_port(where: str, timeout_s: float) -> bool:
     """True once HOST:PORT accepts connections, False after `timeout_s`."""
-    from hpcvision.train.strategy import _accepts
+    from hpcvision.train.strategy import accepts_connections
 
     host, port = parse_address(where)
     deadline = time.monotonic() + timeout_s
-    while not _accepts(host, port):
+    while not accepts_connections(host, port):
         if time.monotonic() > deadline:
             return False
         time.sleep(1.0)

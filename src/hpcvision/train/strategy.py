@@ -140,7 +140,7 @@ def wait_for_chief_exit(address: str, *, start_timeout_s: float = CHIEF_START_TI
     host, port = address.rsplit(":", 1)
     started, seen, missed = time.monotonic(), False, 0
     while True:
-        if _accepts(host, int(port)):
+        if accepts_connections(host, int(port)):
             seen, missed = True, 0
         elif seen:
             missed += 1
@@ -152,7 +152,8 @@ def wait_for_chief_exit(address: str, *, start_timeout_s: float = CHIEF_START_TI
         time.sleep(poll_s)
 
 
-def _accepts(host: str, port: int) -> bool:
+def accepts_connections(host: str, port: int) -> bool:
+    """True if HOST:PORT accepts a TCP connection now (the one probe for watched servers: chief, dispatcher)."""
     try:
         with socket.create_connection((host, port), timeout=2.0):
             return True
