@@ -565,16 +565,14 @@ def test_cleanup_removes_only_temporaries_whose_writer_is_dead(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name])
 
 
-def test_a_shard_task_reaches_a_worker_unchanged_with_its_items_xml_folders_and_boxes():
+def test_a_shard_task_reaches_a_spawned_worker_unchanged_with_its_items_and_xml_folders():
     import pickle
 
-    from hpcvision.data.annotations import VocBoxes
     from hpcvision.data.build import ShardTask
     from hpcvision.data.lists import ListedImage
 
     items = (ListedImage("n04065464", "n04065464_94", 7, "n03636649"), ListedImage("n01440764", "ILSVRC2012_val_1", 3))
-    voc = (VocBoxes((500.0, 375.0), ((1.0, 2.0, 30.0, None),)), None)
-    task = ShardTask(5, "/out/train-00005-of-00064", items, "f" * 64, voc)
+    task = ShardTask(5, "/out/train-00005-of-00064", items, "f" * 64)
     copy = pickle.loads(pickle.dumps(task))
     assert copy == task and copy.items[0].xml_wnid == "n03636649" and copy.items[1].xml_wnid == "n01440764"
     assert pickle.loads(pickle.dumps(ShardTask(0, "/out/x", (), "0"))) == ShardTask(0, "/out/x", (), "0")

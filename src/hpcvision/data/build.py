@@ -52,8 +52,7 @@ from hpcvision.progress import progress
 
 log = logging.getLogger(__name__)
 
-# Images between progress messages from a worker process (each is a round trip to the pool's
-# manager process: every 32 cost ~3 % of a writer's time on small images).
+# Images between progress messages from a worker process (each a message through a pipe).
 PROGRESS_EVERY = 256
 
 
@@ -94,16 +93,14 @@ class ShardTask:
     path: str
     items: tuple[ListedImage, ...]
     fingerprint: str
-    voc: tuple[VocBoxes | None, ...] = ()  # each item's annotation, read before writing (None: none)
 
-    def __reduce__(self) -> tuple:  # sent to each worker with its items as columns (item_columns)
-        return _shard_task, (self.index, self.path, item_columns(self.items), self.fingerprint, self.voc)
+    def __reduce__(self) -> tuple:  # pickled for a spawned worker with its items as columns (item_columns)
+        return _shard_task, (self.index, self.path, item_columns(self.items), self.fingerprint)
 
 
-def _shard_task(index: int, path: str, columns: Columns, fingerprint: str,
-                voc: tuple[VocBoxes | None, ...]) -> ShardTask:
+def _shard_task(index: int, path: str, columns: Columns, fingerprint: str) -> ShardTask:
     """The ShardTask that `ShardTask.__reduce__` sent."""
-    return ShardTask(index, path, tuple(items_from_columns(columns)), fingerprint, voc)
+    return ShardTask(index, path, tuple(items_from_columns(columns)), fingerprint)
 
 
 @dataclass(frozen=True)
@@ -252,8 +249,9 @@ def _file_of(item: ListedImage) -> str:
 class ShardWriter:
     """Turns fetched images into one shard's records, collecting what was skipped or fixed."""
 
-    def __init__(self, sources: Sources, task: ShardTask):
+    def __init__(self, sources: Sources, task: ShardTask, voc: Sequence[VocBoxes | None] = ()):
         self.sources, self.task = sources, task
+        self.voc = voc or (None,) * len(task.items)  # each item's annotation (None: none)
         self.skipped: list[list[str]] = []
         self.warnings: list[list[str]] = []
         self.stats: Counter = Counter()
@@ -307,8 +305,7 @@ class ShardWriter:
 
     def _write_records(self, writer: records.RecordWriter, report: Report) -> int:
         """Every listed image's record in the plan's order; how many were written (the rest skipped)."""
-        items = self.task.items
-        voc = self.task.voc or (None,) * len(items)
+        items, voc = self.task.items, self.voc
         position = {item: i for i, item in enumerate(items)}
         pending: dict[int, object] = {}
         next_index, count, unreported = 0, 0, 0
@@ -332,15 +329,12 @@ class ShardWriter:
         return count
 
 
-def read_voc_group(annotations: Source, columns: Columns, _report: Report) -> list[VocBoxes | None]:
-    """Each item's annotation, in the order of the items (None: it has none); runs in a worker or here."""
-    with cycle_collection_paused():
-        return _read_voc(annotations, items_from_columns(columns))
-
-
-def _read_voc(annotations: Source, items: list[ListedImage]) -> list[VocBoxes | None]:
-    position = {item: i for i, item in enumerate(items)}
+def read_annotations(annotations: Source | None, items: list[ListedImage]) -> list[VocBoxes | None]:
+    """Each item's annotation, in the order of the items (None: it has none, or no --annotations)."""
     found: list[VocBoxes | None] = [None] * len(items)
+    if annotations is None:
+        return found
+    position = {item: i for i, item in enumerate(items)}
     for fetched in annotations.fetch(items):
         if fetched.data is not None:
             found[position[fetched.item]] = read_voc(fetched.data)
@@ -349,54 +343,30 @@ def _read_voc(annotations: Source, items: list[ListedImage]) -> list[VocBoxes | 
     return found
 
 
-def annotation_groups(tasks: list[ShardTask], groups: int) -> list[list[tuple[int, int, ListedImage]]]:
-    """The tasks' (task number, position, item) split by XML folder into `groups` lists, so each synset
-    archive is read once."""
-    by_wnid: dict[str, list[tuple[int, int, ListedImage]]] = {}
-    for number, task in enumerate(tasks):
-        for position, item in enumerate(task.items):
-            by_wnid.setdefault(item.xml_wnid, []).append((number, position, item))
-    split: list[list[tuple[int, int, ListedImage]]] = [[] for _ in range(groups)]
-    for i, wnid in enumerate(sorted(by_wnid)):
-        split[i % groups].extend(by_wnid[wnid])
-    return [g for g in split if g]
-
-
-def attach_annotations(tasks: list[ShardTask], groups: list[list[tuple[int, int, ListedImage]]],
-                       found: list[list[VocBoxes | None]]) -> list[ShardTask]:
-    """The tasks with each item's annotation, from `read_voc_group`'s answer for each group."""
-    voc: list[list[VocBoxes | None]] = [[None] * len(task.items) for task in tasks]
-    for group, answers in zip(groups, found, strict=True):
-        for (number, position, _), answer in zip(group, answers, strict=True):
-            voc[number][position] = answer
-    return [replace(task, voc=tuple(v)) for task, v in zip(tasks, voc, strict=True)]
-
-
 def write_share(sources: Sources, tasks: list[ShardTask], report: Report) -> None:
-    """Write `tasks` one after the other (in a worker process, or here)."""
+    """Read the annotations of `tasks` (each synset's archive once), then write them one after the other
+    (in a worker process, or here)."""
     with cycle_collection_paused():
+        voc = read_annotations(sources.annotations, [item for task in tasks for item in task.items])
+        start = 0
         for task in tasks:
-            ShardWriter(sources, task).write(report)
+            ShardWriter(sources, task, voc[start:start + len(task.items)]).write(report)
+            start += len(task.items)
 
 
 def write_shards(sources: Sources, tasks: list[ShardTask], workers: int, desc: str) -> None:
-    """Read the annotations once (per synset), then write `tasks` with `workers` processes (1: here).
+    """Write `tasks` with `workers` processes (1: here), every `workers`-th shard in each.
 
-    Reading XML per shard instead would re-read every synset's annotation archive once per shard.
-    Each process writes every `workers`-th shard with its own copy of the sources, whose caches
-    (synset-tar indexes) then serve all of its shards.
+    Each process reads the annotations of its own shards first, each synset's archive once: reading
+    them per shard would read every synset's archive once per shard, and reading them all here first
+    would leave the workers waiting, then send them the result. Each process keeps its own copy of the
+    sources, whose caches (synset-tar indexes) serve all of its shards.
     """
     if not tasks:
         return
     count = min(workers, len(tasks))
-    with Workers(count) as pool:
-        if sources.annotations is not None:
-            groups = annotation_groups(tasks, count)
-            found = pool.map(read_voc_group, sources.annotations,
-                             [item_columns([item for *_, item in g]) for g in groups])
-            tasks = attach_annotations(tasks, groups, found)
-        with progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
-            pool.map(write_share, sources, [tasks[k::count] for k in range(count)], bar.update)
+    with Workers(count) as pool, progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
+        pool.map(write_share, sources, [tasks[k::count] for k in range(count)], bar.update)
 
 
 # --- the manifest --------------------------------------------------------------------------------
