@@ -141,3 +141,29 @@ def test_bad_validation_labels(tmp_path, text, message):
         read_val_labels(write(tmp_path, "labels.txt", text))
     with pytest.raises(UserError, match="cannot read validation labels"):
         read_val_labels(tmp_path / "absent.txt")
+
+
+PLAIN_LISTS = [
+    "n01440764 n01440764_10026\nn03636649 n04065464_94\n",            # the course's: XML of another synset
+    "n01440764 n01440764_1.JPEG\r\nn01443537\tn01443537_2.jpg\r\n",   # suffixes, CRLF, a tab
+    "n01440764 n01440764_1\nn01443537 n01443537_2",                   # no final newline
+    "",
+]
+LINE_BY_LINE = [
+    "n01440764 n01440764_1\nn01440764 n01440764_1.JPEG\n",           # a duplicate once the suffix is gone
+    "n01440764 n01440764_1\n\n  n01443537 n01443537_2  \n",           # a blank line, spaces around
+    "n01440764 ILSVRC2012_val_00000001\nn01440764 n01440764_1\n",     # a name without a synset
+    "n01440764 n01440764_1 extra\n",                                  # three fields
+]
+
+
+@pytest.mark.parametrize("text", PLAIN_LISTS + LINE_BY_LINE)
+@pytest.mark.parametrize("known", [None, {"n01440764"}])
+def test_bulk_parsing_of_plain_lists_gives_what_line_by_line_parsing_gives(tmp_path, text, known):
+    from hpcvision.data.lists import _parse_lines, _plain_list
+
+    path = tmp_path / "list.txt"
+    path.write_bytes(text.encode())
+    parsed = read_file_list(path, known)
+    assert parsed == _parse_lines(text, known)
+    assert (_plain_list(text) is not None) == (text in PLAIN_LISTS)

@@ -63,8 +63,13 @@ class FileList:
 
 def _read_lines(path: str | Path, what: str) -> list[str]:
     """The file's lines (BOM and line endings removed); UserError naming the file if unreadable."""
+    return _read_text(path, what).splitlines()
+
+
+def _read_text(path: str | Path, what: str) -> str:
+    """The file's text (BOM removed); UserError naming the file if unreadable."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except IsADirectoryError:
@@ -73,7 +78,6 @@ def _read_lines(path: str | Path, what: str) -> list[str]:
         raise UserError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    return text.splitlines()
 
 
 def strip_image_suffix(name: str) -> str:
@@ -108,9 +112,16 @@ def parse_list_line(text: str) -> tuple[str, str, str]:
 def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> FileList:
     """Parse an image list; duplicates, malformed lines and (given `synsets`) unknown synsets are skipped."""
     known = set(synsets) if synsets is not None else None
+    text = _read_text(path, "image list")
+    plain = _plain_list(text)
+    return _parse_lines(text, known) if plain is None else _keep_known(plain, known, text)
+
+
+def _parse_lines(text: str, known: set[str] | None) -> FileList:
+    """Any list, line by line: each malformed, duplicate or unknown line skipped with its reason."""
     result = FileList()
     first_line: dict[tuple[str, str], int] = {}
-    for number, raw in enumerate(_read_lines(path, "image list"), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         text = raw.strip()
         if not text:
             continue
@@ -128,6 +139,40 @@ def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> 
             result.skipped.append((text, f"unknown synset {wnid}"))
             continue
         result.images.append(ListedImage(wnid=wnid, name=name, line=number, xml_wnid=xml_wnid))
+    return result
+
+
+# A list whose every line is `<column 1> n########_<rest>` with distinct names (the course's lists,
+# ImageNet's): what `_parse_lines` would make of it, made in bulk, ~3x faster at 1.28 M lines.
+PLAIN_LIST_RE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_-]*[ \t]+n[0-9]{8}_[A-Za-z0-9_.+-]*\r?\n)*")
+
+
+def _plain_list(text: str) -> FileList | None:
+    """The parsed list when every line is plain (see PLAIN_LIST_RE) and no name repeats, else None."""
+    if not PLAIN_LIST_RE.fullmatch(text if text.endswith("\n") or not text else text + "\n"):
+        return None
+    fields = text.split()
+    columns, names = fields[0::2], fields[1::2]
+    if "." in text:
+        names = [strip_image_suffix(name) for name in names]
+    if len(set(names)) != len(names):
+        return None  # duplicates: reported line by line
+    result = FileList(listed=len(names))
+    result.images = [ListedImage(name[:9], name, number, column)
+                     for number, (column, name) in enumerate(zip(columns, names, strict=True), start=1)]
+    return result
+
+
+def _keep_known(result: FileList, known: set[str] | None, text: str) -> FileList:
+    """`result` without the images of synsets outside `known`, each skipped with its reason."""
+    if known is None:
+        return result
+    kept = [item for item in result.images if item.wnid in known]
+    if len(kept) < len(result.images):
+        lines = text.splitlines()
+        result.skipped = [(lines[item.line - 1].strip(), f"unknown synset {item.wnid}")
+                          for item in result.images if item.wnid not in known]
+        result.images = kept
     return result
 
 
