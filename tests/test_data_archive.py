@@ -401,3 +401,13 @@ def test_reading_headers_of_an_in_memory_tar_gives_what_tarfile_gives(case, fmt)
     assert scan_tar_bytes(data, (".xml", ".txt"), "n01.tar.gz") == reference
     if case == "plain":  # the fast reader answered, not tarfile
         assert _plain_members(data, (".xml", ".txt")) == {s: reference[s].entries for s in reference}
+
+
+@pytest.mark.parametrize("fill", [0, 255, None])
+def test_a_header_sum_is_the_sum_of_its_bytes(fill):
+    import os
+
+    from hpcvision.data.tarscan import header_sum
+
+    header = os.urandom(512) if fill is None else bytes([fill]) * 512
+    assert header_sum(header) == sum(header)

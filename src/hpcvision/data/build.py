@@ -148,9 +148,9 @@ def _stamp(path: Path | None) -> list[int] | None:
     return [stat.st_size, int(stat.st_mtime)]
 
 
-def _planned(item: ListedImage) -> list[str]:
-    """What of an item decides its record: its image, and its XML folder where the list names another."""
-    return [item.wnid, item.name] + ([item.xml_wnid] if item.xml_wnid != item.wnid else [])
+def _items_digest(items: Sequence[ListedImage]) -> str:
+    """Digest of what of each item decides its record, in order: its image, and its XML's folder."""
+    return hashlib.sha256("\n".join([f"{i.wnid} {i.name} {i.xml_wnid}" for i in items]).encode()).hexdigest()
 
 
 def _content(path: Path | None) -> str | None:
@@ -195,7 +195,7 @@ def make_plan(config: BuildConfig) -> Plan:
         chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
         fingerprint = _digest({
             "format": FORMAT_VERSION, "shard": s, "shards": config.shards, "name": config.name,
-            "items": [_planned(i) for i in chunk], "annotations": config.annotations is not None,
+            "items": _items_digest(chunk), "annotations": config.annotations is not None,
             "archives": stamps,
             "labels": {w: list(labels[w]) for w in sorted({i.wnid for i in chunk})},
         })

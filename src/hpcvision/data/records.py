@@ -101,12 +101,18 @@ def _entry(key: str, kind: int, values: Sequence[Any]) -> bytes:
 def _bytes_entry_header(key: str, length: int) -> bytes:
     """Everything of the entry {key: BytesList[value]} that precedes a `length`-byte value (so the
     value is not copied)."""
-    inner = 1 + len(_varint(length)) + length                 # BytesList.value
-    feature = 1 + len(_varint(inner)) + inner                 # Feature.bytes_list
-    key_field = _field(1, key.encode())
-    body = len(key_field) + 1 + len(_varint(feature)) + feature
-    return b"".join([b"\x0a", _varint(body), key_field, b"\x12", _varint(feature), b"\x0a", _varint(inner),
-                     b"\x0a", _varint(length)])
+    varint = _varint
+    inner = 1 + len(varint(length)) + length                  # BytesList.value
+    feature = 1 + len(varint(inner)) + inner                  # Feature.bytes_list
+    key_field = _key_field(key)
+    return b"".join([b"\x0a", varint(len(key_field) + 1 + len(varint(feature)) + feature), key_field,
+                     b"\x12", varint(feature), b"\x0a", varint(inner), b"\x0a", varint(length)])
+
+
+@functools.lru_cache(maxsize=64)
+def _key_field(key: str) -> bytes:
+    """The map entry's key field: the same few keys in every record."""
+    return _field(1, key.encode())
 
 
 # Entries that are the same in every record, serialised once.

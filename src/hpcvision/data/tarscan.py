@@ -182,6 +182,12 @@ def scan_tar_bytes(data: bytes, suffixes: Sequence[str], label: str) -> dict[str
     return {suffix: TarScan(entries, None) for suffix, entries in found.items()}
 
 
+def header_sum(header: bytes) -> int:
+    """The sum of a 512-byte header's bytes, as its checksum counts them, at C speed (5x `sum`): adler32's
+    low half is 1 + the bytes' sum mod 65521, exact for 256 bytes (at most 65,280)."""
+    return (zlib.adler32(header[:256]) & 0xFFFF) + (zlib.adler32(header[256:]) & 0xFFFF) - 2
+
+
 def _plain_members(data: bytes, suffixes: Sequence[str]) -> dict[str, dict[str, Entry]] | None:
     """{suffix: key -> entry} of a tar of plain regular files ending cleanly, else None (not that simple)."""
     entries: dict[str, dict[str, Entry]] = {suffix: {} for suffix in suffixes}
@@ -201,7 +207,7 @@ def _plain_members(data: bytes, suffixes: Sequence[str]) -> dict[str, dict[str, 
             size = int(header[124:136].split(b"\x00", 1)[0].strip() or b"0", 8)
         except ValueError:
             return None
-        if checksum != sum(header) - sum(header[148:156]) + 8 * 32:  # the checksum field counts as spaces
+        if checksum != header_sum(header) - sum(header[148:156]) + 8 * 32:  # the checksum field counts as spaces
             return None
         start = offset + tarfile.BLOCKSIZE
         name = header[:100].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
