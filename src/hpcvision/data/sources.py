@@ -426,35 +426,37 @@ class NestedTarSource(Source):
         return result
 
     def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
+        """Members of in-memory synset tars (annotations) as each synset is visited; members of a plain
+        archive at the end, in one forward sweep by offset (a shard visits every synset for a few images)."""
         by_synset: dict[str, list[ListedImage]] = defaultdict(list)
         for item in items:
             by_synset[item.wnid].append(item)
+        ranges: list[tuple[ListedImage, int, int]] = []
         for wnid in sorted(by_synset):
-            yield from self._fetch_synset(wnid, by_synset[wnid])
+            yield from self._visit_synset(wnid, by_synset[wnid], ranges)
+        yield from fetch_ranges(self.archive, ranges)
 
-    def _fetch_synset(self, wnid: str, items: list[ListedImage]) -> Iterator[Fetched]:
+    def _visit_synset(self, wnid: str, items: list[ListedImage],
+                      ranges: list[tuple[ListedImage, int, int]]) -> Iterator[Fetched]:
+        """Yield what can be answered now (missing members, members of an in-memory tar); add the
+        (item, offset, size) of members to read from the archive to `ranges`."""
         scan = self._inner_scan(wnid) if isinstance(self.archive.members.get(wnid), Found) else None
         if not isinstance(scan, TarScan):  # the synset tar is absent or unreadable: each item says why
             for item in items:
                 yield Fetched(item, None, self._locate(item).reason)
             return
         # What _locate does per item, with the synset's part done once (a shard asks for thousands).
-        in_memory, ranges = scan.data, []
+        in_memory, entries = scan.data, scan.entries
         for item in items:
-            entry = self._in_scan(scan, item.name)
-            if isinstance(entry, Missing):
-                yield Fetched(item, None, entry.reason)
-            elif in_memory is not None:
-                data = in_memory[entry.offset : entry.offset + entry.size]
-                if len(data) == entry.size:
-                    yield Fetched(item, data, None)
-                else:
-                    yield Fetched(
-                        item, None, f"truncated archive: {item.name} cut off in {wnid}{self.archive.suffix}"
-                    )
-            else:
+            entry = entries.get(item.name)
+            if entry is None or isinstance(entry, Missing):
+                yield Fetched(item, None, entry.reason if entry else self._in_scan(scan, item.name).reason)
+            elif in_memory is None:
                 ranges.append((item, entry.offset, entry.size))
-        yield from fetch_ranges(self.archive, ranges)
+            elif entry.offset + entry.size <= len(in_memory):
+                yield Fetched(item, in_memory[entry.offset : entry.offset + entry.size], None)
+            else:
+                yield Fetched(item, None, f"truncated archive: {item.name} cut off in {wnid}{self.archive.suffix}")
 
 
 # ---------------------------------------------------------------------------------------------------
