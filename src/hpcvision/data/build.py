@@ -256,9 +256,7 @@ class ShardWriter:
         self.warnings: list[list[str]] = []
         self.stats: Counter = Counter()
 
-    def _boxes(self, item: ListedImage, voc: VocBoxes | None, width: int, height: int) -> list[records.Box]:
-        if voc is None:
-            return []
+    def _boxes(self, item: ListedImage, voc: VocBoxes, width: int, height: int) -> list[records.Box]:
         parsed = normalise(voc, width, height)
         if parsed.problem:
             self.warnings.append([_file_of(item), f"annotation ignored: {parsed.problem}"])
@@ -283,9 +281,10 @@ class ShardWriter:
         if image.converted:
             self.warnings.append([_file_of(item), f"converted: {image.converted}"])
             self.stats["converted"] += 1
-        boxes = self._boxes(item, voc, image.width, image.height)
-        self.stats["boxes"] += len(boxes)
-        self.stats["images_with_boxes"] += bool(boxes)
+        boxes = self._boxes(item, voc, image.width, image.height) if voc is not None else ()
+        if boxes:  # (most images have none: a Counter update costs as much as a record's header check)
+            self.stats["boxes"] += len(boxes)
+            self.stats["images_with_boxes"] += 1
         label, text = self.sources.labels[item.wnid]
         return records.encode_example(encoded=image.jpeg, filename=f"{item.name}{IMAGE_SUFFIX}", height=image.height,
                                       width=image.width, label=label, synset=item.wnid, text=text, boxes=boxes)

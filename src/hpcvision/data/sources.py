@@ -447,10 +447,11 @@ class NestedTarSource(Source):
             return
         # What _locate does per item, with the synset's part done once (a shard asks for thousands).
         in_memory, entries = scan.data, scan.entries
+        absent = self._in_scan(scan, "").reason  # why a name not in the tar is missing (the same for all)
         for item in items:
             entry = entries.get(item.name)
             if entry is None or isinstance(entry, Missing):
-                yield Fetched(item, None, entry.reason if entry else self._in_scan(scan, item.name).reason)
+                yield Fetched(item, None, entry.reason if entry else absent)
             elif in_memory is None:
                 ranges.append((item, entry.offset, entry.size))
             elif entry.offset + entry.size <= len(in_memory):
