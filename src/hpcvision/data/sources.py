@@ -22,6 +22,7 @@ for, and cached next to the outer index; after that every image is one `os.pread
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -344,17 +345,18 @@ class NestedTarSource(Source):
         known = self._scans.get(wnid)
         if known is not None:
             return known
-        if self._in_memory():
-            result = self._scan_blob(wnid)
+        # Cached on disk for in-memory tars too: every build worker reads every synset's annotations,
+        # and scanning 100 headers costs more than loading their index.
+        cache = self.archive.folder / "inner" / f"{wnid}.json" if self.archive.folder else None
+        cached = load_json(cache) if cache is not None else None
+        if cached is not None:
+            result = inner_from_json(cached)
+            if self._in_memory() and isinstance(result, TarScan):
+                result.data = self._inner_bytes(wnid)
         else:
-            cache = self.archive.folder / "inner" / f"{wnid}.json" if self.archive.folder else None
-            cached = load_json(cache) if cache is not None else None
-            if cached is not None:
-                result = inner_from_json(cached)
-            else:
-                result = self._scan_seekable(wnid)
-                if cache is not None:
-                    save_json(cache, inner_json(result))
+            result = self._scan_blob(wnid) if self._in_memory() else self._scan_seekable(wnid)
+            if cache is not None:
+                save_json(cache, inner_json(result))
         self._scans.put(wnid, result)
         return result
 
@@ -371,6 +373,15 @@ class NestedTarSource(Source):
         if scan.truncated is None and available < size:
             scan.truncated = f"truncated archive: {label} cut off at byte {offset + available}"
         return scan
+
+    def _inner_bytes(self, wnid: str) -> bytes:
+        """The synset tar's bytes (decompressed), as far as they could be read."""
+        blob = self.archive.read_member(wnid)
+        if blob[:2] != b"\x1f\x8b":
+            return blob
+        with contextlib.suppress(*ARCHIVE_ERRORS):
+            return gzip.decompress(blob)
+        return b""  # unreadable now though indexed: every member reads as cut off
 
     def _scan_blob(self, wnid: str) -> TarScan | Missing:
         entry = self.archive.members[wnid]
