@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from hpcvision.cluster import plan
+from hpcvision.cluster import plan, service_plan
 from hpcvision.cluster.discovery import Task, discover, process_rank
 from hpcvision.cluster.formats import expand_nodelist, expand_tasks_per_node, local_gpu_count
 from hpcvision.cluster.plan import assign_roles, plan_cluster
+from hpcvision.cluster.service_plan import ServicePlan, plan_service
 from hpcvision.cluster.spec import (
     chief_address,
     chief_of,
@@ -525,3 +526,73 @@ def test_slurm_heterogeneous_job_cpu_component_holds_the_ps_and_chief():
     # HPCVISION_HET_GROUPS (set by job scripts) names the components; a missing one is one line.
     with pytest.raises(UserError, match="SLURM_JOB_NODELIST_HET_GROUP_2 is not set"):
         discover({**het_env(HPCVISION_HET_GROUPS="0,2"), "SLURM_PROCID": "0"})
+
+
+# ------------------------------------------------------------------------------ the input service's plan
+
+MIXED_GPUS = "cpu01=0,cpu02=0,gpu01=4,gpu02=4"  # what a mixed job's script tells every rank
+
+
+def service_ranks(env: dict, size: int, rank_env, trainer: str | None = None) -> list[ServicePlan]:
+    """The service plan as each rank of a launch sees it: `env` plus what its launcher sets (`rank_env(rank)`)."""
+    return [plan_service({**env, **rank_env(r)}, trainer, gather_hosts=no_mpi4py) for r in range(size)]
+
+
+def test_service_step_of_a_slurm_heterogeneous_job_serves_from_the_cpu_component():
+    env = {**het_env(HPCVISION_HET_GROUPS="0", HPCVISION_GPUS=MIXED_GPUS), "SLURM_TASKS_PER_NODE_HET_GROUP_0": "1(x2)",
+           "SLURM_STEP_NODELIST": "cpu[01-02]", "SLURM_STEP_NUM_TASKS": "2"}
+    first, second = service_ranks(env, 2, lambda r: {"SLURM_PROCID": str(r)})
+    assert (first.role, first.host, first.dispatcher, first.worker_port) == ("dispatcher", "cpu01", "cpu01:5000", 5001)
+    assert first.trainer == "gpu01:5000" and "first GPU host in HPCVISION_GPUS" in first.why
+    assert (second.role, second.host, second.dispatcher, second.worker_port) == ("worker", "cpu02", "cpu01:5000", 5001)
+    assert second.trainer is None and second.describe()["trainer"] is None
+    # The trainers (component 1) watch nothing themselves but find the dispatcher from the same facts.
+    assert service_plan.dispatcher_address(discover({**env, "SLURM_PROCID": "0"}), env)[0] == "cpu01:5000"
+
+
+def test_service_ranks_sharing_a_host_take_ports_of_their_own(tmp_path):
+    nodes = tmp_path / "service.nodes"
+    nodes.write_text("cpu01\ncpu01\ncpu02\n")
+    env = {**BASE, "PBS_NODEFILE": str(nodes), "PBS_JOBID": "4711.srv"}
+    ranks = service_ranks(env, 3, lambda r: {"OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": "3"})
+    servers = [f"{p.host}:{p.worker_port}" for p in ranks] + [ranks[0].dispatcher]
+    assert servers == ["cpu01:5001", "cpu01:5002", "cpu02:5001", "cpu01:5000"]
+    assert [p.role for p in ranks] == ["dispatcher", "worker", "worker"]
+    # No GPU host named: nothing to watch, the dispatcher runs until signalled (the job's exit trap ends it).
+    assert ranks[0].trainer is None and "runs until signalled" in ranks[0].why
+
+
+def test_a_lone_service_is_a_dispatcher_and_worker_on_loopback():
+    alone = plan_service({"HPCVISION_BASE_PORT": "6000", "CUDA_VISIBLE_DEVICES": ""})
+    assert alone.describe() | {"hosts": None} == {
+        "scheduler": "local", "job_id": None, "rank": 0, "ranks": 1, "role": "dispatcher", "worker": "127.0.0.1:6001",
+        "dispatcher": "127.0.0.1:6000", "trainer": None, "hosts": None, "notes": [],
+        "why": "HPCVISION_GPUS names no GPU host (host=N), so no trainers' chief to watch: runs until signalled"}
+    trainer = plan_service({"CUDA_VISIBLE_DEVICES": ""}, "127.0.0.1:7000")
+    assert (trainer.trainer, trainer.why, trainer.port) == ("127.0.0.1:7000", "the trainers' chief given by --trainer",
+                                                      plan.DEFAULT_BASE_PORT)
+    # A single trainer runs no TensorFlow server: job scripts say --trainer none.
+    assert plan_service({**BASE, "HPCVISION_GPUS": MIXED_GPUS}, "none").trainer is None
+
+
+def test_trainers_find_the_dispatcher_or_say_in_one_line_why_not(pbs_env):
+    alone = discover({"CUDA_VISIBLE_DEVICES": ""})
+    assert service_plan.dispatcher_address(alone, {"HPCVISION_BASE_PORT": "6000"})[0] == "127.0.0.1:6000"
+    launched = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:4001", "127.0.0.1:4002"]},
+                                         "task": {"type": "worker", "index": 1}})}  # `hpcvision launch`
+    assert service_plan.dispatcher_address(discover(launched), {})[0] == f"127.0.0.1:{plan.DEFAULT_BASE_PORT}"
+    job = {**pbs_env, "OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"}
+    with pytest.raises(UserError, match=r"^--data-service auto: HPCVISION_GPUS names no GPU-less host") as error:
+        service_plan.dispatcher_address(discover(job), {**job, "HPCVISION_GPUS": "gpu01=4"})
+    assert "\n" not in str(error.value)
+
+
+def test_a_service_plan_refuses_a_trainers_tf_config_and_notes_a_dispatcher_elsewhere(pbs_env):
+    launched = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:4001"]},
+                                         "task": {"type": "worker", "index": 0}})}
+    with pytest.raises(UserError, match="TF_CONFIG is set"):
+        plan_service(launched)
+    # The CPU hosts listed after a GPU host in HPCVISION_GPUS: the trainers' auto would look elsewhere.
+    job = {**pbs_env, "OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2", "HPCVISION_GPUS": "gpu09=4,cpu09=0"}
+    (note,) = plan_service(job).notes
+    assert "looks for it on cpu09" in note
