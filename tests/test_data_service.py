@@ -4,6 +4,7 @@ a dispatcher, 2 service workers and 2 all-reduce trainers on 127.0.0.1."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -37,7 +38,8 @@ def test_bad_options_are_one_line_before_tensorflow_loads():
     check = ("import sys; from hpcvision.cli import main\n"
              "for argv in (['train', '--data', 'd', '--data-service', 'nohost'], ['data', 'serve', '--role', 'worker'],"
              " ['data', 'serve', '--role', 'dispatcher', '--dispatcher', 'h:1'],"
-             " ['train', '--synthetic', '--num-classes', '2', '--data-service', 'h:1']):\n"
+             " ['train', '--synthetic', '--num-classes', '2', '--data-service', 'h:1'], ['data', 'serve', '--port', '5'],"
+             " ['data', 'serve', '--role', 'dispatcher', '--dry-run'], ['data', 'serve', '--trainer', 'nohost']):\n"
              "    assert main(argv) == 2, argv\n"
              "assert 'tensorflow' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
@@ -48,7 +50,25 @@ def test_bad_options_are_one_line_before_tensorflow_loads():
                       "hpcvision: error: data serve --dispatcher is for --role worker (the dispatcher it "
                       "registers with)",
                       "hpcvision: error: --data-service makes batches from --data; it does not go with "
-                      "--synthetic"], result.stderr
+                      "--synthetic",
+                      "hpcvision: error: data serve --role auto takes --dispatcher, --port and --host from the "
+                      "cluster plan (ports from HPCVISION_BASE_PORT); give --role dispatcher|worker to set them "
+                      "yourself",
+                      "hpcvision: error: data serve --dry-run prints the plan of --role auto (the default)",
+                      "hpcvision: error: --trainer 'nohost': expected HOST:PORT, e.g. 127.0.0.1:5050"], result.stderr
+
+
+def test_dry_run_prints_this_ranks_plan(run_cli, monkeypatch):
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "PBS_", "OMPI_", "PMI", "HPCVISION_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("HPCVISION_BASE_PORT", "6100")
+    code, out, err = run_cli("data", "serve", "--dry-run", "--trainer", "none")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["role"], shown["dispatcher"], shown["worker"], shown["trainer"]) == (
+        "dispatcher", "127.0.0.1:6100", "127.0.0.1:6101", None)
+    assert shown["why"] == "--trainer none: runs until signalled"
 
 
 def test_run_yaml_does_not_keep_the_jobs_service():
@@ -191,6 +211,67 @@ def test_sigterm_waits_for_running_trainers_but_ends_a_server_whose_trainers_are
     finally:
         listener.close()
         _stop(processes)
+
+
+def _free_port_run(count: int) -> int:
+    """A first port with `count` free ports from it on 127.0.0.1 (a service plan's base, base + 1, ...)."""
+    import socket
+
+    for first in (port for port in _free_ports(50) if port + count <= 65535):
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    pytest.fail(f"no {count} free ports in a row on 127.0.0.1")
+
+
+@pytest.mark.slow
+def test_two_planned_ranks_on_one_host_serve_and_exit_after_their_trainer(hpcvision_exe, tmp_path):
+    """`data serve` (--role auto) as 2 ranks of a PBS-style launch on 127.0.0.1: rank 0 the dispatcher and a
+    worker, rank 1 a worker on the next port; a pass read through them holds every element once."""
+    import socket
+
+    import tensorflow as tf
+
+    base = _free_port_run(3)
+    nodes = tmp_path / "service.nodes"
+    nodes.write_text("127.0.0.1\n127.0.0.1\n")
+    listener = socket.create_server(("127.0.0.1", 0))  # stands in for the trainers' chief
+    trainer = f"127.0.0.1:{listener.getsockname()[1]}"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLURM_", "PBS_", "OMPI_", "PMI", "HPCVISION_")) and k != "TF_CONFIG"}
+    env = dict(clean, TF_CPP_MIN_LOG_LEVEL="2", PBS_NODEFILE=str(nodes), PBS_JOBID="5.srv", OMPI_COMM_WORLD_SIZE="2",
+               HPCVISION_BASE_PORT=str(base))
+
+    def start(rank: int) -> list[str]:
+        """Rank `rank` of the launch, started; its first two lines."""
+        process = subprocess.Popen([*hpcvision_exe, "data", "serve", "--trainer", trainer], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True, env=dict(env, OMPI_COMM_WORLD_RANK=str(rank)))
+        processes.append(process)
+        return [process.stdout.readline() for _ in range(2)]
+
+    processes: list[subprocess.Popen] = []
+    try:
+        said = start(0)
+        assert said == ["data serve: rank 0 of 2 (pbs): dispatcher; the trainers' chief given by --trainer\n",
+                        f"data serve: dispatcher at 127.0.0.1:{base} with a worker at 127.0.0.1:{base + 1}, "
+                        f"until {trainer} is gone\n"]
+        # Rank 0's own worker makes a whole pass before rank 1 is up.
+        served = tf.data.Dataset.range(40).apply(tf.data.experimental.service.distribute(
+            processing_mode="distributed_epoch", service=f"grpc://127.0.0.1:{base}", job_name="planned"))
+        assert sorted(int(x) for x in served) == list(range(40))
+        said = start(1)
+        assert said[1] == f"data serve: worker at 127.0.0.1:{base + 2}, until 127.0.0.1:{base} is gone\n", said
+        listener.close()
+        outputs = [process.communicate(timeout=60)[0] for process in processes]
+    finally:
+        listener.close()
+        _stop(processes)
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert f"{trainer} is gone; exiting" in outputs[0] and f"127.0.0.1:{base} is gone; exiting" in outputs[1]
 
 
 @pytest.mark.slow

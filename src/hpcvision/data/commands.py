@@ -7,6 +7,7 @@ Handlers import their modules lazily so `hpcvision --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from hpcvision.config import add_config_arguments, load_config
@@ -180,17 +181,26 @@ def run_list(args: argparse.Namespace) -> int:
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     _add(commands, "serve", ServeConfig, run_serve,
-         help="run a tf.data service dispatcher or worker: training batches made off the trainers' cores",
-         description="The input service for `train --data-service HOST:PORT`: one dispatcher, and workers that "
-         "run the trainers' input pipeline (read, decode, augment, batch) and stream the batches to them. "
-         "The dispatcher exits once the trainer chief given by --trainer has come and gone; a worker once its "
-         "dispatcher has.")
+         help="run the tf.data service (dispatcher and workers): training batches made off the trainers' cores",
+         description="The input service for `train --data-service`: one dispatcher, and workers that run the "
+         "trainers' input pipeline (read, decode, augment, batch) and stream the batches to them. By default "
+         "(--role auto) each rank of the launch finds its part from the scheduler as train does: rank 0 the "
+         "dispatcher and a worker, the others workers (--dry-run prints it). The dispatcher exits once the "
+         "trainers' chief has come and gone; a worker once its dispatcher has.")
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler of `hpcvision data serve`."""
-    from hpcvision.data.service import serve
+    from hpcvision.data import service
 
     config = load_config(ServeConfig, args)
-    return serve(config.role, config.dispatcher, config.port, host=config.host, trainer=config.trainer,
-                 start_timeout_s=config.start_timeout)
+    if config.role != "auto":
+        return service.serve(config.role, config.dispatcher, config.port or 0, host=config.host,
+                             trainer=config.trainer, start_timeout_s=config.start_timeout)
+    from hpcvision.cluster.service_plan import plan_service
+
+    plan = plan_service(trainer=config.trainer)
+    if config.dry_run:
+        print(json.dumps(plan.describe(), indent=2))
+        return 0
+    return service.serve_planned(plan, config.start_timeout)

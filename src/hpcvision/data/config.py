@@ -168,19 +168,27 @@ class VerifyConfig:
 class ServeConfig:
     """Everything `data serve` needs: which input-service server, where, and what it waits for."""
 
-    role: str = required("dispatcher (one per job) or worker (any number, on the CPU nodes)",
-                         choices=SERVICE_ROLES)
+    role: str = option("auto", "auto: this rank's part as the cluster plan places it (rank 0 the dispatcher at "
+                       "its host and the base port with a worker beside it, every other rank a worker at base + 1 + "
+                       "its slot; see --dry-run); or one server as told: dispatcher (one per job) or worker (any "
+                       "number)", choices=SERVICE_ROLES)
     dispatcher: str | None = option(None, "worker: the dispatcher it registers with; it exits once that is gone",
                                     metavar="HOST:PORT")
-    port: int = option(0, "port to listen on (0 = a free one, printed)", minimum=0, maximum=65535)
-    host: str | None = option(None, "the name other processes reach this server at (default: 127.0.0.1, or this "
-                              "machine's name for a worker of a dispatcher elsewhere; TensorFlow listens on "
-                              "every interface regardless)", metavar="HOST")
-    trainer: str | None = option(None, "dispatcher: the trainers' chief (worker 0 of train's cluster), whose "
-                                 "TensorFlow server it watches; exit once it has come and gone (default: run "
-                                 "until signalled)", metavar="HOST:PORT")
+    port: int | None = option(None, "dispatcher, worker: port to listen on (default: 0, a free one, printed)",
+                              minimum=0, maximum=65535)
+    host: str | None = option(None, "dispatcher, worker: the name other processes reach this server at (default: "
+                              "127.0.0.1, or this machine's name for a worker of a dispatcher elsewhere; TensorFlow "
+                              "listens on every interface regardless)", metavar="HOST")
+    trainer: str | None = option(None, "the trainers' chief (worker 0 of train's cluster) whose TensorFlow server the "
+                                 "dispatcher watches, exiting once it has come and gone; none: run until signalled "
+                                 "(default: auto: the first GPU host in HPCVISION_GPUS at the base port, else none; "
+                                 "dispatcher: none). --role auto takes only this and --start-timeout: --dispatcher, "
+                                 "--port and --host are refused there", metavar="HOST:PORT")
     start_timeout: float = option(900.0, "exit 1 if the watched trainer or dispatcher has not appeared within "
                                   "this many seconds", metavar="SECONDS", above=0)
+    dry_run: bool = option(False, "--role auto: print this rank's plan (role, addresses, the trainer watched and "
+                           "why) as JSON and exit")
 
     def __post_init__(self) -> None:
-        check_serve_options(self.role, self.dispatcher, self.trainer)
+        check_serve_options(self.role, self.dispatcher, self.trainer, port=self.port, host=self.host,
+                            dry_run=self.dry_run)

@@ -1,10 +1,13 @@
 """The input service: a tf.data service dispatcher and workers that make training batches for the trainers.
 
-`hpcvision data serve --role dispatcher|worker` runs one server (`serve`); `train --data-service HOST:PORT`
-reads its batches through `from_service`. The trainers' dataset is `pipeline.make_dataset` itself (same
-files, shuffle, preprocessing, batch): TensorFlow ships its graph to the dispatcher, the workers run it and
-stream finished batches back, so decoding leaves the trainers' cores. The workers open the shard paths the
-trainer names, so the shards must be on a file system the service nodes see too.
+`hpcvision data serve` runs this rank's part of the service as the cluster plan places it (`--role auto`,
+`serve_planned`; `hpcvision.cluster.service_plan`: rank 0 a dispatcher with a worker in the same process,
+the other ranks a worker each), or one server as told (`--role dispatcher|worker`, `serve`). `train
+--data-service HOST:PORT` (or auto: the same plan's dispatcher) reads its batches through `from_service`.
+The trainers' dataset is `pipeline.make_dataset` itself (same files, shuffle, preprocessing, batch):
+TensorFlow ships its graph to the dispatcher, the workers run it and stream finished batches back, so
+decoding leaves the trainers' cores. The workers open the shard paths the trainer names, so the shards
+must be on a file system the service nodes see too.
 
 Each epoch is one job of the service in "distributed_epoch" mode: the dispatcher hands each shard file to
 one worker, so a pass makes every example once, shared out first-come among the trainers. All-reduce needs
@@ -13,8 +16,8 @@ prefetched when the epoch ends is dropped), so a trainer that finds the pass use
 pass of the same job (`repeat`) for its last batches. The job's name carries a number the trainers of one
 attempt agree on (`job_name`): a restarted run starts fresh passes instead of joining used-up ones.
 
-When the servers stop: the dispatcher watches the trainers' chief (`--trainer HOST:PORT`, the address the
-chief's TensorFlow server listens on while it trains) and exits once it has come and gone, as our
+When the servers stop: the dispatcher watches the trainers' chief (the address the chief's TensorFlow
+server listens on while it trains: from the plan, or `--trainer HOST:PORT`) and exits once it has come and gone, as our
 parameter servers do (`train.strategy.wait_for_chief_exit`); each worker watches its dispatcher the same
 way. A port is alive exactly as long as its process, however it ends (done, killed, walltime); a "done"
 file would need the trainer to reach its last line and could be left stale for the next run. SIGTERM
@@ -33,15 +36,15 @@ import signal
 import socket
 import time
 
+from hpcvision.cluster.service_plan import LOCAL_HOSTS, NO_TRAINER, ServicePlan
 from hpcvision.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("dispatcher", "worker")
+ROLES = ("auto", "dispatcher", "worker")
 # How long a trainer waits for the dispatcher's port before one clear line (job scripts start all at once).
 DISPATCHER_WAIT_S = 300.0
 PROCESSING_MODE = "distributed_epoch"
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_address(text: str, what: str = "--data-service") -> tuple[str, int]:
@@ -58,8 +61,14 @@ def address(text: str, what: str = "--data-service") -> str:
     return f"{host}:{port}"
 
 
-def check_serve_options(role: str, dispatcher: str | None, trainer: str | None) -> None:
+def check_serve_options(role: str, dispatcher: str | None, trainer: str | None, *, port: int | None = None,
+                        host: str | None = None, dry_run: bool = False) -> None:
     """UserError for options `data serve` cannot run with (checked before TensorFlow is imported)."""
+    if role == "auto" and (dispatcher or port is not None or host):
+        raise UserError("data serve --role auto takes --dispatcher, --port and --host from the cluster plan (ports "
+                        "from HPCVISION_BASE_PORT); give --role dispatcher|worker to set them yourself")
+    if role != "auto" and dry_run:
+        raise UserError("data serve --dry-run prints the plan of --role auto (the default)")
     if role == "worker" and not dispatcher:
         raise UserError("data serve --role worker needs --dispatcher HOST:PORT")
     if role == "dispatcher" and dispatcher:
@@ -68,7 +77,7 @@ def check_serve_options(role: str, dispatcher: str | None, trainer: str | None) 
         raise UserError("data serve --trainer is for --role dispatcher (a worker stops with its dispatcher)")
     if dispatcher:
         parse_address(dispatcher, "--dispatcher")
-    if trainer:
+    if trainer and trainer != NO_TRAINER:
         parse_address(trainer, "--trainer")
 
 
@@ -85,34 +94,71 @@ def serve(role: str, dispatcher: str | None = None, port: int = 0, *, host: str 
     """Run one input-service server until what it watches is gone; the exit code (0, or 1 if it never came).
 
     `role` is "dispatcher" (stops after the trainer chief at `trainer` has come and gone; runs until
-    signalled without one) or "worker" (registers with `dispatcher` HOST:PORT, stops after it is gone).
-    `port` 0 takes a free one.
+    signalled without one, or with "none") or "worker" (registers with `dispatcher` HOST:PORT, stops after it
+    is gone). `port` 0 takes a free one.
     """
-    from hpcvision.train.strategy import CHIEF_START_TIMEOUT_S, wait_for_chief_exit
-
     check_serve_options(role, dispatcher, trainer)
-    timeout = CHIEF_START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
     host = host or default_host(dispatcher)
     if role == "dispatcher":
-        watched = trainer and address(trainer, "--trainer")
-        server = _start_dispatcher(port)
-    else:
-        watched = address(dispatcher, "--dispatcher")
-        if not _wait_for_port(watched, timeout):
-            log.error("worker: no dispatcher answers at %s after %.0f s", watched, timeout)
-            return 1
-        server = _start_worker(watched, port, host)
+        watched = address(trainer, "--trainer") if trainer and trainer != NO_TRAINER else None
+        return _run_dispatcher(port, host, watched, _timeout(start_timeout_s))
+    return _run_worker(address(dispatcher, "--dispatcher"), port, host, _timeout(start_timeout_s))
+
+
+def serve_planned(plan: ServicePlan, start_timeout_s: float | None = None) -> int:
+    """Run this rank's part of the planned service (`--role auto`): rank 0 the dispatcher and a worker in one
+    process, the others a worker each; the exit code as `serve`'s."""
+    found = plan.found
+    for note in (*found.notes, *plan.notes):
+        log.warning("data serve: %s", note)
+    print(f"data serve: rank {found.rank} of {found.size} ({found.scheduler}): {plan.role}; {plan.why}", flush=True)
+    if plan.role == "dispatcher":
+        return _run_dispatcher(plan.port, plan.host, plan.trainer, _timeout(start_timeout_s),
+                               worker_port=plan.worker_port)
+    return _run_worker(plan.dispatcher, plan.worker_port, plan.host, _timeout(start_timeout_s))
+
+
+def _timeout(start_timeout_s: float | None) -> float:
+    """How long a server waits for what it watches to appear (the parameter servers' default)."""
+    from hpcvision.train.strategy import CHIEF_START_TIMEOUT_S
+
+    return CHIEF_START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
+
+
+def _run_dispatcher(port: int, host: str, watched: str | None, timeout: float,
+                    worker_port: int | None = None) -> int:
+    """A dispatcher (and a worker beside it when `worker_port` is given) until `watched` is gone."""
+    server = _start_dispatcher(port)
+    servers, what = [server], f"dispatcher at {host}:{_bound_port(server)}"
+    if worker_port is not None:  # registers over loopback; tells the trainers `host`
+        worker = _start_worker(f"127.0.0.1:{_bound_port(server)}", worker_port, host)
+        servers, what = [worker, server], f"{what} with a worker at {host}:{_bound_port(worker)}"
+    return _serve_until_gone(servers, what, watched, timeout)
+
+
+def _run_worker(dispatcher: str, port: int, host: str, timeout: float) -> int:
+    """A worker of `dispatcher` (once it answers) until the dispatcher is gone; 1 if it never answered."""
+    if not _wait_for_port(dispatcher, timeout):
+        log.error("worker: no dispatcher answers at %s after %.0f s", dispatcher, timeout)
+        return 1
+    server = _start_worker(dispatcher, port, host)
+    return _serve_until_gone([server], f"worker at {host}:{_bound_port(server)}", dispatcher, timeout)
+
+
+def _serve_until_gone(servers: list, what: str, watched: str | None, timeout: float) -> int:
+    """Serve until `watched` has come and gone (until signalled without one), then stop `servers` in order."""
+    from hpcvision.train.strategy import wait_for_chief_exit
+
     if watched:  # before the line below: a job script may signal as soon as it reads it
         signal.signal(signal.SIGTERM, lambda signum, _frame: _on_sigterm(signum, watched))
-    here = f"{host}:{_bound_port(server)}"
-    print(f"data serve: {role} at {here}" + (f", until {watched} is gone" if watched else ", until signalled"),
-          flush=True)
+    print(f"data serve: {what}" + (f", until {watched} is gone" if watched else ", until signalled"), flush=True)
     if not watched:
-        server.join()
+        servers[-1].join()
         return 0
     code = wait_for_chief_exit(watched, start_timeout_s=timeout)
-    print(f"data serve: {role} at {here}: {watched} is gone; exiting", flush=True)
-    server.stop()
+    print(f"data serve: {what}: {watched} is gone; exiting", flush=True)
+    for server in servers:
+        server.stop()
     return code
 
 
