@@ -75,7 +75,9 @@ class TrainConfig:
                               minimum=0, maximum=2**32 - 1)  # what NumPy's seed accepts
     data_service: str | None = option(
         None, "HOST:PORT of a tf.data service dispatcher (`hpcvision data serve`): training batches are made "
-        "there from --data, each example once per epoch; evaluation stays local", metavar="HOST:PORT")
+        "there from --data, each example once per epoch; evaluation stays local. auto: where `data serve` plans "
+        "it, the first GPU-less host in HPCVISION_GPUS at the job's base port (127.0.0.1 alone)",
+        metavar="HOST:PORT|auto")
     synthetic: bool = option(False, "random input tensors instead of --data (benchmarks)")
     num_classes: int | None = option(None, "classes for --synthetic runs (otherwise from the manifest)", minimum=1)
     examples_per_epoch: int | None = option(None, "override the manifest's count (synthetic runs)", minimum=1)
@@ -116,7 +118,8 @@ class TrainConfig:
         if self.data_service:  # a bad address is one line before TensorFlow starts (or a job script is written)
             from hpcvision.data.service import parse_address
 
-            parse_address(self.data_service)
+            if self.data_service != "auto":  # auto: resolved with the cluster plan (train.loop)
+                parse_address(self.data_service)
             if self.synthetic:
                 raise UserError("--data-service makes batches from --data; it does not go with --synthetic")
 

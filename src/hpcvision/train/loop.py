@@ -29,6 +29,7 @@ from typing import Any
 
 from hpcvision.cluster.discovery import env_int
 from hpcvision.cluster.plan import plan_cluster
+from hpcvision.cluster.service_plan import dispatcher_address
 from hpcvision.cluster.walltime import job_deadline
 from hpcvision.errors import UserError
 from hpcvision.train import checkpoint as ckpt_lib
@@ -112,7 +113,7 @@ class Steps:
 
 def train(cfg) -> int:
     """Train as `cfg` says (resuming from its checkpoint dir); the process exit code."""
-    role = _join_cluster(cfg)
+    role, cfg = _join_cluster(cfg)
     if role.runs_server_only:
         return serve_until_chief_exits(role)
     run = build_run(cfg, role)
@@ -126,17 +127,22 @@ def train(cfg) -> int:
     return run.cfg.incomplete_exit_code if reason and step_value < run.total_steps else 0
 
 
-def _join_cluster(cfg) -> Role:
-    """This process's role in the cluster (planned once), with GPUs and threads set before TensorFlow starts."""
+def _join_cluster(cfg) -> tuple[Role, Any]:
+    """This process's role in the cluster (planned once), with GPUs and threads set before TensorFlow starts;
+    `cfg` with --data-service auto replaced by the dispatcher's address, found from the same discovery."""
     plan = plan_cluster(cfg.num_ps)
     plan.log_notes()
+    if cfg.data_service == "auto":
+        where, why = dispatcher_address(plan.found)
+        log.info("--data-service auto: the dispatcher at %s (%s)", where, why)
+        cfg = dataclasses.replace(cfg, data_service=where)
     if plan.visible_gpus is not None:  # must be set before TensorFlow initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = plan.visible_gpus
     import tensorflow as tf
 
     role = resolve_role(plan, cfg.strategy, len(tf.config.list_physical_devices("GPU")))
     _apply_thread_settings(role.kind)
-    return role
+    return role, cfg
 
 
 def build_run(cfg, role: Role) -> Run:
