@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcvision.cluster import jobscript, plan, submit
+from hpcvision.cluster import jobscript, plan, service_plan, submit
 from hpcvision.cluster.config import JobConfig, PbsJobConfig
+from hpcvision.cluster.discovery import discover
 from hpcvision.cluster.jobscript import JobSpec
 from hpcvision.cluster.sweep import expand_grid
 from hpcvision.errors import UserError
@@ -532,37 +533,59 @@ def test_mixed_all_reduce_job_runs_the_input_service_on_the_cpu_nodes(run_cli, f
         (tmp_path / "nodes").write_text("cpu01\ncpu02\n" + "gpu01\n" * 4 + "gpu02\n" * 4)
     else:
         env = {"SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST_HET_GROUP_0": "cpu01,cpu02",
-               "SLURM_JOB_NODELIST_HET_GROUP_1": "gpu01,gpu02", "SLURM_TASKS_PER_NODE_HET_GROUP_1": "4(x2)"}
-    result = run_script(out, tmp_path, FAKE_WAIT_FOR_SERVERS="3", **env)
+               "SLURM_JOB_NODELIST_HET_GROUP_1": "gpu01,gpu02", "SLURM_TASKS_PER_NODE_HET_GROUP_0": "1(x2)",
+               "SLURM_TASKS_PER_NODE_HET_GROUP_1": "4(x2)"}
+    result = run_script(out, tmp_path, FAKE_WAIT_FOR_SERVERS="1", **env)
     assert result.returncode == 0, result.stderr
     launcher = "mpirun" if scheduler == "pbs" else "srun"
-    calls = fakes(launcher)  # the service starts in the background: its calls may come after the trainers'
+    calls = fakes(launcher)  # the service starts in the background: its call may come after the trainers'
     (trainers,) = [call for call in calls if "train" in call]
-    service = [call for call in calls if "serve" in call]
-    serve = sorted(call[call.index("serve") + 1:] for call in service)
-    assert serve == [
-        ["--role", "dispatcher", "--port", "3000", "--host", "cpu01", "--trainer", "gpu01:3000"],
-        ["--role", "worker", "--dispatcher", "cpu01:3000", "--port", "3001", "--host", "cpu01"],
-        ["--role", "worker", "--dispatcher", "cpu01:3000", "--port", "3001", "--host", "cpu02"],
-    ]
+    (service,) = [call for call in calls if "serve" in call]  # one launch: a rank per CPU node
+    assert service[service.index("serve") + 1:] == []  # --role auto: every rank's part from the plan
     if scheduler == "slurm":
-        assert all("--het-group=0" in call for call in service) and "--het-group=1" in trainers
-        assert any("--cpus-per-task=32" in call for call in service)
+        assert service[1:5] == ["--het-group=0", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=32"]
+        assert "--het-group=1" in trainers
     else:
-        assert sorted(call[call.index("-host") + 1] for call in service) == ["cpu01", "cpu01", "cpu02"]
-        assert fakes("#machinefile")[0][1].split() == ["gpu01"] * 4 + ["gpu02"] * 4
+        assert service[1:3] == ["-np", "2"]
+        assert [row[1].split() for row in fakes("#machinefile")] == [["gpu01"] * 4 + ["gpu02"] * 4,
+                                                                     ["cpu01", "cpu02"]]
+        assert not list(tmp_path.glob(".hpcvision-*"))  # both node files are removed on exit
     args = train_argv(trainers)
-    assert args[:2] == ["--data-service", "cpu01:3000"] and "--num-ps" not in args
+    assert args[:2] == ["--data-service", "auto"] and "--num-ps" not in args
+    serving = service_views(scheduler, {**env, **env_words(service)}, fakes, tmp_path)
+    assert [(v["role"], v["worker"], v["dispatcher"], v["trainer"]) for v in serving] == [
+        ("dispatcher", "cpu01:3001", "cpu01:3000", "gpu01:3000"), ("worker", "cpu02:3001", "cpu01:3000", None)]
     rank_env = env_words(trainers)
     if scheduler == "pbs":
         (tmp_path / "ranks").write_text(fakes("#machinefile")[0][1])
         rank_env["PBS_NODEFILE"] = str(tmp_path / "ranks")
         views = rank_views(rank_env, 8, lambda r: {"OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": "8"})
     else:
-        views = rank_views({**env, **rank_env, "SLURM_STEP_NUM_TASKS": "8"}, 8,
-                           lambda r: {"SLURM_PROCID": str(r), "SLURM_STEP_NODELIST": "gpu[01-02]"})
+        rank_env = {**env, **rank_env, "SLURM_STEP_NUM_TASKS": "8"}
+        views = rank_views(rank_env, 8, lambda r: {"SLURM_PROCID": str(r), "SLURM_STEP_NODELIST": "gpu[01-02]"})
     assert [v["host"] for v in views] == ["gpu01"] * 4 + ["gpu02"] * 4
-    assert views[0]["tf_config"]["task"] == {"type": "worker", "index": 0} and views[0]["base_port"] == 3000
+    # The chief the dispatcher watches is the trainers' worker 0, and they find the dispatcher it runs.
+    assert views[0]["tf_config"]["cluster"]["worker"][0] == "gpu01:3000"
+    assert service_plan.dispatcher_address(discover(rank_env), rank_env)[0] == "cpu01:3000"
+
+
+def service_views(scheduler: str, env: dict[str, str], fakes, tmp_path: Path) -> list[dict]:
+    """`data serve --dry-run` as each of the 2 ranks of a mixed job's service launch sees it."""
+    if scheduler == "pbs":
+        (tmp_path / "service").write_text(fakes("#machinefile")[1][1])
+        env["PBS_NODEFILE"] = str(tmp_path / "service")
+        ranks = [{"OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": "2"} for r in range(2)]
+    else:
+        ranks = [{"SLURM_PROCID": str(r), "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "cpu[01-02]"}
+                 for r in range(2)]
+    return [service_plan.plan_service({**env, **rank}).describe() for rank in ranks]
+
+
+def test_one_trainer_leaves_the_service_to_the_exit_trap(run_cli, tmp_path):
+    out = tmp_path / "s.sh"
+    assert run_cli("job", "slurm", "train", "--cpu-nodes", "1", "--gpus-per-node", "4", "--ps", "0", "--out", out,
+                   "--", "--data", "d")[0] == 0
+    assert '"$HPCVISION" data serve --trainer none &' in out.read_text()
 
 
 @pytest.mark.parametrize("options, args, problem", [

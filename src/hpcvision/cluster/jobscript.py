@@ -491,7 +491,7 @@ def _stage_argv(spec: JobSpec) -> list[str]:
             # train exits 0 after an early stop unless told otherwise; the re-queue below keys on this code.
             argv += ["--incomplete-exit-code", str(EXIT_MORE_TO_DO)]
         if spec.service:
-            argv += ["--data-service", '"$dispatcher"']
+            argv += ["--data-service", "auto"]
     argv += [shlex.quote(arg) for arg in spec.stage_args]
     return argv + (['"${point[@]}"'] if spec.stage == "sweep" else [])
 

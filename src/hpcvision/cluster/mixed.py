@@ -4,15 +4,16 @@ The CPU nodes serve the GPU nodes in one of two ways (`JobSpec.service` says whi
 - parameter servers, as the course's Blue Waters jobs did (train's --strategy parameter-server or auto, with
   the job's `--ps auto`: one per CPU node): one launch of every rank; discovery puts the ps and the chief on
   the GPU-less hosts, the workers on the GPU hosts;
-- the input service, with all-reduce: `hpcvision data serve` runs a tf.data service dispatcher on the first
-  CPU node and a worker on each, and the trainers, on the GPU nodes alone, read their batches from it
-  (`train --data-service HOST:PORT`). The dispatcher stops once the trainers' chief has come and gone, a
-  worker once its dispatcher has; the script's exit trap stops whatever is left.
+- the input service, with all-reduce: `hpcvision data serve` runs as one launch of one rank per CPU node, each
+  finding its part from the cluster plan (`cluster.service_plan`: rank 0 a tf.data service dispatcher and a
+  worker, the others a worker), and the trainers, on the GPU nodes alone, read their batches from it
+  (`train --data-service auto`: the same plan's dispatcher). The dispatcher stops once the trainers' chief
+  has come and gone, a worker once its dispatcher has; the script's exit trap stops whatever is left.
 
 Slurm: a heterogeneous job, component 0 the CPU nodes, 1 the GPU nodes (SLURM_JOB_NODELIST_HET_GROUP_<n>).
 PBS: one job of two kinds of chunk; PBS lists the hosts in the order of the chunks (CPU nodes first), so the
 script splits $PBS_NODEFILE's hosts there and writes the ranks' own node file, one line per rank, which
-mpirun and discovery read (Torque's lists a host once per core). Every rank gets each host's GPU count
+mpirun and discovery read (Torque's lists a host once per core), and the service's, each CPU node once. Every rank gets each host's GPU count
 (HPCVISION_GPUS: PBS Pro keeps no GPU file) and the same HPCVISION_BASE_PORT (a heterogeneous job's
 components have job ids of their own, from which each would derive another base port).
 """
@@ -35,6 +36,15 @@ def rank_environment(spec: JobSpec) -> list[tuple[str, str]]:
         # The step spans both components (parameter servers) or the GPU component alone (input service).
         return pairs + [("HPCVISION_HET_GROUPS", "1" if spec.service else "0,1")]
     return pairs + [("PBS_NODEFILE", '"$nodefile"')]
+
+
+def service_environment(spec: JobSpec) -> list[tuple[str, str]]:
+    """What every rank of the input service is told: the trainers' base port and GPU counts, and its own ranks
+    (Slurm: component 0 alone; PBS: the service's node file)."""
+    pairs = [("HPCVISION_BASE_PORT", '"$HPCVISION_BASE_PORT"'), ("HPCVISION_GPUS", '"$gpus"')]
+    if spec.scheduler == "slurm":
+        return pairs + [("HPCVISION_HET_GROUPS", "0")]
+    return pairs + [("PBS_NODEFILE", '"$servicefile"')]
 
 
 def prelude(spec: JobSpec) -> list[str]:
@@ -131,56 +141,46 @@ def _nodefile_lines(spec: JobSpec) -> list[str]:
         '} > "$nodefile"',
         "",
     ]
+    if spec.service:
+        lines += ["# The input service's node file: each CPU node once (one service rank per node).",
+                  'servicefile="$PWD/.hpcvision-$PBS_JOBID.service"',
+                  'printf \'%s\\n\' "${cpu_hosts[@]}" > "$servicefile"', ""]
     return lines
 
 
 def _cleanup_lines(spec: JobSpec) -> list[str]:
     if not spec.service and spec.scheduler != "pbs":
         return []
+    files = ['"$nodefile"', *(['"$servicefile"'] if spec.service else [])] if spec.scheduler == "pbs" else []
     what = [*(["stop what is left of the input service"] if spec.service else []),
-            *(["remove the node file"] if spec.scheduler == "pbs" else [])]
+            *([f"remove the node file{'s' if len(files) > 1 else ''}"] if files else [])]
     commands = [*(['kill "${service[@]}" 2>/dev/null || true'] if spec.service else []),
-                *(['rm -f "$nodefile"'] if spec.scheduler == "pbs" else [])]
+                *([f"rm -f {' '.join(files)}"] if files else [])]
     return [*(["service=()"] if spec.service else []),
             f"# On exit, however the job ends: {' and '.join(what)}.",
             f"trap '{'; '.join(commands)}' EXIT", ""]
 
 
-def _one_process(spec: JobSpec, host: str, cores: int | None, overlap: bool = False) -> list[str]:
-    """The launcher words that start one process on `host` (a shell word) of a mixed job's CPU nodes."""
-    if spec.scheduler == "pbs":
-        return ["mpirun", "-np", "1", "-host", host]
-    words = ["srun", "--het-group=0", "--nodes=1", "--ntasks=1", f"--nodelist={host}"]
-    words += ["--overlap"] if overlap else []  # shares the node's cores with its worker
-    return words + ([f"--cpus-per-task={cores}"] if cores else [])
-
-
 def _service_lines(spec: JobSpec) -> list[str]:
-    """Start the tf.data service in the background: a dispatcher on the first CPU node, a worker on each."""
-    serve = ['"$HPCVISION"', "data", "serve"]
-    several = spec.gpu_tasks > 1
-    watch = (["--trainer", '"$trainer"'] if several else [])
-    stop = ("it stops once the trainers' chief (worker 0, $trainer) has come and gone, each worker once "
-            "its dispatcher has" if several else "the trainer runs no TensorFlow server to watch: the exit "
-            "trap stops the service")
-    wrap = jobscript.wrap_words
-    dispatcher = _one_process(spec, '"${cpu_hosts[0]}"', None, overlap=True) + serve + [
-        "--role", "dispatcher", "--port", '"$HPCVISION_BASE_PORT"', "--host", '"${cpu_hosts[0]}"', *watch]
-    worker = _one_process(spec, '"$host"', spec.cpu_cores_per_task) + serve + [
-        "--role", "worker", "--dispatcher", '"$dispatcher"', "--port", '"$((HPCVISION_BASE_PORT + 1))"',
-        "--host", '"$host"']
-    lines = [
-        "# The input service (tf.data service) on the CPU nodes: a dispatcher on the first, a worker on each;",
-        f"# {stop}.",
-        "# The trainers read their batches from it (--data-service): decoding leaves the GPU nodes' cores.",
-        'dispatcher="${cpu_hosts[0]}:$HPCVISION_BASE_PORT"',
-        *(['trainer="${gpu_hosts[0]}:$HPCVISION_BASE_PORT"'] if several else []),
-        " \\\n    ".join(wrap(dispatcher)) + " &",
+    """Start the tf.data service in the background: one rank per CPU node, each placed by the service plan."""
+    environment = ["env", *(f"{name}={value}" for name, value in service_environment(spec))]
+    serve = ['"$HPCVISION"', "data", "serve", *([] if spec.gpu_tasks > 1 else ["--trainer", "none"])]
+    cpu = spec.options.cpu_nodes
+    if spec.scheduler == "pbs":
+        launch = ["mpirun", "-np", str(cpu), "-machinefile", '"$servicefile"']
+    else:
+        launch = ["srun", "--het-group=0", f"--nodes={cpu}", "--ntasks-per-node=1",
+                  *jobscript.srun_options(spec, spec.cpu_cores_per_task, gpus=False)]
+    stop = (["# The dispatcher stops once the trainers' chief (worker 0, on the first GPU node) has come and gone,",
+             "# each worker once its dispatcher has."] if spec.gpu_tasks > 1 else
+            ["# One trainer runs no TensorFlow server to watch (--trainer none): the exit trap stops the service."])
+    return [
+        "# The input service (tf.data service) on the CPU nodes, one rank each, placed by the service plan",
+        "# (`hpcvision data serve --dry-run` prints it): rank 0 the dispatcher at the base port and a worker,",
+        "# the others a worker at base + 1.",
+        *stop,
+        "# The trainers read their batches from it (--data-service auto): decoding leaves the GPU nodes' cores.",
+        " \\\n    ".join(jobscript.wrap_words(launch + environment + serve)) + " &",
         'service+=("$!")',
-        'for host in "${cpu_hosts[@]}"; do',
-        "    " + " \\\n        ".join(wrap(worker, 86)) + " &",
-        '    service+=("$!")',
-        "done",
         "",
     ]
-    return lines
