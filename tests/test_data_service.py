@@ -150,12 +150,14 @@ def test_two_trainers_read_from_a_dispatcher_and_two_workers_that_exit_by_themse
         return subprocess.Popen([*hpcvision_exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=dict(env, **extra))
 
-    # Trainers first, as a job script may start them: they wait for the dispatcher's port.
-    train = ["train", "--data", str(records), "--data-service", dispatcher, "--model", "small", "--image-size", "32",
+    # Trainers first, as a job script may start them: they wait for the dispatcher's port. A cluster all on
+    # 127.0.0.1 finds it with auto at the base port.
+    train = ["train", "--data", str(records), "--data-service", "auto", "--model", "small", "--image-size", "32",
              "--augment", "pad_crop", "--batch-size", "10", "--epochs", "2", "--log-every", "5",
              "--learning-rate", "0.4", "--seed", "1", "--checkpoint-dir", str(run)]
-    processes = [start(train, TF_CONFIG=json.dumps({"cluster": {"worker": trainers},
-                                                    "task": {"type": "worker", "index": i}})) for i in range(2)]
+    processes = [start(train, HPCVISION_BASE_PORT=str(dispatcher_port),
+                       TF_CONFIG=json.dumps({"cluster": {"worker": trainers}, "task": {"type": "worker", "index": i}}))
+                 for i in range(2)]
     processes.append(start(["data", "serve", "--role", "dispatcher", "--port", str(dispatcher_port),
                             "--trainer", trainers[0]]))
     processes += [start(["data", "serve", "--role", "worker", "--dispatcher", dispatcher]) for _ in range(2)]
@@ -169,7 +171,9 @@ def test_two_trainers_read_from_a_dispatcher_and_two_workers_that_exit_by_themse
     # 200 examples / global batch 20 = 10 steps an epoch; both trainers share each epoch's job.
     for out in (worker0, worker1):
         assert "multi-worker strategy, 2 replica(s), global batch 20, 10 steps/epoch, 20 steps" in out, out[-3000:]
-    jobs = [re.findall(r"training batches from the input service at \S+, job (\S+)", out) for out in (worker0, worker1)]
+    assert f"--data-service auto: the dispatcher at {dispatcher}" in worker0, worker0[-3000:]
+    jobs = [re.findall(rf"training batches from the input service at {dispatcher}, job (\S+)", out)
+            for out in (worker0, worker1)]
     assert len(jobs[0]) == 2 and jobs[0] == jobs[1] and jobs[0][0].endswith("epoch0"), jobs
     digests = [re.search(r"finished at step 20; weights sha256 (\w+)", out) for out in (worker0, worker1)]
     assert all(digests) and digests[0].group(1) == digests[1].group(1), worker1[-3000:]
