@@ -33,16 +33,25 @@ def test_bad_addresses_name_the_option(text):
         service.parse_address(text, "--trainer")
 
 
+def _outside_any_job() -> dict[str, str]:
+    """This environment without a scheduler's, launcher's or hpcvision's variables: a process alone."""
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith(("SLURM_", "PBS_", "OMPI_", "PMI", "HPCVISION_")) and name != "TF_CONFIG"}
+
+
 def test_bad_options_are_one_line_before_tensorflow_loads():
     """A fresh interpreter, so TensorFlow loaded by other tests does not hide an import."""
     check = ("import sys; from hpcvision.cli import main\n"
              "for argv in (['train', '--data', 'd', '--data-service', 'nohost'], ['data', 'serve', '--role', 'worker'],"
              " ['data', 'serve', '--role', 'dispatcher', '--dispatcher', 'h:1'],"
-             " ['train', '--synthetic', '--num-classes', '2', '--data-service', 'h:1'], ['data', 'serve', '--port', '5'],"
-             " ['data', 'serve', '--role', 'dispatcher', '--dry-run'], ['data', 'serve', '--trainer', 'nohost']):\n"
+             " ['train', '--synthetic', '--num-classes', '2', '--data-service', 'h:1'],"
+             " ['data', 'serve', '--port', '5'], ['data', 'serve', '--role', 'dispatcher', '--dry-run'],"
+             " ['data', 'serve', '--trainer', 'nohost']):\n"
              "    assert main(argv) == 2, argv\n"
+             "assert main(['data', 'serve', '--dry-run', '--trainer', 'none']) == 0\n"  # the plan needs no TensorFlow
              "assert 'tensorflow' not in sys.modules")
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                            env=_outside_any_job())
     assert result.returncode == 0, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert errors == ["hpcvision: error: --data-service 'nohost': expected HOST:PORT, e.g. 127.0.0.1:5050",
@@ -59,9 +68,8 @@ def test_bad_options_are_one_line_before_tensorflow_loads():
 
 
 def test_dry_run_prints_this_ranks_plan(run_cli, monkeypatch):
-    for name in [n for n in os.environ if n.startswith(("SLURM_", "PBS_", "OMPI_", "PMI", "HPCVISION_"))]:
+    for name in set(os.environ) - set(_outside_any_job()):
         monkeypatch.delenv(name)
-    monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.setenv("HPCVISION_BASE_PORT", "6100")
     code, out, err = run_cli("data", "serve", "--dry-run", "--trainer", "none")
     assert code == 0, err
@@ -245,9 +253,7 @@ def test_two_planned_ranks_on_one_host_serve_and_exit_after_their_trainer(hpcvis
     nodes.write_text("127.0.0.1\n127.0.0.1\n")
     listener = socket.create_server(("127.0.0.1", 0))  # stands in for the trainers' chief
     trainer = f"127.0.0.1:{listener.getsockname()[1]}"
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("SLURM_", "PBS_", "OMPI_", "PMI", "HPCVISION_")) and k != "TF_CONFIG"}
-    env = dict(clean, TF_CPP_MIN_LOG_LEVEL="2", PBS_NODEFILE=str(nodes), PBS_JOBID="5.srv", OMPI_COMM_WORLD_SIZE="2",
+    env = dict(_outside_any_job(), TF_CPP_MIN_LOG_LEVEL="2", PBS_NODEFILE=str(nodes), PBS_JOBID="5.srv", OMPI_COMM_WORLD_SIZE="2",
                HPCVISION_BASE_PORT=str(base))
 
     def start(rank: int) -> list[str]:

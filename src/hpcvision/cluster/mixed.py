@@ -13,9 +13,10 @@ The CPU nodes serve the GPU nodes in one of two ways (`JobSpec.service` says whi
 Slurm: a heterogeneous job, component 0 the CPU nodes, 1 the GPU nodes (SLURM_JOB_NODELIST_HET_GROUP_<n>).
 PBS: one job of two kinds of chunk; PBS lists the hosts in the order of the chunks (CPU nodes first), so the
 script splits $PBS_NODEFILE's hosts there and writes the ranks' own node file, one line per rank, which
-mpirun and discovery read (Torque's lists a host once per core), and the service's, each CPU node once. Every rank gets each host's GPU count
-(HPCVISION_GPUS: PBS Pro keeps no GPU file) and the same HPCVISION_BASE_PORT (a heterogeneous job's
-components have job ids of their own, from which each would derive another base port).
+mpirun and discovery read (Torque's lists a host once per core), and the service's, each CPU node once.
+Every rank gets each host's GPU count (HPCVISION_GPUS: PBS Pro keeps no GPU file) and the same
+HPCVISION_BASE_PORT (a heterogeneous job's components have job ids of their own, from which each would
+derive another base port).
 """
 
 from __future__ import annotations
