@@ -546,9 +546,10 @@ def test_mixed_all_reduce_job_runs_the_input_service_on_the_cpu_nodes(run_cli, f
         assert service[1:5] == ["--het-group=0", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=32"]
         assert "--het-group=1" in trainers
     else:
-        assert service[1:3] == ["-np", "2"]
-        assert [row[1].split() for row in fakes("#machinefile")] == [["gpu01"] * 4 + ["gpu02"] * 4,
-                                                                     ["cpu01", "cpu02"]]
+        assert service[1:5] == ["-np", "2", "--map-by", "ppr:1:node"]  # one rank per node, whatever the slots
+        # (in either order: the service starts in the background)
+        assert sorted(row[1].split() for row in fakes("#machinefile")) == [["cpu01", "cpu02"],
+                                                                           ["gpu01"] * 4 + ["gpu02"] * 4]
         assert not list(tmp_path.glob(".hpcvision-*"))  # both node files are removed on exit
     args = train_argv(trainers)
     assert args[:2] == ["--data-service", "auto"] and "--num-ps" not in args
@@ -557,7 +558,7 @@ def test_mixed_all_reduce_job_runs_the_input_service_on_the_cpu_nodes(run_cli, f
         ("dispatcher", "cpu01:3001", "cpu01:3000", "gpu01:3000"), ("worker", "cpu02:3001", "cpu01:3000", None)]
     rank_env = env_words(trainers)
     if scheduler == "pbs":
-        (tmp_path / "ranks").write_text(fakes("#machinefile")[0][1])
+        (tmp_path / "ranks").write_text(machinefile_of(fakes, "gpu01"))
         rank_env["PBS_NODEFILE"] = str(tmp_path / "ranks")
         views = rank_views(rank_env, 8, lambda r: {"OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": "8"})
     else:
@@ -569,10 +570,16 @@ def test_mixed_all_reduce_job_runs_the_input_service_on_the_cpu_nodes(run_cli, f
     assert service_plan.dispatcher_address(discover(rank_env), rank_env)[0] == "cpu01:3000"
 
 
+def machinefile_of(fakes, first_host: str) -> str:
+    """The machine file a fake mpirun was given that starts with `first_host` (calls come in any order)."""
+    (text,) = [row[1] for row in fakes("#machinefile") if row[1].split()[0] == first_host]
+    return text
+
+
 def service_views(scheduler: str, env: dict[str, str], fakes, tmp_path: Path) -> list[dict]:
     """`data serve --dry-run` as each of the 2 ranks of a mixed job's service launch sees it."""
     if scheduler == "pbs":
-        (tmp_path / "service").write_text(fakes("#machinefile")[1][1])
+        (tmp_path / "service").write_text(machinefile_of(fakes, "cpu01"))
         env["PBS_NODEFILE"] = str(tmp_path / "service")
         ranks = [{"OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": "2"} for r in range(2)]
     else:

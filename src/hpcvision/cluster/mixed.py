@@ -168,7 +168,9 @@ def _service_lines(spec: JobSpec) -> list[str]:
     serve = ['"$HPCVISION"', "data", "serve", *([] if spec.gpu_tasks > 1 else ["--trainer", "none"])]
     cpu = spec.options.cpu_nodes
     if spec.scheduler == "pbs":
-        launch = ["mpirun", "-np", str(cpu), "-machinefile", '"$servicefile"']
+        # One rank per node whatever mpirun takes a host listed once for (Open MPI: all its cores).
+        # Open MPI syntax, as for Torque (MPICH/Intel MPI: -ppn 1).
+        launch = ["mpirun", "-np", str(cpu), "--map-by", "ppr:1:node", "-machinefile", '"$servicefile"']
     else:
         launch = ["srun", "--het-group=0", f"--nodes={cpu}", "--ntasks-per-node=1",
                   *jobscript.srun_options(spec, spec.cpu_cores_per_task, gpus=False)]
