@@ -605,6 +605,12 @@ def test_one_trainer_leaves_the_service_to_the_exit_trap(run_cli, tmp_path):
     (["--cpu-nodes", "1", "--gpus-per-node", "2", "--launcher", "mpirun"], [], "mixed jobs start ranks with srun"),
     (["--cpu-queue", "cpu"], [], "--cpu-queue: the partition of a Slurm mixed job's CPU nodes"),
     (["--ps", "many"], [], "--ps 'many': give a number of parameter servers or auto"),
+    # --data-service: the job points the trainers at the service it starts; a ps job starts none
+    (["--cpu-nodes", "1", "--gpus-per-node", "2"], ["--data-service", "auto"], "a parameter-server job runs no input"),
+    (["--cpu-nodes", "1", "--gpus-per-node", "2"], ["--strategy", "multi-worker", "--data-service", "h:5050"],
+     "the job starts the input service"),
+    ([], ["--data-service", "auto"], "--data-service auto: finds the input service of a mixed job"),
+    ([], ["--data", "d", "--data-service", "dispatcher.example:5050"], None),  # a service running elsewhere
 ])
 def test_mixed_job_options_are_checked(run_cli, options, args, problem):
     code, _, err = run_cli("job", "slurm", "train", *options, "--", *args)

@@ -118,7 +118,8 @@ def job_spec(scheduler: str, stage: str, job: JobConfig, stage_args: list[str], 
                         "leave train's --num-ps out")
     return JobSpec(scheduler, stage, job, stage_args, str(out) if out else None,
                    strategy=config.strategy if training else "auto", points=points,
-                   sweep_root=config.checkpoint_dir if stage == "sweep" else None)
+                   sweep_root=config.checkpoint_dir if stage == "sweep" else None,
+                   data_service=config.data_service if training else None)
 
 
 def run_job(args: argparse.Namespace) -> int:

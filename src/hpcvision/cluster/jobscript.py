@@ -65,6 +65,7 @@ class JobSpec:
     strategy: str = "auto"  # train's --strategy
     points: tuple[SweepPoint, ...] = ()
     sweep_root: str | None = None  # train's --checkpoint-dir: a sweep's run folders go inside it
+    data_service: str | None = None  # train's own --data-service
 
     @property
     def name(self) -> str:
@@ -218,6 +219,9 @@ def _validate_mixed(spec: JobSpec) -> None:
     if job.cpu_node_cores and not spec.mixed:
         raise UserError("--cpu-node-cores: the cores of a mixed job's CPU nodes (give --cpu-nodes)")
     if not job.cpu_nodes:
+        if spec.data_service == "auto":
+            raise UserError("train's --data-service auto: finds the input service of a mixed job (--cpu-nodes C and "
+                            "train --strategy multi-worker); give HOST:PORT of a service running elsewhere")
         return
     if spec.stage != "train":
         raise UserError(f"--cpu-nodes: CPU nodes serve a train job (parameter servers or the input service), "
@@ -228,6 +232,11 @@ def _validate_mixed(spec: JobSpec) -> None:
     if launcher != ("srun" if spec.scheduler == "slurm" else "mpirun"):
         raise UserError(f"--cpu-nodes: {spec.scheduler.upper()} mixed jobs start ranks with "
                         f"{'srun (a heterogeneous job)' if spec.scheduler == 'slurm' else 'mpirun'}")
+    if spec.data_service:
+        raise UserError("train's --data-service in a mixed job: " + (
+            "the job starts the input service and points the trainers at it itself" if spec.service else
+            "a parameter-server job runs no input service (train --strategy multi-worker makes the CPU nodes "
+            "run one)"))
     if spec.num_ps and spec.num_ps < job.cpu_nodes:
         raise UserError(f"--ps {spec.num_ps} with --cpu-nodes {job.cpu_nodes}: each CPU node runs at least one "
                         "parameter server (leave --ps auto: one per CPU node)")
