@@ -411,3 +411,18 @@ def test_a_header_sum_is_the_sum_of_its_bytes(fill):
 
     header = os.urandom(512) if fill is None else bytes([fill]) * 512
     assert header_sum(header) == sum(header)
+
+
+def test_annotation_synset_indexes_are_cached_and_give_the_same_members(tmp_path, images, monkeypatch):
+    """The in-memory annotation tars are indexed on disk too; a later source scans none and reads the same."""
+    from hpcvision.data import sources
+
+    tgz = write_annotations_tgz(tmp_path / "Annotation.tar.gz", images, skip={"n01_2"})
+    wanted = [*items_of(images), ListedImage("n77", "n77_1", 1)]
+    first = open_annotations(tgz, index_dir=tmp_path / "idx")
+    first.prepare(wanted)
+    assert sorted(p.name for p in (tmp_path / "idx").glob("*/inner/*.json")) == ["n01.json", "n02.json", "n03.json"]
+    expected = fetch_all(first, wanted)
+    monkeypatch.setattr(sources, "scan_tar_bytes", lambda *a: pytest.fail("scanned again"))
+    assert fetch_all(open_annotations(tgz, index_dir=tmp_path / "idx"), wanted) == expected
+    assert expected[("n01", "n01_2")] == NO_ANNOTATION and expected[("n01", "n01_1")] == voc_xml("n01", "n01_1")

@@ -337,7 +337,7 @@ class NestedTarSource(Source):
 
     def prepare(self, items: Sequence[ListedImage]) -> None:
         for wnid in sorted({item.wnid for item in items}):
-            if isinstance(self.archive.members.get(wnid), Found) and not self._in_memory():
+            if isinstance(self.archive.members.get(wnid), Found):
                 self._inner_scan(wnid)
 
     def _inner_scan(self, wnid: str) -> TarScan | Missing:
