@@ -44,7 +44,7 @@ from hpcvision.data.shards import (
     write_tsv,
 )
 from hpcvision.data.skips import check_skipped
-from hpcvision.data.sources import NO_ANNOTATION, Source, open_annotations, open_images
+from hpcvision.data.sources import NO_ANNOTATION, Fetched, Source, open_annotations, open_images
 from hpcvision.data.workers import Report, Workers
 from hpcvision.errors import CountMismatch, UserError
 from hpcvision.files import atomic_path, remove_temporaries
@@ -304,28 +304,29 @@ class ShardWriter:
 
     def _write_records(self, writer: records.RecordWriter, report: Report) -> int:
         """Every listed image's record in the plan's order; how many were written (the rest skipped)."""
-        items, voc = self.task.items, self.voc
-        position = item_positions(items)
-        pending: dict[int, object] = {}
-        next_index, count, unreported = 0, 0, 0
-        # fetch yields in archive order; records go out in the shuffled order of the plan
-        for fetched in self.sources.images.fetch(items) if items else ():
-            pending[position[id(fetched.item)]] = fetched
-            while next_index in pending:
-                record = self.record(pending.pop(next_index), voc[next_index])
-                if record is not None:
-                    writer.write(record)
+        fetched = fetch_in_plan_order(self.sources.images, self.task.items, self.task.path)
+        record, write, count = self.record, writer.write, 0
+        for start in range(0, len(fetched), PROGRESS_EVERY):
+            end = start + PROGRESS_EVERY
+            for image, voc in zip(fetched[start:end], self.voc[start:end], strict=True):
+                serialized = record(image, voc)
+                if serialized is not None:
+                    write(serialized)
                     count += 1
-                next_index += 1
-                unreported += 1
-                if unreported >= PROGRESS_EVERY:
-                    report(unreported)
-                    unreported = 0
-        if next_index != len(items):
-            raise CountMismatch(f"{self.task.path}: image source returned {next_index} of {len(items)} images")
-        if unreported:
-            report(unreported)
+            report(min(end, len(fetched)) - start)
         return count
+
+
+def fetch_in_plan_order(images: Source, items: Sequence[ListedImage], what: str) -> list[Fetched]:
+    """Every item fetched, in the order of `items` (a source yields them in archive order); a shard's
+    images are held at once, as many as writing them in order needed anyway."""
+    position = item_positions(items)
+    found: list[Fetched | None] = [None] * len(items)
+    for fetched in images.fetch(items) if items else ():
+        found[position[id(fetched.item)]] = fetched
+    if None in found:
+        raise CountMismatch(f"{what}: image source returned {len(items) - found.count(None)} of {len(items)} images")
+    return found  # type: ignore[return-value]  # no None left
 
 
 def item_positions(items: Sequence[ListedImage]) -> dict[int, int]:
