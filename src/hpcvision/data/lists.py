@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 ILSVRC_VAL_RE = re.compile(r"^ILSVRC2012_val_[0-9]{8}$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ListedImage:
     """One image asked for by a list: its synset, its basename without extension, its list line, and
     the synset folder holding its XML (`xml_wnid`, the image's own unless the list line says another)."""
@@ -47,9 +47,10 @@ class ListedImage:
     line: int
     xml_wnid: str = ""
 
-    def __post_init__(self) -> None:
-        if not self.xml_wnid:
-            object.__setattr__(self, "xml_wnid", self.wnid)
+    def __init__(self, wnid: str, name: str, line: int, xml_wnid: str = ""):
+        # One dict update instead of a frozen dataclass's four guarded setters: half the cost, and a list
+        # makes 1.28 M of these before any worker can start.
+        self.__dict__.update(wnid=wnid, name=name, line=line, xml_wnid=xml_wnid or wnid)
 
 
 @dataclass
