@@ -576,3 +576,24 @@ def test_a_shard_task_reaches_a_spawned_worker_unchanged_with_its_items_and_xml_
     copy = pickle.loads(pickle.dumps(task))
     assert copy == task and copy.items[0].xml_wnid == "n03636649" and copy.items[1].xml_wnid == "n01440764"
     assert pickle.loads(pickle.dumps(ShardTask(0, "/out/x", (), "0"))) == ShardTask(0, "/out/x", (), "0")
+
+
+def test_images_come_back_in_plan_order_and_a_source_that_loses_one_is_an_error():
+    from hpcvision.data.build import fetch_in_plan_order
+    from hpcvision.data.lists import ListedImage
+    from hpcvision.data.sources import Fetched, Source
+    from hpcvision.errors import CountMismatch
+
+    class Reversed(Source):  # yields in its own order, optionally dropping the first item asked for
+        def __init__(self, drop: bool):
+            self.drop = drop
+
+        def fetch(self, items):
+            for item in reversed(items[1:] if self.drop else items):
+                yield Fetched(item, item.name.encode(), None)
+
+    items = [ListedImage("n01", f"n01_{i}", i) for i in range(5)]
+    assert [f.data for f in fetch_in_plan_order(Reversed(False), items, "shard-0")] == [
+        f"n01_{i}".encode() for i in range(5)]
+    with pytest.raises(CountMismatch, match="shard-0: image source returned 4 of 5 images"):
+        fetch_in_plan_order(Reversed(True), items, "shard-0")

@@ -324,8 +324,9 @@ def fetch_in_plan_order(images: Source, items: Sequence[ListedImage], what: str)
     found: list[Fetched | None] = [None] * len(items)
     for fetched in images.fetch(items) if items else ():
         found[position[id(fetched.item)]] = fetched
-    if None in found:
-        raise CountMismatch(f"{what}: image source returned {len(items) - found.count(None)} of {len(items)} images")
+    missing = sum(1 for fetched in found if fetched is None)  # (`None in found` would call Fetched.__eq__)
+    if missing:
+        raise CountMismatch(f"{what}: image source returned {len(items) - missing} of {len(items)} images")
     return found  # type: ignore[return-value]  # no None left
 
 
