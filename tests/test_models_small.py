@@ -16,13 +16,15 @@ from hpcvision.models import build_model, model_names
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def expected_params(num_classes: int, widths=(32, 64, 128), embedding: int = 256, grid: int = 3) -> int:
+def expected_params(num_classes: int, widths=(32, 64, 128), embedding: int = 256, grid: int = 3,
+                    convs=(1, 1, 1)) -> int:
     """Parameter count worked out by hand from the architecture the module docstring describes."""
     total, channels = 0, 3
-    for filters in widths:
-        total += 3 * 3 * channels * filters  # conv, no bias
-        total += 4 * filters  # BN gamma, beta, moving mean, moving variance
-        channels = filters
+    for filters, count in zip(widths, convs, strict=True):
+        for _ in range(count):
+            total += 3 * 3 * channels * filters  # conv, no bias
+            total += 4 * filters  # BN gamma, beta, moving mean, moving variance
+            channels = filters
     total += grid * grid * channels * embedding + 4 * embedding  # dense (no bias) + BN
     return total + embedding * num_classes + num_classes  # logits
 
@@ -41,6 +43,15 @@ def test_small_output_shape_params_and_logits_layer(image_size):
     assert model.count_params() == expected_params(7)
     layer = model.get_layer("logits")
     assert layer is model.layers[-1] and layer.dtype == "float32"
+
+
+def test_small_with_a_second_conv_in_a_stage():
+    from hpcvision.models.small import small
+
+    model = small(num_classes=10, image_size=28, convs=(1, 1, 2))
+    assert model.count_params() == expected_params(10, convs=(1, 1, 2))
+    assert model.get_layer("conv3b").kernel.shape == (3, 3, 128, 128)
+    assert "conv2b" not in [layer.name for layer in model.layers]
 
 
 def test_small_rejects_too_small_images():

@@ -30,13 +30,15 @@ GRID = 3
 
 @register_model("small", image_size=28, params_published=None)
 def small(num_classes: int, image_size: int = 28, aux: bool = False, *, widths: tuple[int, ...] = WIDTHS,
-          embedding: int = 256, dropout: float = 0.3) -> keras.Model:
-    """The small CNN for `num_classes` classes at `image_size` pixels (no auxiliary heads; `aux` ignored)."""
+          convs: tuple[int, ...] = (1, 1, 1), embedding: int = 256, dropout: float = 0.3) -> keras.Model:
+    """The small CNN for `num_classes` classes at `image_size` pixels (no auxiliary heads; `aux` ignored);
+    `convs`: 3x3 convs per stage (a stage's second one is `conv<stage>b`)."""
     check_image_size("small", image_size, MIN_IMAGE_SIZE)
     inputs = image_input(image_size)
     x = inputs
-    for stage, filters in enumerate(widths, start=1):
-        x = conv_bn(x, filters, 3, name=f"conv{stage}")
+    for stage, (filters, count) in enumerate(zip(widths, convs, strict=True), start=1):
+        for index in range(count):
+            x = conv_bn(x, filters, 3, name=f"conv{stage}{'abcd'[index] if index else ''}")
         x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
     x = pool_to_grid(x, GRID, f"pool_to_{GRID}x{GRID}")
     x = layers.Flatten(name="flatten")(x)
