@@ -10,6 +10,12 @@ Prints each one's training img/s and validation top-1, and the ratios recipe / b
     python benchmarks/demo_recipe.py --quick    # 2,000 images, a few steps: a smoke run
     python benchmarks/demo_recipe.py --no-baseline --ema-decay 0.99    # the recipe with Keras' weight EMA
     python benchmarks/demo_recipe.py --no-baseline --mixup-alpha 0.2   # ... with Keras' MixUp on its batches
+    python benchmarks/demo_recipe.py --no-baseline --set epochs=6 --set input.random_erasing=0.25 \
+        --model-arg widths=[48,96,192]     # a candidate recipe: settings and builder keywords changed
+
+The recipe's optimizer, weight decay, mixed precision, normalisation and batch augmentations (random
+erasing, MixUp, ...) are applied with the functions `hpcvision train` uses. Img per CPU-second (process
+CPU time, all threads) is printed beside img/s: on shared cores it compares runs better than wall time.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def load_fashion_mnist(folder: Path, limit: int | None) -> tuple[np.ndarray, ...
 
 
 def as_the_demo_sees_it(images: np.ndarray, size: int) -> np.ndarray:
-    """28 px gray -> 64 px RGB JPEG q95 (as `data sample`) -> decoded -> bilinear to `size`, float 0..1."""
+    """28 px gray -> 64 px RGB JPEG q95 (as `data sample`) -> decoded -> bilinear to `size`, float 0..255."""
     import tensorflow as tf
     from PIL import Image
 
@@ -46,7 +52,7 @@ def as_the_demo_sees_it(images: np.ndarray, size: int) -> np.ndarray:
             buffer, format="JPEG", quality=95)
         decoded[i] = np.asarray(Image.open(buffer).convert("RGB"))
     resized = tf.image.resize(tf.constant(decoded, tf.float32), [size, size], method="bilinear")
-    return (resized.numpy() / 255.0).astype("float32")
+    return resized.numpy().astype("float32")
 
 
 def keras_io_convnet(num_classes: int, size: int):
@@ -63,11 +69,11 @@ def keras_io_convnet(num_classes: int, size: int):
 
 
 def recipe_schedule(recipe: dict, steps_per_epoch: int, total_steps: int):
-    """Linear warm-up then cosine to 0, peak = learning_rate x batch / 256 (as hpcvision train)."""
+    """Linear warm-up then cosine to 0, peak = learning_rate x (global) batch_size / 256 (as hpcvision train)."""
     import keras
     import tensorflow as tf
 
-    peak = recipe["learning_rate"] * recipe["batch_size"] * recipe.get("workers", 1) / 256.0
+    peak = recipe["learning_rate"] * recipe["batch_size"] / 256.0
     warmup = recipe.get("warmup_epochs", 0) * steps_per_epoch
 
     class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -97,25 +103,31 @@ def augment(recipe: dict, images, labels):
     return images, labels
 
 
-def mixup_fn(alpha: float):
-    """Keras' MixUp over a batch of (images, one-hot labels), as `--mixup-alpha` does in training; None at 0."""
-    if not alpha:
-        return None
-    import keras
+def batch_fn(recipe: dict, num_classes: int, seed: int):
+    """(images 0..255, labels) batch -> (normalised images, one-hot or mixed labels), as the training
+    pipeline does: its `batch_augmenter` (RandAugment, random erasing, MixUp, CutMix) when one is on."""
+    import tensorflow as tf
 
-    layer = keras.layers.MixUp(alpha=alpha, seed=1)
+    from hpcvision.data.batch_augment import batch_augmenter
+    from hpcvision.data.input_config import InputConfig
+    from hpcvision.data.presets import normalize_image
 
-    def mix(images, labels):
-        mixed = layer({"images": images, "labels": labels}, training=True)
-        return mixed["images"], mixed["labels"]
+    config = InputConfig(**recipe.get("input", {}))
+    augmenter = batch_augmenter(config, num_classes, seed)
 
-    return mix
+    def prepare(images, labels):
+        if augmenter is None:
+            return normalize_image(images, config.normalize), tf.one_hot(labels, num_classes)
+        images, labels = augmenter(images, labels)
+        return images, labels if len(labels.shape) == 2 else tf.one_hot(labels, num_classes)
+
+    return prepare
 
 
 def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: int, augment_fn=None,
                     batch_fn=None):
-    """Fit, then (training img/s over the epochs after the first, validation top-1, seconds); `batch_fn`
-    maps whole batches (MixUp). With `use_ema` on the optimizer, fit ends with the averages in the model."""
+    """Fit, then (training img/s and img per CPU-second over the epochs after the first, validation top-1,
+    seconds); `batch_fn` maps whole batches. With `use_ema`, fit ends with the averages in the model."""
     import keras
     import tensorflow as tf
 
@@ -128,20 +140,21 @@ def train_and_score(model, optimizer, loss, data, *, batch_size: int, epochs: in
         train = train.map(batch_fn, num_parallel_calls=2)
     train = train.prefetch(2)
     model.compile(optimizer, loss, metrics=["accuracy"])
-    times = []
+    times, cpu_times = [], []
 
     class EpochTimes(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.start)
+            cpu_times.append(time.process_time() - self.cpu_start)
 
     model.fit(train, epochs=epochs, verbose=0, callbacks=[EpochTimes()])
-    timed = times[1:] or times  # the first epoch includes tracing
-    images_per_s = len(timed) * (len(x_train) // batch_size) * batch_size / sum(timed)
+    skip = 1 if len(times) > 1 else 0  # the first epoch includes tracing
+    images = (len(times) - skip) * (len(x_train) // batch_size) * batch_size
     top1 = model.evaluate(x_test, y_test, batch_size=500, verbose=0)[1]
-    return images_per_s, float(top1), sum(times)
+    return images / sum(times[skip:]), images / sum(cpu_times[skip:]), float(top1), sum(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs for both (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2: the demo machine; 0: leave TensorFlow's choice)")
     parser.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch: a smoke run")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="the demo's `launch --workers`: global batch = batch_size x this (default 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe setting (YAML value; input.KEY for the input section), repeatable")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="keyword for the model's builder (YAML value), e.g. widths=[48,96,192], repeatable")
     parser.add_argument("--ema-decay", type=float, default=0.0, help="the recipe with Keras' weight EMA (use_ema)")
     parser.add_argument("--mixup-alpha", type=float, default=0.0, help="the recipe with Keras' MixUp layer")
     parser.add_argument("--no-baseline", action="store_true", help="the recipe only, not the keras-io convnet")
@@ -164,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:  # 0: TensorFlow may already be running (a test calling main), and then it cannot change
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    from hpcvision.models import build_model
-
     recipe = yaml.safe_load(Path(args.config).read_text())
+    overrides = [*args.set, *([f"ema_decay={args.ema_decay}"] if args.ema_decay else []),
+                 *([f"input.mixup_alpha={args.mixup_alpha}"] if args.mixup_alpha else [])]
+    for key, value in key_values(overrides, parser).items():
+        section, _, name = key.rpartition(".")
+        (recipe.setdefault(section, {}) if section else recipe)[name] = value
+    model_args = key_values(args.model_arg, parser)
     size = int(recipe.get("image_size") or 28)
     epochs = 1 if args.quick else (args.epochs or math.ceil(float(recipe["epochs"])))
     limit = 2000 if args.quick else None
@@ -181,43 +204,79 @@ def main(argv: list[str] | None = None) -> int:
         y_train, y_test = (rng.integers(0, 10, n).astype("int32") for n in (limit, limit))
         source = "random pixels (no Fashion-MNIST here)"
     data = (as_the_demo_sees_it(x_train, size), y_train, as_the_demo_sees_it(x_test, size), y_test)
+    batch = int(recipe["batch_size"]) * args.workers
     print(f"data: {source}, {len(x_train)} train / {len(x_test)} validation images at {size} px; "
-          f"{epochs} epoch(s) each; {args.threads} intra-op threads", flush=True)
+          f"{epochs} epoch(s) each; batch {batch}; {args.threads} intra-op threads", flush=True)
 
-    keras.utils.set_random_seed(1)
-    batch = int(recipe["batch_size"]) * int(recipe.get("workers", 1))
-    steps_per_epoch = len(x_train) // batch
-    schedule = recipe_schedule(recipe, steps_per_epoch, epochs * steps_per_epoch)
-    ema = {"use_ema": True, "ema_momentum": args.ema_decay} if args.ema_decay else {}
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=recipe.get("weight_decay", 0.0), **ema)
-    if recipe.get("optimizer") == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
-                                         weight_decay=recipe.get("weight_decay") or None, **ema)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])
-    smoothing = float(recipe.get("label_smoothing", 0.0))
-    one_hot = (data[0], keras.utils.to_categorical(y_train, 10), data[2], keras.utils.to_categorical(y_test, 10))
-    model = build_model(recipe.get("model", "small"), num_classes=10, image_size=size)
-    ours = train_and_score(model, optimizer,
-                           keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing),
-                           one_hot, batch_size=batch, epochs=epochs,
-                           augment_fn=lambda x, y: augment(recipe, x, y), batch_fn=mixup_fn(args.mixup_alpha))
-    extras = "".join([f", EMA {args.ema_decay}" if args.ema_decay else "",
-                      f", MixUp {args.mixup_alpha}" if args.mixup_alpha else ""])
-    print(f"recipe   ({recipe.get('model', 'small')}, {model.count_params():,} params{extras}): {ours[0]:,.0f} img/s, "
-          f"top-1 {ours[1]:.4f}, {ours[2]:.0f} s", flush=True)
+    ours, params = train_recipe(recipe, model_args, data, batch=batch, epochs=epochs)
+    changed = ", ".join([*overrides, *args.model_arg])
+    print(f"recipe   ({recipe.get('model', 'small')}, {params:,} params{', ' + changed if changed else ''}): "
+          f"{ours[0]:,.0f} img/s, {ours[1]:,.0f} img/CPU-s, top-1 {ours[2]:.4f}, {ours[3]:.0f} s", flush=True)
     if args.no_baseline:
         return 0
 
+    keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(1)
     baseline_model = keras_io_convnet(10, size)
+    unit = {"input": {"normalize": "unit"}}
     base = train_and_score(baseline_model, keras.optimizers.Adam(),
-                           keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           data, batch_size=128, epochs=epochs)
+                           keras.losses.CategoricalCrossentropy(from_logits=True),
+                           evaluation_ready(data, unit), batch_size=128, epochs=epochs, batch_fn=batch_fn(unit, 10, 1))
     print(f"baseline (keras-io convnet, {baseline_model.count_params():,} params): {base[0]:,.0f} img/s, "
-          f"top-1 {base[1]:.4f}, {base[2]:.0f} s", flush=True)
-    print(f"ratio recipe/baseline: img/s x{ours[0] / base[0]:.2f}, top-1 {100 * (ours[1] - base[1]):+.2f} points, "
-          f"time x{ours[2] / base[2]:.2f}")
+          f"{base[1]:,.0f} img/CPU-s, top-1 {base[2]:.4f}, {base[3]:.0f} s", flush=True)
+    print(f"ratio recipe/baseline: img/s x{ours[0] / base[0]:.2f}, img/CPU-s x{ours[1] / base[1]:.2f}, "
+          f"top-1 {100 * (ours[2] - base[2]):+.2f} points, time x{ours[3] / base[3]:.2f}")
     return 0
+
+
+def key_values(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
+    """['key=yaml value', ...] -> {key: value}; a pair without '=' is the parser's one-line error."""
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"expected KEY=VALUE, got {pair!r}")
+        values[key] = yaml.safe_load(text)
+    return values
+
+
+def evaluation_ready(data: tuple, recipe: dict) -> tuple:
+    """(train images 0..255, labels, validation images normalised as the recipe says, one-hot labels)."""
+    import keras
+    import tensorflow as tf
+
+    from hpcvision.data.input_config import InputConfig
+    from hpcvision.data.presets import normalize_image
+
+    normalize = InputConfig(**recipe.get("input", {})).normalize
+    x_test = np.asarray(normalize_image(tf.constant(data[2]), normalize))
+    return data[0], data[1], x_test, keras.utils.to_categorical(data[3], 10)
+
+
+def train_recipe(recipe: dict, model_args: dict, data: tuple, *, batch: int, epochs: int):
+    """Train the recipe as `hpcvision train` sets it up (precision, optimizer, loss); (scores, params)."""
+    import keras
+
+    from hpcvision.models import model_spec
+    from hpcvision.train.loop import cpu_has_bfloat16
+    from hpcvision.train.optim import make_optimizer
+
+    precision = recipe.get("mixed_precision", "off")
+    if precision == "auto":  # as train decides it on a CPU
+        precision = "mixed_bfloat16" if cpu_has_bfloat16() else "off"
+    keras.mixed_precision.set_global_policy("float32" if precision == "off" else precision)
+    keras.utils.set_random_seed(1)
+    steps_per_epoch = len(data[0]) // batch
+    schedule = recipe_schedule({**recipe, "batch_size": batch}, steps_per_epoch, epochs * steps_per_epoch)
+    optimizer = make_optimizer(recipe.get("optimizer", "sgd"), schedule, momentum=recipe.get("momentum", 0.9),
+                               weight_decay=recipe.get("weight_decay", 1e-4), loss_scaling=False,
+                               clip_norm=recipe.get("clip_norm", 0.0), ema_decay=recipe.get("ema_decay", 0.0))
+    model = model_spec(recipe.get("model", "small")).build(num_classes=10, image_size=int(recipe.get("image_size") or 28),
+                                                            **model_args)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=float(recipe.get("label_smoothing", 0.0)))
+    scores = train_and_score(model, optimizer, loss, evaluation_ready(data, recipe), batch_size=batch, epochs=epochs,
+                             augment_fn=lambda x, y: augment(recipe, x, y), batch_fn=batch_fn(recipe, 10, recipe.get("seed") or 1))
+    return scores, model.count_params()
 
 
 if __name__ == "__main__":
