@@ -164,6 +164,12 @@ def test_bulk_parsing_of_plain_lists_gives_what_line_by_line_parsing_gives(tmp_p
 
     path = tmp_path / "list.txt"
     path.write_bytes(text.encode())
+    bulk, by_line = _plain_list(text), _parse_lines(text)
+    assert (bulk is not None) == (text in PLAIN_LISTS)
+    assert bulk is None or bulk == by_line
     parsed = read_file_list(path, known)
-    assert parsed == _parse_lines(text, known)
-    assert (_plain_list(text) is not None) == (text in PLAIN_LISTS)
+    lines = [line.strip() for line in text.splitlines()]
+    assert parsed.images == [item for item in by_line.images if known is None or item.wnid in known]
+    assert parsed.skipped == by_line.skipped + [(lines[item.line - 1], f"unknown synset {item.wnid}")
+                                                for item in by_line.images if known and item.wnid not in known]
+    assert parsed.listed == len(parsed.images) + len(parsed.skipped)

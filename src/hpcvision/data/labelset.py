@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcvision.data.config import MetadataConfig
-from hpcvision.data.lists import FileList, ListedImage, ilsvrc2012_wnids, read_file_list, read_synsets
+from hpcvision.data.lists import (
+    FileList,
+    ListedImage,
+    ilsvrc2012_wnids,
+    read_file_list,
+    read_synsets,
+    skip_unknown,
+)
 from hpcvision.data.wordnet import DEFAULT_DATA_NOUN, read_words
 from hpcvision.errors import UserError
 from hpcvision.files import write_atomic
@@ -55,15 +62,8 @@ def choose_synsets(synsets: str | Path | None, out: Path | None, images: Sequenc
 
 def keep_known(files: FileList, labels: LabelSet) -> FileList:
     """`files` with images of synsets outside `labels` moved to the skipped rows, with the reason."""
-    known = set(labels.wnids)
-    kept = FileList(skipped=list(files.skipped), listed=files.listed)
-    for item in files.images:
-        if item.wnid in known:
-            kept.images.append(item)
-        else:
-            kept.skipped.append((f"{item.xml_wnid} {item.name}",
-                                 f"unknown synset {item.wnid} (not in {labels.origin}, line {item.line})"))
-    return kept
+    return skip_unknown(files, labels.wnids, lambda item: f"{item.xml_wnid} {item.name}",
+                        lambda item: f"unknown synset {item.wnid} (not in {labels.origin}, line {item.line})")
 
 
 def record_synsets(out: Path, labels: LabelSet) -> None:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from hpcvision.data.config import ListConfig
 from hpcvision.data.config import index_dir as default_index_dir
-from hpcvision.data.lists import FileList, list_text, read_file_list
+from hpcvision.data.lists import FileList, list_text, read_file_list, skip_unknown
 from hpcvision.data.sources import Source, open_images
 from hpcvision.errors import UserError
 from hpcvision.files import write_atomic
@@ -35,12 +35,7 @@ def listed_from_source(source: Source, synsets: Collection[str] | None = None) -
     """Every image `source` holds as a list (`listed`, `skipped` as a list file's); given `synsets`,
     images of other synsets are skipped as unknown, as a list file's lines would be."""
     result = source.list_all()
-    if synsets is not None:
-        known = set(synsets)
-        result.skipped += [(f"{i.wnid}/{i.name}", f"unknown synset {i.wnid}") for i in result.images
-                           if i.wnid not in known]
-        result.images = [item for item in result.images if item.wnid in known]
-    return result
+    return result if synsets is None else skip_unknown(result, synsets, lambda item: f"{item.wnid}/{item.name}")
 
 
 def listed_images(list_file: Path | None, options: SourceOptions, synsets: Collection[str] | None) -> FileList:

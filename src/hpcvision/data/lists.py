@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,14 +112,30 @@ def parse_list_line(text: str) -> tuple[str, str, str]:
 
 def read_file_list(path: str | Path, synsets: Collection[str] | None = None) -> FileList:
     """Parse an image list; duplicates, malformed lines and (given `synsets`) unknown synsets are skipped."""
-    known = set(synsets) if synsets is not None else None
     text = _read_text(path, "image list")
-    plain = _plain_list(text)
-    return _parse_lines(text, known) if plain is None else _keep_known(plain, known, text)
+    files = _plain_list(text)
+    if files is None:
+        files = _parse_lines(text)
+    if synsets is None:
+        return files
+    lines = text.splitlines()
+    return skip_unknown(files, synsets, lambda item: lines[item.line - 1].strip())
 
 
-def _parse_lines(text: str, known: set[str] | None) -> FileList:
-    """Any list, line by line: each malformed, duplicate or unknown line skipped with its reason."""
+def skip_unknown(files: FileList, known: Collection[str], row: Callable[[ListedImage], str],
+                 why: Callable[[ListedImage], str] = lambda item: f"unknown synset {item.wnid}") -> FileList:
+    """`files` with the images of synsets outside `known` moved to its skipped rows: `row` names each (its list
+    line, its path), `why` says why."""
+    known = set(known)
+    unknown = [item for item in files.images if item.wnid not in known]
+    if not unknown:
+        return files
+    return FileList(images=[item for item in files.images if item.wnid in known],
+                    skipped=[*files.skipped, *((row(item), why(item)) for item in unknown)], listed=files.listed)
+
+
+def _parse_lines(text: str) -> FileList:
+    """Any list, line by line: each malformed or duplicate line skipped with its reason."""
     result = FileList()
     first_line: dict[tuple[str, str], int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -136,9 +152,6 @@ def _parse_lines(text: str, known: set[str] | None) -> FileList:
             result.skipped.append((text, f"duplicate of line {first_line[wnid, name]}"))
             continue
         first_line[wnid, name] = number
-        if known is not None and wnid not in known:
-            result.skipped.append((text, f"unknown synset {wnid}"))
-            continue
         result.images.append(ListedImage(wnid=wnid, name=name, line=number, xml_wnid=xml_wnid))
     return result
 
@@ -161,19 +174,6 @@ def _plain_list(text: str) -> FileList | None:
     result = FileList(listed=len(names))
     result.images = [ListedImage(name[:9], name, number, column)
                      for number, (column, name) in enumerate(zip(columns, names, strict=True), start=1)]
-    return result
-
-
-def _keep_known(result: FileList, known: set[str] | None, text: str) -> FileList:
-    """`result` without the images of synsets outside `known`, each skipped with its reason."""
-    if known is None:
-        return result
-    kept = [item for item in result.images if item.wnid in known]
-    if len(kept) < len(result.images):
-        lines = text.splitlines()
-        result.skipped = [(lines[item.line - 1].strip(), f"unknown synset {item.wnid}")
-                          for item in result.images if item.wnid not in known]
-        result.images = kept
     return result
 
 
