@@ -595,5 +595,5 @@ def test_images_come_back_in_plan_order_and_a_source_that_loses_one_is_an_error(
     items = [ListedImage("n01", f"n01_{i}", i) for i in range(5)]
     assert [f.data for f in fetch_in_plan_order(Reversed(False), items, "shard-0")] == [
         f"n01_{i}".encode() for i in range(5)]
-    with pytest.raises(CountMismatch, match="shard-0: image source returned 4 of 5 images"):
+    with pytest.raises(CountMismatch, match="shard-0: the source returned 4 of 5 items"):
         fetch_in_plan_order(Reversed(True), items, "shard-0")

@@ -249,9 +249,9 @@ def _file_of(item: ListedImage) -> str:
 class ShardWriter:
     """Turns fetched images into one shard's records, collecting what was skipped or fixed."""
 
-    def __init__(self, sources: Sources, task: ShardTask, voc: Sequence[VocBoxes | None] = ()):
+    def __init__(self, sources: Sources, task: ShardTask, voc: Sequence[VocBoxes | None]):
         self.sources, self.task = sources, task
-        self.voc = voc or (None,) * len(task.items)  # each item's annotation (None: none)
+        self.voc = voc  # each item's annotation, in the task's order (None: none)
         self.skipped: list[list[str]] = []
         self.warnings: list[list[str]] = []
         self.stats: Counter = Counter()
@@ -317,37 +317,37 @@ class ShardWriter:
         return count
 
 
-def fetch_in_plan_order(images: Source, items: Sequence[ListedImage], what: str) -> list[Fetched]:
-    """Every item fetched, in the order of `items` (a source yields them in archive order); a shard's
-    images are held at once, as many as writing them in order needed anyway."""
-    position = item_positions(items)
+def fetch_in_plan_order(source: Source, items: Sequence[ListedImage], what: str) -> list[Fetched]:
+    """Every item fetched, in the order of `items` (a source yields them in its own order); a shard's
+    images are held at once, as many as writing them in order needed anyway.
+
+    Positions go by identity: a source yields the very items it was given, and hashing a dataclass costs
+    ~0.5 us an image. An item it made anew is a KeyError; one it did not return, a CountMismatch.
+    """
+    position = {id(item): i for i, item in enumerate(items)}
     found: list[Fetched | None] = [None] * len(items)
-    for fetched in images.fetch(items) if items else ():
+    for fetched in source.fetch(items) if items else ():
         found[position[id(fetched.item)]] = fetched
     missing = sum(1 for fetched in found if fetched is None)  # (`None in found` would call Fetched.__eq__)
     if missing:
-        raise CountMismatch(f"{what}: image source returned {len(items) - missing} of {len(items)} images")
+        raise CountMismatch(f"{what}: the source returned {len(items) - missing} of {len(items)} items")
     return found  # type: ignore[return-value]  # no None left
-
-
-def item_positions(items: Sequence[ListedImage]) -> dict[int, int]:
-    """Each item's position by identity: a source yields the very items it was given (in its own order),
-    and hashing a dataclass costs ~0.5 us, twice per image. An item it made anew would be a KeyError."""
-    return {id(item): i for i, item in enumerate(items)}
 
 
 def read_annotations(annotations: Source | None, items: list[ListedImage]) -> list[VocBoxes | None]:
     """Each item's annotation, in the order of the items (None: it has none, or no --annotations)."""
-    found: list[VocBoxes | None] = [None] * len(items)
     if annotations is None:
-        return found
-    position = item_positions(items)
-    for fetched in annotations.fetch(items):
-        if fetched.data is not None:
-            found[position[id(fetched.item)]] = read_voc(fetched.data)
-        elif fetched.problem and fetched.problem != NO_ANNOTATION:
-            found[position[id(fetched.item)]] = VocBoxes(problem=f"unusable: {fetched.problem}")
-    return found
+        return [None] * len(items)
+    return [_voc_of(fetched) for fetched in fetch_in_plan_order(annotations, items, "annotations")]
+
+
+def _voc_of(fetched: Fetched) -> VocBoxes | None:
+    """What an image's XML says; None without one; a problem when it is there but unusable."""
+    if fetched.data is not None:
+        return read_voc(fetched.data)
+    if fetched.problem and fetched.problem != NO_ANNOTATION:
+        return VocBoxes(problem=f"unusable: {fetched.problem}")
+    return None
 
 
 def write_share(sources: Sources, tasks: list[ShardTask], report: Report) -> None:
