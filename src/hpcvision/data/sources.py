@@ -376,11 +376,8 @@ class NestedTarSource(Source):
 
     def _inner_bytes(self, wnid: str) -> bytes:
         """The synset tar's bytes (decompressed), as far as they could be read."""
-        blob = self.archive.read_member(wnid)
-        if blob[:2] != b"\x1f\x8b":
-            return blob
         with contextlib.suppress(*ARCHIVE_ERRORS):
-            return gzip.decompress(blob)
+            return _decompressed(self.archive.read_member(wnid))
         return b""  # unreadable now though indexed: every member reads as cut off
 
     def _scan_blob(self, wnid: str) -> TarScan | Missing:
@@ -391,7 +388,7 @@ class NestedTarSource(Source):
         if len(blob) < entry.size:
             cut = f"truncated archive: {label} cut off at byte {entry.offset + len(blob)}"
         try:
-            data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
+            data = _decompressed(blob)
             scans = scan_tar_bytes(data, self.inner_suffixes, label)
             scan = merged_scan(scans, self.inner_suffixes)
         except ARCHIVE_ERRORS as exc:
@@ -469,6 +466,11 @@ class NestedTarSource(Source):
                 yield Fetched(item, in_memory[entry.offset : entry.offset + entry.size], None)
             else:
                 yield Fetched(item, None, f"truncated archive: {item.name} cut off in {wnid}{self.archive.suffix}")
+
+
+def _decompressed(blob: bytes) -> bytes:
+    """A synset tar's bytes: gunzipped when gzipped (a `.tar.gz` member), else as they are."""
+    return gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
 
 
 # ---------------------------------------------------------------------------------------------------
