@@ -32,20 +32,22 @@ if TYPE_CHECKING:
 
 def rank_environment(spec: JobSpec) -> list[tuple[str, str]]:
     """What every rank of a mixed job is told besides the usual (values are set by `prelude`)."""
-    pairs = [("HPCVISION_BASE_PORT", '"$HPCVISION_BASE_PORT"'), ("HPCVISION_GPUS", '"$gpus"')]
-    if spec.scheduler == "slurm":
-        # The step spans both components (parameter servers) or the GPU component alone (input service).
-        return pairs + [("HPCVISION_HET_GROUPS", "1" if spec.service else "0,1")]
-    return pairs + [("PBS_NODEFILE", '"$nodefile"')]
+    # The step spans both components (parameter servers) or the GPU component alone (input service).
+    return _environment(spec, het_groups="1" if spec.service else "0,1", nodefile='"$nodefile"')
 
 
 def service_environment(spec: JobSpec) -> list[tuple[str, str]]:
-    """What every rank of the input service is told: the trainers' base port and GPU counts, and its own ranks
-    (Slurm: component 0 alone; PBS: the service's node file)."""
+    """What every rank of the input service is told: its own ranks are Slurm's component 0 alone, or the
+    service's node file."""
+    return _environment(spec, het_groups="0", nodefile='"$servicefile"')
+
+
+def _environment(spec: JobSpec, het_groups: str, nodefile: str) -> list[tuple[str, str]]:
+    """The job's base port and every host's GPU count, and where the launch's ranks are found."""
     pairs = [("HPCVISION_BASE_PORT", '"$HPCVISION_BASE_PORT"'), ("HPCVISION_GPUS", '"$gpus"')]
     if spec.scheduler == "slurm":
-        return pairs + [("HPCVISION_HET_GROUPS", "0")]
-    return pairs + [("PBS_NODEFILE", '"$servicefile"')]
+        return pairs + [("HPCVISION_HET_GROUPS", het_groups)]
+    return pairs + [("PBS_NODEFILE", nodefile)]
 
 
 def prelude(spec: JobSpec) -> list[str]:

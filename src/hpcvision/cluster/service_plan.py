@@ -79,7 +79,7 @@ def dispatcher_address(found: Discovery, environ: Mapping[str, str] | None = Non
     HPCVISION_GPUS at the base port, 127.0.0.1 on this machine alone; UserError when neither is known."""
     env = os.environ if environ is None else environ
     port = base_port(env, found.job_id)
-    cpu_hosts = [host for host, gpus in gpu_overrides(env)[1].items() if gpus == 0]
+    cpu_hosts = hosts_with_gpus(env, False)
     if cpu_hosts:
         return f"{cpu_hosts[0]}:{port}", "the first GPU-less host in HPCVISION_GPUS, at the base port"
     if on_this_machine(found, env):
@@ -95,13 +95,18 @@ def on_this_machine(found: Discovery, environ: Mapping[str, str]) -> bool:
     return all(task.host in LOCAL_HOSTS for task in found.tasks)
 
 
+def hosts_with_gpus(env: Mapping[str, str], gpus: bool) -> list[str]:
+    """The hosts HPCVISION_GPUS gives GPUs (`gpus`) or none, in its order (a mixed job: CPU nodes first)."""
+    return [host for host, count in gpu_overrides(env)[1].items() if (count > 0) == gpus]
+
+
 def _trainer(env: Mapping[str, str], port: int, given: str | None) -> tuple[str | None, str]:
     """(the trainers' chief the dispatcher outlives or None, why)."""
     if given == NO_TRAINER:
         return None, "--trainer none: runs until signalled"
     if given:
         return given, "the trainers' chief given by --trainer"
-    gpu_hosts = [host for host, gpus in gpu_overrides(env)[1].items() if gpus > 0]
+    gpu_hosts = hosts_with_gpus(env, True)
     if gpu_hosts:
         return (f"{gpu_hosts[0]}:{port}", "the trainers' chief (worker 0: slot 0 of the first GPU host in "
                 "HPCVISION_GPUS, at the base port)")
@@ -110,7 +115,7 @@ def _trainer(env: Mapping[str, str], port: int, given: str | None) -> tuple[str 
 
 def _mismatch(env: Mapping[str, str], found: Discovery, dispatcher: str, local: bool) -> tuple[str, ...]:
     """A note when `train --data-service auto` would look for the dispatcher elsewhere."""
-    cpu_hosts = [host for host, gpus in gpu_overrides(env)[1].items() if gpus == 0]
+    cpu_hosts = hosts_with_gpus(env, False)
     if local or not cpu_hosts or cpu_hosts[0] == found.tasks[0].host:
         return ()
     return (f"the dispatcher runs on {found.tasks[0].host}, but `train --data-service auto` looks for it on "
