@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:  # 0: TensorFlow may already be running (a test calling main), and then it cannot change
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    recipe = yaml.safe_load(Path(args.config).read_text())
+    recipe = {**train_defaults(), **yaml.safe_load(Path(args.config).read_text())}
     overrides = [*args.set, *([f"ema_decay={args.ema_decay}"] if args.ema_decay else []),
                  *([f"input.mixup_alpha={args.mixup_alpha}"] if args.mixup_alpha else [])]
     for key, value in key_values(overrides, parser).items():
@@ -229,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def train_defaults() -> dict:
+    """`hpcvision train`'s default for each plain setting a recipe leaves out (so a recipe means here what it
+    means to train)."""
+    import dataclasses
+
+    from hpcvision.train.config import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
 def key_values(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
     """['key=yaml value', ...] -> {key: value}; a pair without '=' is the parser's one-line error."""
     values = {}
@@ -256,24 +266,21 @@ def evaluation_ready(data: tuple, recipe: dict) -> tuple:
 def train_recipe(recipe: dict, model_args: dict, data: tuple, *, batch: int, epochs: int):
     """Train the recipe as `hpcvision train` sets it up (precision, optimizer, loss); (scores, params)."""
     import keras
+    import tensorflow as tf
 
     from hpcvision.models import model_spec
-    from hpcvision.train.loop import cpu_has_bfloat16
+    from hpcvision.train.loop import set_precision
     from hpcvision.train.optim import make_optimizer
 
-    precision = recipe.get("mixed_precision", "off")
-    if precision == "auto":  # as train decides it on a CPU
-        precision = "mixed_bfloat16" if cpu_has_bfloat16() else "off"
-    keras.mixed_precision.set_global_policy("float32" if precision == "off" else precision)
+    loss_scaling = set_precision(recipe["mixed_precision"], tf, keras)
     keras.utils.set_random_seed(1)
     steps_per_epoch = len(data[0]) // batch
     schedule = recipe_schedule({**recipe, "batch_size": batch}, steps_per_epoch, epochs * steps_per_epoch)
-    optimizer = make_optimizer(recipe.get("optimizer", "sgd"), schedule, momentum=recipe.get("momentum", 0.9),
-                               weight_decay=recipe.get("weight_decay", 1e-4), loss_scaling=False,
-                               clip_norm=recipe.get("clip_norm", 0.0), ema_decay=recipe.get("ema_decay", 0.0))
-    model = model_spec(recipe.get("model", "small")).build(num_classes=10, image_size=int(recipe.get("image_size") or 28),
-                                                            **model_args)
-    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=float(recipe.get("label_smoothing", 0.0)))
+    optimizer = make_optimizer(recipe["optimizer"], schedule, momentum=recipe["momentum"],
+                               weight_decay=recipe["weight_decay"], loss_scaling=loss_scaling,
+                               clip_norm=recipe["clip_norm"], ema_decay=recipe["ema_decay"])
+    model = model_spec(recipe["model"]).build(num_classes=10, image_size=int(recipe["image_size"] or 28), **model_args)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=float(recipe["label_smoothing"]))
     scores = train_and_score(model, optimizer, loss, evaluation_ready(data, recipe), batch_size=batch, epochs=epochs,
                              augment_fn=lambda x, y: augment(recipe, x, y), batch_fn=batch_fn(recipe, 10, recipe.get("seed") or 1))
     return scores, model.count_params()

@@ -151,7 +151,7 @@ def build_run(cfg, role: Role) -> Run:
     import tensorflow as tf
 
     spec = _model_spec(cfg)
-    loss_scaling = _set_precision(cfg.mixed_precision, tf, keras)
+    loss_scaling = set_precision(cfg.mixed_precision, tf, keras)
     strategy = make_strategy(role, cfg.collective_timeout_s)
     service_attempt = _agreed_attempt(strategy, role) if cfg.data_service else 0
     if cfg.seed is not None:
@@ -622,8 +622,9 @@ def weights_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _set_precision(choice: str, tf, keras) -> bool:
-    """Apply the Keras dtype policy; True when the loss must be scaled (float16)."""
+def set_precision(choice: str, tf, keras) -> bool:
+    """Apply the Keras dtype policy for --mixed-precision `choice` (auto: by device); True when the loss must
+    be scaled (float16)."""
     if choice == "auto":
         if tf.config.list_physical_devices("GPU"):
             choice = "mixed_float16"
