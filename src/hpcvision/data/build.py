@@ -372,8 +372,8 @@ def write_shards(sources: Sources, tasks: list[ShardTask], workers: int, desc: s
     if not tasks:
         return
     count = min(workers, len(tasks))
-    with Workers(count) as pool, progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
-        pool.map(write_share, sources, [tasks[k::count] for k in range(count)], bar.update)
+    with progress(sum(len(t.items) for t in tasks), desc, unit="img") as bar:
+        Workers(count).map(write_share, sources, [tasks[k::count] for k in range(count)], bar.update)
 
 
 # --- the manifest --------------------------------------------------------------------------------

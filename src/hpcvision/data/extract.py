@@ -181,8 +181,8 @@ def run_tasks(job: ExtractJob, items: list[ListedImage], workers: int) -> Synset
     """
     groups = synset_groups(items)
     count = max(1, min(workers, len(groups)))
-    with progress(len(items), "extract", unit="img") as bar, Workers(count) as pool:
-        parts = pool.map(extract_share, job, split_by_synset(items, count), bar.update)
+    with progress(len(items), "extract", unit="img") as bar:
+        parts = Workers(count).map(extract_share, job, split_by_synset(items, count), bar.update)
     by_wnid = {wnid: result for part in parts for wnid, result in part.items()}
     total = SynsetResult()
     for group in groups:

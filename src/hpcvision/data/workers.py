@@ -1,7 +1,7 @@
 """Worker processes of the data stages: each runs one share of the work, handed everything it needs.
 
-`Workers.map(work, context, shares, report)` calls `work(context, share, progress)` once per share,
-each in its own process. The context (opened archives, the label map) and the share travel as
+`Workers(count).map(work, context, shares, report)` calls `work(context, share, progress)` once per
+share, each in its own process. The context (opened archives, the label map) and the share travel as
 arguments, so a process opens each archive once and keeps its caches for its whole share, and no
 module state carries anything into it. `progress(n)` counts come back to `report` in this process.
 With one worker everything runs here, in order.
@@ -9,12 +9,12 @@ With one worker everything runs here, in order.
 Forked workers (Linux, no threads, no TensorFlow: `start_method`) inherit the context and their share
 as they are in memory: nothing is pickled on the way in, which at ImageNet's 1.28 M list entries is
 seconds of the parent's time while the workers wait. Spawned workers get them pickled (the archives'
-sources drop their caches on the way, see `NestedTarSource.__getstate__`).
+sources drop their caches on the way, see `NestedTarSource.__getstate__`). Either way one process per
+share, watched by the parent: a worker that dies without a word (killed, out of memory) is one error line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import queue
@@ -29,7 +29,7 @@ C = TypeVar("C")
 S = TypeVar("S")
 R = TypeVar("R")
 Report = Callable[[int], None]
-# How often the parent looks for a forked worker that died without a word (killed, out of memory).
+# How often the parent looks for a worker that died without a word (killed, out of memory).
 POLL_S = 0.2
 
 
@@ -47,57 +47,34 @@ def start_method() -> str:
     return "spawn"
 
 
-def _quiet_tensorflow() -> None:
-    # a writer loads TensorFlow only when the crc32c package is missing; its start-up log is noise here
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _ignore(_count: int) -> None:
     pass
 
 
 class Workers:
-    """Up to `count` processes (forked or spawned, `start_method()`) as a context manager; 1: this process."""
+    """Up to `count` processes (forked or spawned, `start_method()`), one per share; 1: this process."""
 
     def __init__(self, count: int):
         self.count = count
-        self._stack = contextlib.ExitStack()
         self._method = start_method() if count > 1 else ""
-        self._pool: Any = None
-        self._manager: Any = None
-
-    def __enter__(self) -> Workers:
-        if self._method == "spawn":
-            context = multiprocessing.get_context("spawn")
-            self._manager = self._stack.enter_context(context.Manager())
-            self._pool = self._stack.enter_context(context.Pool(self.count, initializer=_quiet_tensorflow))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
     def map(self, work: Callable[[C, S, Report], R], context: C, shares: Sequence[S],
             report: Report = _ignore) -> list[R]:
         """`[work(context, share, progress) for share in shares]`, in parallel; progress(n) reaches `report`."""
         if len(shares) > self.count:
             raise ValueError(f"{len(shares)} shares for {self.count} workers: give each worker one share")
-        if self._method == "fork":
-            return _forked_map(work, context, shares, report)
-        if self._pool is None:
+        if not self._method:
             return [work(context, share, report) for share in shares]
-        progress = self._manager.Queue()
-        results = [self._pool.apply_async(work, (context, share, progress.put)) for share in shares]
-        while not all(r.ready() for r in results):
-            _drain(progress, report, timeout=POLL_S)
-        _drain(progress, report, timeout=0)
-        return [r.get() for r in results]  # re-raises a worker's error (a UserError keeps its one-line message)
+        return _process_map(self._method, work, context, shares, report)
 
 
-def _forked_map(work: Callable[[C, S, Report], R], context: C, shares: Sequence[S], report: Report) -> list[R]:
-    """One forked process per share, which inherits `context` and its share; results come back pickled."""
-    fork = multiprocessing.get_context("fork")
-    messages = fork.Queue()
-    processes = [fork.Process(target=_run_share, args=(work, context, share, messages, number), daemon=True)
+def _process_map(method: str, work: Callable[[C, S, Report], R], context: C, shares: Sequence[S],
+                 report: Report) -> list[R]:
+    """One process per share (forked: inherits `context` and its share; spawned: gets them pickled);
+    results come back pickled, in share order."""
+    processes_of = multiprocessing.get_context(method)
+    messages = processes_of.Queue()
+    processes = [processes_of.Process(target=_run_share, args=(work, context, share, messages, number), daemon=True)
                  for number, share in enumerate(shares)]
     for process in processes:
         process.start()
@@ -112,7 +89,9 @@ def _forked_map(work: Callable[[C, S, Report], R], context: C, shares: Sequence[
 
 
 def _run_share(work: Callable, context: Any, share: Any, messages: Any, number: int) -> None:
-    """The body of one forked worker: its share's result (or error) and its progress go to `messages`."""
+    """The body of one worker: its share's result (or error) and its progress go to `messages`."""
+    # a writer loads TensorFlow only when the crc32c package is missing; its start-up log is noise here
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         result = work(context, share, lambda count: messages.put(("progress", number, count)))
     except BaseException as exc:  # noqa: BLE001 - the parent re-raises it
@@ -150,12 +129,3 @@ def _collect(messages: Any, processes: list, report: Report) -> dict[int, Any]:
         else:
             results[number] = payload
     return results
-
-
-def _drain(progress, report: Report, timeout: float) -> None:
-    try:
-        report(progress.get(timeout=timeout) if timeout else progress.get_nowait())
-        while True:
-            report(progress.get_nowait())
-    except queue.Empty:
-        pass
