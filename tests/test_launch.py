@@ -160,6 +160,20 @@ def test_two_workers_all_reduce_to_identical_weights(hpcvision_exe, tmp_path):
     assert re.search(r"^\[worker0\] .*eval step 30: .*\(200 images\)", out, re.M), out[-3000:]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "ckpt-30.data-00000-of-00001", "ckpt-30.index",
                                                      "labels.json", "logs", "run.yaml"]
+    # The workers leave together without Python's teardown (train.loop.exit_with_the_other_workers): the last
+    # evaluation still reached TensorBoard's log, and TensorFlow saw no task vanish.
+    assert 30 in eval_steps(run / "logs" / "eval"), out[-3000:]
+    assert not re.search(r"StartAbort|unhealthy|Failed to send RPC", out), out[-3000:]
+
+
+def eval_steps(logdir: Path) -> list[int]:
+    """The steps of the top-1 scalars in a TensorBoard log folder (TFRecord files of Event protos)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    from hpcvision.data.records import read_records
+
+    events = (Event.FromString(r) for path in sorted(logdir.glob("events.out.tfevents.*")) for r in read_records(path))
+    return [e.step for e in events for v in e.summary.value if v.tag == "top1"]
 
 
 @pytest.mark.slow
