@@ -597,3 +597,31 @@ def test_images_come_back_in_plan_order_and_a_source_that_loses_one_is_an_error(
         f"n01_{i}".encode() for i in range(5)]
     with pytest.raises(CountMismatch, match="shard-0: the source returned 4 of 5 items"):
         fetch_in_plan_order(Reversed(True), items, "shard-0")
+
+
+def test_a_shards_content_digest_follows_its_own_items_and_synsets_only():
+    import numpy as np
+
+    from hpcvision.data.build import shard_contents
+    from hpcvision.data.lists import ListedImage
+
+    wnids = ["n01", "n02", "n03"]
+    items = [ListedImage(w, f"{w}_{i}", 3 * k + i + 1) for k, w in enumerate(wnids) for i in range(3)]
+    order, bounds = np.arange(9), [0, 4, 9]  # shard 0: n01 x3 + n02_0; shard 1: the rest
+
+    def contents(items, order=order):
+        return shard_contents(items, order, wnids, bounds)
+
+    base = contents(items)
+    assert [codes for _, codes in base] == [[0, 1], [1, 2]]
+    renamed = list(items)
+    renamed[7] = ListedImage("n03", "n03_9", 8)  # same length: the column widths stay
+    assert contents(renamed)[0] == base[0] and contents(renamed)[1][0] != base[1][0]
+    xml_elsewhere = list(items)
+    xml_elsewhere[1] = ListedImage("n01", "n01_1", 2, "n02")  # the course lists' other XML folder
+    assert contents(xml_elsewhere)[0][0] != base[0][0] and contents(xml_elsewhere)[1] == base[1]
+    swapped = np.array([1, 0, 2, 3, 4, 5, 6, 7, 8])  # the same images in another order within shard 0
+    assert contents(items, swapped)[0][0] != base[0][0] and contents(items, swapped)[1] == base[1]
+    longer = list(items)
+    longer[0] = ListedImage("n01", "n01_0x", 1)  # a longer name widens the column: every shard is rewritten
+    assert all(new[0] != old[0] for new, old in zip(contents(longer), base, strict=True))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -148,9 +149,27 @@ def _stamp(path: Path | None) -> list[int] | None:
     return [stat.st_size, int(stat.st_mtime)]
 
 
-def _items_digest(items: Sequence[ListedImage]) -> str:
-    """Digest of what of each item decides its record, in order: its image, and its XML's folder."""
-    return hashlib.sha256("\n".join([f"{i.wnid} {i.name} {i.xml_wnid}" for i in items]).encode()).hexdigest()
+def shard_contents(items: Sequence[ListedImage], order: np.ndarray, wnids: list[str],
+                   bounds: list[int]) -> list[tuple[str, list[int]]]:
+    """For each shard of the shuffled items, (digest of what decides its records, in order: each image's synset,
+    name and XML folder; the label codes of its synsets, sorted).
+
+    The columns are read in list order and shuffled as fixed-width byte arrays: reading 1.28 M scattered
+    items in shuffled order for a string each took 1.5 s of a rank's plan, this ~0.2 s. (Synset ids and
+    names are ASCII: WNID_RE and NAME_RE admit nothing else.)
+    """
+    code_of = {wnid: code for code, wnid in enumerate(wnids)}
+    codes = np.array([code_of[item.wnid] for item in items], dtype=np.int64)[order]
+    columns = [np.array(column, dtype=np.bytes_)[order] for column in (
+        [item.wnid for item in items], [item.name for item in items], [item.xml_wnid for item in items])]
+    contents = []
+    for start, end in itertools.pairwise(bounds):
+        digest = hashlib.sha256()
+        for column in columns:  # the width too: it decides where one value ends in the bytes
+            digest.update(column.dtype.str.encode())
+            digest.update(column[start:end].tobytes())
+        contents.append((digest.hexdigest(), np.unique(codes[start:end]).tolist()))
+    return contents
 
 
 def _content(path: Path | None) -> str | None:
@@ -185,20 +204,19 @@ def make_plan(config: BuildConfig) -> Plan:
     labels = {wnid: (i + config.label_offset, words.get(wnid, wnid)) for i, wnid in enumerate(wnids)}
     items = file_list.images
     order = np.random.default_rng(config.seed).permutation(len(items))
-    shuffled = [items[i] for i in order]
-    bounds = np.linspace(0, len(shuffled), config.shards + 1).astype(int)
+    shuffled = [items[i] for i in order.tolist()]  # (plain ints index several times faster than numpy's)
+    bounds = np.linspace(0, len(shuffled), config.shards + 1).astype(int).tolist()
     # Everything else that changes a record: the archives, the validation labels and their id map (by content).
     stamps = [_stamp(config.images), _stamp(config.annotations), _content(config.val_labels),
               _content(config.val_label_ids)]
     shards = []
-    for s in range(config.shards):
-        chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
+    for s, (items_digest, codes) in enumerate(shard_contents(items, order, wnids, bounds)):
         fingerprint = _digest({
             "format": FORMAT_VERSION, "shard": s, "shards": config.shards, "name": config.name,
-            "items": _items_digest(chunk), "annotations": config.annotations is not None,
-            "archives": stamps,
-            "labels": {w: list(labels[w]) for w in sorted({i.wnid for i in chunk})},
+            "items": items_digest, "annotations": config.annotations is not None, "archives": stamps,
+            "labels": [[wnids[code], *labels[wnids[code]]] for code in codes],
         })
+        chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
         shards.append(ShardTask(s, str(shard_path(config.out, config.name, s, config.shards)), chunk, fingerprint))
     return Plan(config, shards, labels, wnids, file_list.listed, list(file_list.skipped), label_set)
 

@@ -171,8 +171,11 @@ def _plain_list(text: str) -> FileList | None:
         names = [strip_image_suffix(name) for name in names]
     if len(set(names)) != len(names):
         return None  # duplicates: reported line by line
+    # One string object per synset instead of two per line (1.28 M lines name ~1,000 synsets): ~150 MB
+    # less at ImageNet's size, and as many fewer objects to free when the build ends.
+    synset = {}.setdefault
     result = FileList(listed=len(names))
-    result.images = [ListedImage(name[:9], name, number, column)
+    result.images = [ListedImage(synset(wnid := name[:9], wnid), name, number, synset(column, column))
                      for number, (column, name) in enumerate(zip(columns, names, strict=True), start=1)]
     return result
 
