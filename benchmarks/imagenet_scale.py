@@ -10,7 +10,8 @@ archives with 2 workers (images are small JPEGs, so per-member costs dominate). 
   index       seconds to index the archives and every synset tar in them, the annotations' too (a first
               build's extra cost);
   (a) I/O     the listed members' bytes read by offset into one TFRecord file, no parsing;
-  build       `data build` records/s, and the ratio to (a) (target >= 0.5);
+  build       `data build` records/s, and the ratio to (a) (target >= 0.5): medians of --repeat runs of each,
+              interleaved, because both move by +-20 % from run to run on a shared VM;
   CPU         the CPU seconds of (a) and of the build (its workers included), and the load average;
   peak RSS    of the main process and of the largest worker (target <= 1 GiB each);
   sha256      of the shards, which a faster build must leave unchanged;
@@ -28,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -110,6 +112,8 @@ def io_limit(images: Path, file_list: Path, index_dir: Path, out: Path) -> tuple
     """(seconds, CPU seconds) to read every listed member by offset and frame it into one TFRecord file."""
     items = read_file_list(file_list).images
     source = open_images(images, index_dir=index_dir)
+    out.unlink(missing_ok=True)  # a new file, as the build's shards are: not timed truncating the last run's
+    os.sync()  # nor writing back what the run before wrote
     start, cpu = time.perf_counter(), cpu_seconds()
     with RecordWriter(out) as writer:
         for fetched in source.fetch(items):
@@ -117,9 +121,15 @@ def io_limit(images: Path, file_list: Path, index_dir: Path, out: Path) -> tuple
     return time.perf_counter() - start, cpu_seconds() - cpu
 
 
+def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(median seconds, median CPU seconds) of timed runs."""
+    return statistics.median(t for t, _ in runs), statistics.median(c for _, c in runs)
+
+
 def run_build(paths: tuple[Path, ...], index_dir: Path, out: Path, workers: int, shards: int) -> tuple[float, float]:
     images, annotations, file_list, synsets = paths
     shutil.rmtree(out, ignore_errors=True)
+    os.sync()  # (as for the I/O limit: the writes of the run before are not this run's)
     config = BuildConfig(images=images, annotations=annotations, file_list=file_list, synsets=synsets, out=out,
                          shards=shards, workers=workers, rank=0, ranks=1, index_dir=index_dir)
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -168,17 +178,19 @@ def time_big_list(folder: Path, lines: int, synsets: int) -> tuple[float, int, i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20 synsets x 6 images, a 20,000-line list")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 synsets x 6 images, one run each, a 20,000-line list")
     parser.add_argument("--synsets", type=int, default=1000)
     parser.add_argument("--per-synset", type=int, default=300)
     parser.add_argument("--size", type=int, default=32, help="image side in pixels (small: per-member costs)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed runs of (a) and of the build, interleaved; medians are compared")
     parser.add_argument("--list-lines", type=int, default=1_281_167, help="lines of the list-parsing test")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "hpcvision-bench")
     args = parser.parse_args(argv)
     if args.quick:
-        args.synsets, args.per_synset, args.shards, args.list_lines = 20, 6, 4, 20_000
+        args.synsets, args.per_synset, args.shards, args.list_lines, args.repeat = 20, 6, 4, 20_000, 1
     os.environ.setdefault("HPCVISION_PROGRESS", "0")
     start = time.perf_counter()
     paths = make_archives(args.cache, args.synsets, args.per_synset, args.size)
@@ -191,19 +203,26 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         # the annotations' synset-tar indexes too: what a first build's writers would otherwise each make
         open_annotations(paths[1], index_dir=index_dir).prepare(read_file_list(paths[2]).images)
-        t_first = io_limit(paths[0], paths[2], index_dir, work / "first")[0]  # indexes every synset tar on the way
-        t_io, cpu_io = io_limit(paths[0], paths[2], index_dir, work / "io")  # indexes and page cache warm
-        t_index = max(time.perf_counter() - start - t_io - t_first, 0.0) + max(t_first - t_io, 0.0)
-        t_build, cpu_build = run_build(paths, index_dir, work / "rec", args.workers, args.shards)
+        t_first = io_limit(paths[0], paths[2], index_dir, work / "io")[0]  # indexes every synset tar on the way
+        t_prepare = time.perf_counter() - start - t_first
+        io_runs, build_runs = [], []
+        for _ in range(args.repeat):  # interleaved: a slow spell of the VM touches both figures alike
+            io_runs.append(io_limit(paths[0], paths[2], index_dir, work / "io"))  # indexes and page cache warm
+            build_runs.append(run_build(paths, index_dir, work / "rec", args.workers, args.shards))
+        (t_io, cpu_io), (t_build, cpu_build) = medians(io_runs), medians(build_runs)
+        t_index = t_prepare + max(t_first - t_io, 0.0)
         digest = shards_digest(work / "rec")
         main_rss, worker_rss = peak_rss(resource.RUSAGE_SELF), peak_rss(resource.RUSAGE_CHILDREN)
         t_list, parsed, list_rss = time_big_list(work, args.list_lines, len(read_synsets(paths[3])))
     io_rate, build_rate = count / t_io, count / t_build
     print(f"index (first build on the archives)  {t_index:8.1f} s")
-    print(f"(a) I/O limit                         {io_rate:8.0f} records/s")
+    runs = f"median of {args.repeat}" if args.repeat > 1 else "one run"
+    print(f"(a) I/O limit                         {io_rate:8.0f} records/s "
+          f"({runs}: {', '.join(f'{count / t:,.0f}' for t, _ in io_runs)})")
     print(f"build, {args.workers} workers, {args.shards} shards        {build_rate:8.0f} records/s "
-          f"({count:,} records in {t_build:.1f} s)")
-    print(f"ratio build / (a) = {build_rate / io_rate:.2f} (target >= 0.5)")
+          f"({count:,} records in {t_build:.1f} s, {runs}: {', '.join(f'{t:.1f}' for t, _ in build_runs)} s)")
+    print(f"ratio build / (a) = {build_rate / io_rate:.2f} (target >= 0.5; run by run: "
+          f"{', '.join(f'{t_a / t_b:.2f}' for (t_a, _), (t_b, _) in zip(io_runs, build_runs, strict=True))})")
     print(f"CPU seconds (all processes; a loaded machine stretches wall time, less so these): (a) {cpu_io:.1f}, "
           f"build {cpu_build:.1f}; load {os.getloadavg()[0]:.1f}")
     print(f"shards sha256 {digest} (a faster build must not change it)")
