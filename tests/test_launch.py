@@ -14,6 +14,7 @@ import pytest
 from train_records import build_records
 
 from hpcvision.cluster import launch
+from hpcvision.train.runs import scalars
 
 TRAIN = ["--synthetic", "--num-classes", "10", "--model", "small", "--image-size", "28", "--batch-size", "16",
          "--label-smoothing", "0", "--log-every", "5", "--seed", "3"]
@@ -162,18 +163,8 @@ def test_two_workers_all_reduce_to_identical_weights(hpcvision_exe, tmp_path):
                                                      "labels.json", "logs", "run.yaml"]
     # The workers leave together without Python's teardown (train.loop.exit_with_the_other_workers): the last
     # evaluation still reached TensorBoard's log, and TensorFlow saw no task vanish.
-    assert 30 in eval_steps(run / "logs" / "eval"), out[-3000:]
+    assert 30 in [step for step, _ in scalars(run / "logs" / "eval", "top1")], out[-3000:]
     assert not re.search(r"StartAbort|unhealthy|Failed to send RPC", out), out[-3000:]
-
-
-def eval_steps(logdir: Path) -> list[int]:
-    """The steps of the top-1 scalars in a TensorBoard log folder (TFRecord files of Event protos)."""
-    from tensorboard.compat.proto.event_pb2 import Event
-
-    from hpcvision.data.records import read_records
-
-    events = (Event.FromString(r) for path in sorted(logdir.glob("events.out.tfevents.*")) for r in read_records(path))
-    return [e.step for e in events for v in e.summary.value if v.tag == "top1"]
 
 
 @pytest.mark.slow
