@@ -599,6 +599,48 @@ def test_images_come_back_in_plan_order_and_a_source_that_loses_one_is_an_error(
         fetch_in_plan_order(Reversed(True), items, "shard-0")
 
 
+def test_annotations_reach_their_own_images_and_a_source_that_loses_or_invents_one_is_an_error(tmp_path):
+    from hpcvision.data import records
+    from hpcvision.data.build import ShardTask, Sources, read_annotations, write_share
+    from hpcvision.data.lists import ListedImage
+    from hpcvision.data.sources import NO_ANNOTATION, Fetched, Source
+    from hpcvision.errors import CountMismatch
+
+    class Images(Source):  # a JPEG whose size tells which item it is, in reversed order
+        def fetch(self, items):
+            for item in reversed(items):
+                yield Fetched(item, _jpeg(0, size=(40 + item.line, 30)), None)
+
+    class Xml(Source):  # every second item has an XML; `drop` loses one, `invent` answers for a copy
+        def __init__(self, drop=False, invent=False):
+            self.drop, self.invent = drop, invent
+
+        def fetch(self, items):
+            for item in items[1:] if self.drop else items:
+                if item.line % 2:
+                    yield Fetched(item, None, NO_ANNOTATION)
+                else:
+                    box = (item.line, 1, item.line + 10, 11)
+                    yield Fetched(ListedImage(*vars(item).values()) if self.invent else item,
+                                  _voc(box, size=(40 + item.line, 30)), None)
+
+    items = tuple(ListedImage("n01", f"n01_{i}", i) for i in range(6))
+    assert sorted(read_annotations(Xml(), list(items))) == sorted(id(i) for i in items if i.line % 2 == 0)
+    with pytest.raises(CountMismatch, match="returned 5 of 6 items"):
+        read_annotations(Xml(drop=True), list(items))
+
+    labels = {"n01": (1, "n01")}
+    task = ShardTask(0, str(tmp_path / "train-00000-of-00001"), items, "f" * 64)
+    write_share(Sources(Images(), Xml(), labels), [task], lambda n: None)
+    for i, raw in enumerate(records.read_records(task.path)):  # each box is its own image's (xmin = line/width)
+        example = records.decode_example(raw)
+        assert example["image/width"] == [40 + i]
+        expected = [i / (40 + i)] if i % 2 == 0 else []
+        assert example["image/object/bbox/xmin"] == pytest.approx(expected)
+    with pytest.raises(CountMismatch, match="3 came back for items not in this share"):
+        write_share(Sources(Images(), Xml(invent=True), labels), [task], lambda n: None)
+
+
 def test_a_shards_content_digest_follows_its_own_items_and_synsets_only():
     import numpy as np
 

@@ -119,11 +119,19 @@ class Plan:
 
     config: BuildConfig
     shards: list[ShardTask]
+    # The shards' items in list order, declared after `shards` so that they are freed last: the items then
+    # go in the order they were made, ~6x faster than in shuffled order (0.18 -> 0.03 s at 300,000 images,
+    # serial at the end of a build). So nothing else may keep a shard's items past its plan.
+    listed_items: list[ListedImage]
     labels: dict[str, tuple[int, str]]
     wnids: list[str]
     listed: int
     list_skipped: list[tuple[str, str]] = field(default_factory=list)
     label_set: LabelSet | None = None
+
+    def shards_of(self, rank: int, ranks: int) -> list[ShardTask]:
+        """The shards rank `rank` of `ranks` writes."""
+        return [t for t in self.shards if t.index % ranks == rank]
 
     @property
     def fingerprint(self) -> str:
@@ -218,7 +226,7 @@ def make_plan(config: BuildConfig) -> Plan:
         })
         chunk = tuple(shuffled[bounds[s]:bounds[s + 1]])
         shards.append(ShardTask(s, str(shard_path(config.out, config.name, s, config.shards)), chunk, fingerprint))
-    return Plan(config, shards, labels, wnids, file_list.listed, list(file_list.skipped), label_set)
+    return Plan(config, shards, items, labels, wnids, file_list.listed, list(file_list.skipped), label_set)
 
 
 def stamp_inputs(plan: Plan, sources: Sources) -> Plan:
@@ -267,9 +275,9 @@ def _file_of(item: ListedImage) -> str:
 class ShardWriter:
     """Turns fetched images into one shard's records, collecting what was skipped or fixed."""
 
-    def __init__(self, sources: Sources, task: ShardTask, voc: Sequence[VocBoxes | None]):
+    def __init__(self, sources: Sources, task: ShardTask, voc: dict[int, tuple[ListedImage, VocBoxes]]):
         self.sources, self.task = sources, task
-        self.voc = voc  # each item's annotation, in the task's order (None: none)
+        self.voc = voc  # id(item) -> (item, its annotation) (read_annotations); each one used is taken out
         self.skipped: list[list[str]] = []
         self.warnings: list[list[str]] = []
         self.stats: Counter = Counter()
@@ -323,11 +331,12 @@ class ShardWriter:
     def _write_records(self, writer: records.RecordWriter, report: Report) -> int:
         """Every listed image's record in the plan's order; how many were written (the rest skipped)."""
         fetched = fetch_in_plan_order(self.sources.images, self.task.items, self.task.path)
-        record, write, count = self.record, writer.write, 0
+        record, write, count, voc_of = self.record, writer.write, 0, self.voc.pop
         for start in range(0, len(fetched), PROGRESS_EVERY):
             end = start + PROGRESS_EVERY
-            for image, voc in zip(fetched[start:end], self.voc[start:end], strict=True):
-                serialized = record(image, voc)
+            for image in fetched[start:end]:
+                annotated = voc_of(id(image.item), None)
+                serialized = record(image, None if annotated is None else annotated[1])
                 if serialized is not None:
                     write(serialized)
                     count += 1
@@ -352,11 +361,21 @@ def fetch_in_plan_order(source: Source, items: Sequence[ListedImage], what: str)
     return found  # type: ignore[return-value]  # no None left
 
 
-def read_annotations(annotations: Source | None, items: list[ListedImage]) -> list[VocBoxes | None]:
-    """Each item's annotation, in the order of the items (None: it has none, or no --annotations)."""
+def read_annotations(annotations: Source | None,
+                     items: list[ListedImage]) -> dict[int, tuple[ListedImage, VocBoxes]]:
+    """(item, annotation) of each item that has one, by the item's identity (`id`; the writers look each
+    image's up, and the item is kept so its id stays its own): not put back in the items' order, which
+    cost a fifth of reading a share's 150,000 (0.25 s)."""
     if annotations is None:
-        return [None] * len(items)
-    return [_voc_of(fetched) for fetched in fetch_in_plan_order(annotations, items, "annotations")]
+        return {}
+    voc, returned = {}, 0
+    for fetched in annotations.fetch(items):
+        returned += 1
+        if (found := _voc_of(fetched)) is not None:
+            voc[id(fetched.item)] = fetched.item, found
+    if returned != len(items):
+        raise CountMismatch(f"annotations: the source returned {returned} of {len(items)} items")
+    return voc
 
 
 def _voc_of(fetched: Fetched) -> VocBoxes | None:
@@ -373,10 +392,10 @@ def write_share(sources: Sources, tasks: list[ShardTask], report: Report) -> Non
     (in a worker process, or here)."""
     with cycle_collection_paused():
         voc = read_annotations(sources.annotations, [item for task in tasks for item in task.items])
-        start = 0
         for task in tasks:
-            ShardWriter(sources, task, voc[start:start + len(task.items)]).write(report)
-            start += len(task.items)
+            ShardWriter(sources, task, voc).write(report)
+    if voc:  # each writer took its images' out: what is left came back for items that were not asked for
+        raise CountMismatch(f"annotations: {len(voc)} came back for items not in this share's shards")
 
 
 def write_shards(sources: Sources, tasks: list[ShardTask], workers: int, desc: str) -> None:
@@ -498,13 +517,12 @@ def _build(config: BuildConfig) -> int:
     sources = open_sources(config, plan.labels)  # fails early with one line if unreadable; builds the index once
     plan = stamp_inputs(plan, sources)
     _drop_stale_manifest(plan)
-    mine = [t for t in plan.shards if t.index % ranks == rank]
-    _write_mine(plan, sources, mine, rank, ranks)
+    _write_mine(plan, sources, rank, ranks)
     sidecars = collect_sidecars(plan)
     if sidecars is None and rank == 0 and ranks > 1:
         sidecars = _wait_for_others(plan, config.wait)
     if sidecars is None:
-        _pending(plan, mine, rank, ranks)
+        _pending(plan, rank, ranks)
         return 0
     manifest = write_manifest(plan, sidecars)
     _summary(manifest, config.out)
@@ -513,9 +531,10 @@ def _build(config: BuildConfig) -> int:
     return 0
 
 
-def _write_mine(plan: Plan, sources: Sources, mine: list[ShardTask], rank: int, ranks: int) -> None:
+def _write_mine(plan: Plan, sources: Sources, rank: int, ranks: int) -> None:
     """Write this rank's shards that are not complete yet, and log the rate."""
     config = plan.config
+    mine = plan.shards_of(rank, ranks)
     todo = [t for t in mine if read_sidecar(t) is None]
     if len(todo) < len(mine):
         print(f"{len(mine) - len(todo)} of this rank's {len(mine)} shards already complete: not rewritten")
@@ -531,14 +550,14 @@ def _write_mine(plan: Plan, sources: Sources, mine: list[ShardTask], rank: int, 
                  elapsed, images / max(elapsed, 1e-9))
 
 
-def _pending(plan: Plan, mine: list[ShardTask], rank: int, ranks: int) -> None:
+def _pending(plan: Plan, rank: int, ranks: int) -> None:
     """Shards of other ranks are still missing: UserError on rank 0 (it has waited), else say so."""
     config = plan.config
     missing = [Path(t.path).name for t in plan.shards if read_sidecar(t) is None]
     if rank == 0 and ranks > 1:
         raise UserError(f"{config.out}: {len(missing)} shards still missing after waiting {config.wait:.0f} s "
                         f"(e.g. {missing[0]}): rerun the build to complete them")
-    print(f"rank {rank}/{ranks}: {len(mine)} shards complete; {len(missing)} shards of other ranks pending, "
+    print(f"rank {rank}/{ranks}: {len(plan.shards_of(rank, ranks))} shards complete; {len(missing)} shards of other ranks pending, "
           f"the last rank to finish writes {manifest_path(config.out, config.name)}")
 
 
