@@ -29,12 +29,17 @@ def items_of(images, line=1):
 
 
 def fetch_all(source, items):
-    """{(wnid, name): bytes or problem}; also checks every item comes back exactly once."""
+    """{(wnid, name): bytes or problem}; also checks every item comes back exactly once, and that
+    `fetch_in_order` gives the same in the order asked (each source's own way of reading in order)."""
     results = list(source.fetch(items))
     assert sorted((f.item.wnid, f.item.name) for f in results) == sorted((i.wnid, i.name) for i in items)
     for f in results:
         assert (f.data is None) == (f.problem is not None), f
-    return {(f.item.wnid, f.item.name): (f.data if f.data is not None else f.problem) for f in results}
+    found = {(f.item.wnid, f.item.name): (f.data if f.data is not None else f.problem) for f in results}
+    in_order = list(source.fetch_in_order(items, "test"))
+    assert len(in_order) == len(items) and all(f.item is item for f, item in zip(in_order, items, strict=True))
+    assert {(f.item.wnid, f.item.name): (f.data if f.data is not None else f.problem) for f in in_order} == found
+    return found
 
 
 @pytest.fixture

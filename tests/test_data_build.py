@@ -579,7 +579,6 @@ def test_a_shard_task_reaches_a_spawned_worker_unchanged_with_its_items_and_xml_
 
 
 def test_images_come_back_in_plan_order_and_a_source_that_loses_one_is_an_error():
-    from hpcvision.data.build import fetch_in_plan_order
     from hpcvision.data.lists import ListedImage
     from hpcvision.data.sources import Fetched, Source
     from hpcvision.errors import CountMismatch
@@ -593,10 +592,10 @@ def test_images_come_back_in_plan_order_and_a_source_that_loses_one_is_an_error(
                 yield Fetched(item, item.name.encode(), None)
 
     items = [ListedImage("n01", f"n01_{i}", i) for i in range(5)]
-    assert [f.data for f in fetch_in_plan_order(Reversed(False), items, "shard-0")] == [
+    assert [f.data for f in Reversed(False).fetch_in_order(items, "shard-0")] == [
         f"n01_{i}".encode() for i in range(5)]
     with pytest.raises(CountMismatch, match="shard-0: the source returned 4 of 5 items"):
-        fetch_in_plan_order(Reversed(True), items, "shard-0")
+        list(Reversed(True).fetch_in_order(items, "shard-0"))
 
 
 def test_annotations_reach_their_own_images_and_a_source_that_loses_or_invents_one_is_an_error(tmp_path):

@@ -330,35 +330,18 @@ class ShardWriter:
 
     def _write_records(self, writer: records.RecordWriter, report: Report) -> int:
         """Every listed image's record in the plan's order; how many were written (the rest skipped)."""
-        fetched = fetch_in_plan_order(self.sources.images, self.task.items, self.task.path)
+        items = self.task.items
+        fetched = self.sources.images.fetch_in_order(items, self.task.path)
         record, write, count, voc_of = self.record, writer.write, 0, self.voc.pop
-        for start in range(0, len(fetched), PROGRESS_EVERY):
-            end = start + PROGRESS_EVERY
-            for image in fetched[start:end]:
+        for start in range(0, len(items), PROGRESS_EVERY):
+            for image in itertools.islice(fetched, PROGRESS_EVERY):
                 annotated = voc_of(id(image.item), None)
                 serialized = record(image, None if annotated is None else annotated[1])
                 if serialized is not None:
                     write(serialized)
                     count += 1
-            report(min(end, len(fetched)) - start)
+            report(min(start + PROGRESS_EVERY, len(items)) - start)
         return count
-
-
-def fetch_in_plan_order(source: Source, items: Sequence[ListedImage], what: str) -> list[Fetched]:
-    """Every item fetched, in the order of `items` (a source yields them in its own order); a shard's
-    images are held at once, as many as writing them in order needed anyway.
-
-    Positions go by identity: a source yields the very items it was given, and hashing a dataclass costs
-    ~0.5 us an image. An item it made anew is a KeyError; one it did not return, a CountMismatch.
-    """
-    position = {id(item): i for i, item in enumerate(items)}
-    found: list[Fetched | None] = [None] * len(items)
-    for fetched in source.fetch(items) if items else ():
-        found[position[id(fetched.item)]] = fetched
-    missing = sum(1 for fetched in found if fetched is None)  # (`None in found` would call Fetched.__eq__)
-    if missing:
-        raise CountMismatch(f"{what}: the source returned {len(items) - missing} of {len(items)} items")
-    return found  # type: ignore[return-value]  # no None left
 
 
 def read_annotations(annotations: Source | None,
