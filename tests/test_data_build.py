@@ -620,7 +620,7 @@ def test_annotations_reach_their_own_images_and_a_source_that_loses_or_invents_o
                     yield Fetched(item, None, NO_ANNOTATION)
                 else:
                     box = (item.line, 1, item.line + 10, 11)
-                    yield Fetched(ListedImage(*vars(item).values()) if self.invent else item,
+                    yield Fetched(ListedImage(*item) if self.invent else item,
                                   _voc(box, size=(40 + item.line, 30)), None)
 
     items = tuple(ListedImage("n01", f"n01_{i}", i) for i in range(6))

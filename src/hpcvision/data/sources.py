@@ -29,7 +29,7 @@ import os
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpcvision.data.archive import ArchiveFile
@@ -599,7 +599,7 @@ class LooseXmlSource(Source):
 
 
 def _at_xml_folder(item: ListedImage) -> ListedImage:
-    return item if item.xml_wnid == item.wnid else replace(item, wnid=item.xml_wnid)
+    return item if item.xml_wnid == item.wnid else item._replace(wnid=item.xml_wnid)
 
 
 class ListedXml(Source):
