@@ -651,12 +651,12 @@ def test_a_shards_content_digest_follows_its_own_items_and_synsets_only():
     order, bounds = np.arange(9), [0, 4, 9]  # shard 0: n01 x3 + n02_0; shard 1: the rest
 
     def contents(items, order=order):
-        return shard_contents(items, order, wnids, bounds)
+        return shard_contents([items[i] for i in order], wnids, bounds)
 
     base = contents(items)
     assert [codes for _, codes in base] == [[0, 1], [1, 2]]
     renamed = list(items)
-    renamed[7] = ListedImage("n03", "n03_9", 8)  # same length: the column widths stay
+    renamed[7] = ListedImage("n03", "n03_9", 8)
     assert contents(renamed)[0] == base[0] and contents(renamed)[1][0] != base[1][0]
     xml_elsewhere = list(items)
     xml_elsewhere[1] = ListedImage("n01", "n01_1", 2, "n02")  # the course lists' other XML folder
@@ -664,5 +664,9 @@ def test_a_shards_content_digest_follows_its_own_items_and_synsets_only():
     swapped = np.array([1, 0, 2, 3, 4, 5, 6, 7, 8])  # the same images in another order within shard 0
     assert contents(items, swapped)[0][0] != base[0][0] and contents(items, swapped)[1] == base[1]
     longer = list(items)
-    longer[0] = ListedImage("n01", "n01_0x", 1)  # a longer name widens the column: every shard is rewritten
-    assert all(new[0] != old[0] for new, old in zip(contents(longer), base, strict=True))
+    longer[0] = ListedImage("n01", "n01_0x", 1)  # a longer name: only its own shard changes
+    assert contents(longer)[0][0] != base[0][0] and contents(longer)[1] == base[1]
+    moved = list(items)  # one name's end moved to the next (n01_0, n01_1 -> n01_01, n01_): another digest
+    moved[0], moved[1] = ListedImage("n01", "n01_01", 1), ListedImage("n01", "n01_", 2)
+    assert contents(moved)[0][0] != base[0][0]
+    assert [codes for _, codes in shard_contents([], wnids, [0, 0])] == [[]]  # an empty shard: no synsets

@@ -32,17 +32,13 @@ class ParsedBoxes:
 
 
 def _number(node, tag: str) -> float | None:
-    child = node.find(tag)
-    if child is None or child.text is None:
-        return None
     try:
-        return float(child.text.strip())
-    except ValueError:
+        return float(node.findtext(tag))  # (float() takes surrounding whitespace)
+    except (TypeError, ValueError):  # no such child (None), or no number in it
         return None
 
 
-def _clamp(value: float) -> float:
-    return min(1.0, max(0.0, value))
+_NO_BOX = (None, None, None, None)
 
 
 @dataclass(frozen=True)
@@ -71,10 +67,9 @@ def read_voc(data: bytes) -> VocBoxes:
     frame_h = _number(size, "height") if size is not None else None
     frame = (frame_w, frame_h) if frame_w and frame_h and frame_w > 0 and frame_h > 0 else None
     boxes = []
-    for obj in root.iter("object"):
-        bndbox = obj.find("bndbox")
-        boxes.append(tuple(_number(bndbox, k) if bndbox is not None else None
-                           for k in ("xmin", "ymin", "xmax", "ymax")))
+    for bndbox in (obj.find("bndbox") for obj in root.iter("object")):
+        boxes.append(_NO_BOX if bndbox is None else (
+            _number(bndbox, "xmin"), _number(bndbox, "ymin"), _number(bndbox, "xmax"), _number(bndbox, "ymax")))
     return VocBoxes(frame, tuple(boxes))
 
 
@@ -83,12 +78,13 @@ def normalise(voc: VocBoxes, width: int, height: int) -> ParsedBoxes:
     result = ParsedBoxes(problem=voc.problem)
     frame_w, frame_h = voc.frame or (float(width), float(height))
     for coords in voc.boxes:
-        if any(c is None for c in coords):
+        if None in coords:
             result.dropped += 1
             continue
         x0, y0, x1, y1 = coords
         raw = (min(x0, x1) / frame_w, min(y0, y1) / frame_h, max(x0, x1) / frame_w, max(y0, y1) / frame_h)
-        box = tuple(_clamp(v) for v in raw)
+        box = (min(1.0, max(0.0, raw[0])), min(1.0, max(0.0, raw[1])),  # clamped to the image
+               min(1.0, max(0.0, raw[2])), min(1.0, max(0.0, raw[3])))
         if box != raw:
             result.clamped += 1
         if box[2] <= box[0] or box[3] <= box[1]:

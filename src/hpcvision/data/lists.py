@@ -13,9 +13,11 @@ report them; an unreadable file is a `UserError`.
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import re
+import sys
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,10 +182,12 @@ def _plain_list(text: str) -> FileList | None:
         return None  # duplicates: reported line by line
     # One string object per synset instead of two per line (1.28 M lines name ~1,000 synsets): ~150 MB
     # less at ImageNet's size, and as many fewer objects to free when the build ends.
-    synset = {}.setdefault
+    own, folders = map(sys.intern, [name[:9] for name in names]), map(sys.intern, columns)
+    # Made by tuple.__new__ in C: every line gives all four fields (ListedImage.__new__ only fills in a
+    # missing XML folder); 0.14 -> 0.10 s at 300,000 lines, before any worker can start.
+    make = functools.partial(tuple.__new__, ListedImage)
     result = FileList(listed=len(names))
-    result.images = [ListedImage(synset(wnid := name[:9], wnid), name, number, synset(column, column))
-                     for number, (column, name) in enumerate(zip(columns, names, strict=True), start=1)]
+    result.images = list(map(make, zip(own, names, range(1, len(names) + 1), folders, strict=True)))
     return result
 
 
