@@ -157,12 +157,13 @@ def read_in_order(archive: ArchiveFile, locate: Callable[[ListedImage], Entry],
                   items: Sequence[ListedImage]) -> Iterator[Fetched]:
     """Each item `locate` finds in a plain (not gzipped) `archive`, read by offset in the order given;
     the rest with why not."""
+    fd = archive.fd()
     for item in items:
         entry = locate(item)
         if isinstance(entry, Missing):
             yield Fetched(item, None, entry.reason)
         else:
-            yield _member(archive, item, entry.size, archive.read(entry.offset, entry.size))
+            yield _member(archive, item, entry.size, os.pread(fd, entry.size, entry.offset))
 
 
 def _member(archive: ArchiveFile, item: ListedImage, size: int, data: bytes) -> Fetched:
@@ -472,7 +473,13 @@ class NestedTarSource(Source):
         members lie ~1,000 images apart.)"""
         if self._in_memory():
             return super().fetch_in_order(items, what)
-        return read_in_order(self.archive, self._locate, items)
+        return read_in_order(self.archive, self._locate_held, items)
+
+    def _locate_held(self, item: ListedImage) -> Entry:
+        """`_locate`, answered from the synset's index when it is held (nearly every image of a shard)."""
+        scan = self._scans.get(item.wnid)
+        entry = scan.entries.get(item.name) if isinstance(scan, TarScan) else None
+        return entry if entry is not None else self._locate(item)
 
     def fetch(self, items: Sequence[ListedImage]) -> Iterator[Fetched]:
         """Members of in-memory synset tars (annotations) as each synset is visited; members of a plain
