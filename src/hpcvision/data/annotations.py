@@ -67,7 +67,8 @@ def read_voc(data: bytes) -> VocBoxes:
     frame_h = _number(size, "height") if size is not None else None
     frame = (frame_w, frame_h) if frame_w and frame_h and frame_w > 0 and frame_h > 0 else None
     boxes = []
-    for bndbox in (obj.find("bndbox") for obj in root.iter("object")):
+    for obj in root.iter("object"):
+        bndbox = obj.find("bndbox")
         boxes.append(_NO_BOX if bndbox is None else (
             _number(bndbox, "xmin"), _number(bndbox, "ymin"), _number(bndbox, "xmax"), _number(bndbox, "ymax")))
     return VocBoxes(frame, tuple(boxes))

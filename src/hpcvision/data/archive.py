@@ -158,6 +158,4 @@ class ArchiveFile:
 
     def read(self, offset: int, size: int) -> bytes:
         """The bytes [offset, offset + size) of the (decompressed) archive; fewer if it ends early."""
-        if not self.gzipped:
-            return os.pread(self.fd(), size, offset)
         return next(self.read_ranges([(None, offset, size)]))[1]

@@ -538,8 +538,8 @@ def _pending(plan: Plan, rank: int, ranks: int) -> None:
     if rank == 0 and ranks > 1:
         raise UserError(f"{config.out}: {len(missing)} shards still missing after waiting {config.wait:.0f} s "
                         f"(e.g. {missing[0]}): rerun the build to complete them")
-    print(f"rank {rank}/{ranks}: {len(plan.shards_of(rank, ranks))} shards complete; {len(missing)} shards of other ranks pending, "
-          f"the last rank to finish writes {manifest_path(config.out, config.name)}")
+    print(f"rank {rank}/{ranks}: {len(plan.shards_of(rank, ranks))} shards complete; {len(missing)} shards of "
+          f"other ranks pending, the last rank to finish writes {manifest_path(config.out, config.name)}")
 
 
 def _wait_for_others(plan: Plan, wait: float) -> list[dict] | None:

@@ -52,8 +52,9 @@ class ListedImage(_ListedFields):
     the synset folder holding its XML (`xml_wnid`, the image's own unless the list line says another).
 
     A tuple, not a dataclass: a list makes 1.28 M of these before any worker can start, and a build's
-    forked workers copy every page of them they touch; a tuple is made in ~60 % of the time and is
-    ~half the memory of an object with its attribute dict (fewer pages copied, less to free).
+    writers read their fields several times per record. A tuple is made in ~60 % of the time, takes
+    ~half the memory of an object with its attribute dict (fewer pages for forked workers to copy, less
+    to free), and its fields are read by C descriptors.
     """
 
     __slots__ = ()
